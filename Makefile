@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine with Python >= 3.10 and pip:
+#   make run    create .venv, install, run the main job
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+# Re-install only when the package metadata or the constraints change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/weightspace demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: install
+	$(BIN)/python bench/graph.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
