@@ -1,0 +1,24 @@
+"""weightspace: learn from the trained weights of neural networks."""
+
+from .exceptions import (
+    GraphError,
+    InvalidWeightsError,
+    TraceError,
+    UnsupportedModuleError,
+    WeightspaceError,
+)
+from .graph import GraphBatch, NeuralGraph, to_graph
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GraphBatch",
+    "GraphError",
+    "InvalidWeightsError",
+    "NeuralGraph",
+    "TraceError",
+    "UnsupportedModuleError",
+    "WeightspaceError",
+    "__version__",
+    "to_graph",
+]

@@ -1,0 +1,405 @@
+"""Incremental construction of a :class:`NeuralGraph` while a network is interpreted."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._features import (
+    ACT_CODE,
+    ACT_OFFSET,
+    BIAS,
+    DEPTH,
+    EDGE_CODE,
+    MAX_KERNEL_VALUES,
+    NODE_FEATURE_DIM,
+    POSITION,
+    RESCALE_NONE,
+    RESCALE_POSITIVE,
+    RESCALE_SIGN,
+    ROLE_CODE,
+    ROLE_OFFSET,
+    SCALE,
+)
+from ._graph import LayerInfo, NeuralGraph, ParamBinding
+
+_POSITIVE_HOMOGENEOUS = (ACT_CODE["relu"], ACT_CODE["leaky_relu"])
+_ODD = (ACT_CODE["tanh"],)
+
+
+@dataclass(frozen=True)
+class Value:
+    """An activation tensor of the traced network, seen as graph nodes.
+
+    Attributes:
+        nodes: ``[C]`` the node of each channel along ``axis``.
+        axis: the tensor dimension that holds the channels (batch dimension included).
+        ndim: the number of dimensions of the tensor.
+        fold: spatial shape flattened into the channel axis, channel-major (after a
+            ``flatten`` of a conv feature map); empty otherwise.
+    """
+
+    nodes: Tensor
+    axis: int
+    ndim: int
+    fold: tuple[int, ...] = ()
+
+    @property
+    def width(self) -> int:
+        """Number of tensor entries along the channel axis."""
+        return len(self.nodes) * math.prod(self.fold)
+
+
+def kernel_features(weight: Tensor) -> Tensor:
+    """Weight values per (target, source) pair.
+
+    Args:
+        weight: ``[out, in, *kernel]``.
+
+    Returns:
+        ``[out * in, K]`` with ``K = prod(kernel)`` when that is at most
+        ``MAX_KERNEL_VALUES``, else an average-pooled 3x3 (2-D) or 9-tap (other) summary.
+    """
+    out_ch, in_ch, *kernel = weight.shape
+    taps = math.prod(kernel)
+    if taps <= MAX_KERNEL_VALUES:
+        return weight.reshape(out_ch * in_ch, taps)
+    flat = weight.reshape(out_ch * in_ch, 1, *kernel)
+    if len(kernel) == 2:
+        pooled = F.adaptive_avg_pool2d(flat, (3, 3))
+    else:
+        pooled = F.adaptive_avg_pool1d(flat.reshape(out_ch * in_ch, 1, taps), MAX_KERNEL_VALUES)
+    return pooled.reshape(out_ch * in_ch, MAX_KERNEL_VALUES)
+
+
+class GraphBuilder:
+    """Collects nodes, edges, parameter bindings and symmetry ties, then builds the graph."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.num_nodes = 0
+        self.block = -1
+        self.bindings: dict[str, ParamBinding] = {}
+        self.layers: list[LayerInfo] = []
+        self._nodes: list[tuple[int, int, int, int, int]] = []  # start, count, role, depth, block
+        self._depth = torch.zeros(0, dtype=torch.long)
+        self._axis: list[Tensor] = []  # per chunk: creation-axis id per node (-1: explicit)
+        self._n_axes = 0
+        self._bias: list[tuple[Tensor, Tensor]] = []  # (nodes, values), later entries win
+        self._scale: list[tuple[Tensor, Tensor]] = []
+        self._position: list[tuple[Tensor, Tensor]] = []
+        self._role: list[tuple[Tensor, int]] = []
+        self._activation: list[tuple[Tensor, int]] = []
+        self._edges: list[list] = []  # [src, dst, weights, type code, block]
+        self._ties: list[tuple[Tensor, Tensor]] = []
+        self._fixed: list[Tensor] = []
+        self._candidates: list[Tensor] = []
+        self._no_positive: list[Tensor] = []
+        self._no_sign: list[Tensor] = []
+        self._groups: list[Tensor] = []
+        self._blocks: list[Tensor] = []
+
+    # ----------------------------------------------------------------- operations
+    @contextmanager
+    def layer(self, path: str, kind: str, n_params: int = 0) -> Iterator[None]:
+        """Open a new block (one operation of the network) and record it in ``layers``."""
+        self.block += 1
+        nodes_before, edges_before = self.num_nodes, self._edge_count()
+        yield
+        self.layers.append(
+            LayerInfo(
+                path=path,
+                kind=kind,
+                n_params=n_params,
+                n_nodes=self.num_nodes - nodes_before,
+                n_edges=self._edge_count() - edges_before,
+            )
+        )
+
+    def _edge_count(self) -> int:
+        return sum(len(chunk[0]) for chunk in self._edges)
+
+    # ---------------------------------------------------------------------- nodes
+    def add_nodes(
+        self,
+        count: int,
+        role: str,
+        depth: int,
+        *,
+        exchangeable: bool = True,
+        rescale_candidate: bool = False,
+    ) -> Tensor:
+        """Create ``count`` nodes of one role and return their ids.
+
+        Args:
+            exchangeable: the nodes form a new creation axis whose rows may be permuted
+                (subject to ties); False for nodes whose symmetry is given explicitly
+                with :meth:`add_group` / :meth:`add_block`, or that are fixed.
+            rescale_candidate: the nodes' incoming weights and bias are parameters that
+                scale with the node, so the node may admit a rescaling symmetry.
+        """
+        start = self.num_nodes
+        ids = torch.arange(start, start + count)
+        self.num_nodes += count
+        self._nodes.append((start, count, ROLE_CODE[role], depth, self.block))
+        self._depth = torch.cat([self._depth, torch.full((count,), depth)])
+        if exchangeable and role in ("hidden", "junction"):
+            self._axis.append(torch.full((count,), self._n_axes))
+            self._n_axes += 1
+        else:
+            self._axis.append(torch.full((count,), -1))
+        if role in ("input", "output"):
+            self.set_position(ids, torch.arange(count))
+            self._fixed.append(ids)
+        if rescale_candidate:
+            self._candidates.append(ids)
+        return ids
+
+    def depth(self, nodes: Tensor) -> int:
+        """The largest depth among ``nodes`` (0 for none)."""
+        return int(self._depth[nodes].max()) if len(nodes) else 0
+
+    def set_bias(self, nodes: Tensor, values: Tensor) -> None:
+        self._bias.append((nodes, values.detach().reshape(-1)))
+
+    def set_scale(self, nodes: Tensor, values: Tensor) -> None:
+        self._scale.append((nodes, values.detach().reshape(-1)))
+
+    def set_position(self, nodes: Tensor, positions: Tensor) -> None:
+        self._position.append((nodes, positions))
+
+    def set_role(self, nodes: Tensor, role: str) -> None:
+        self._role.append((nodes, ROLE_CODE[role]))
+
+    def set_activation(self, nodes: Tensor, activation: str) -> None:
+        self._activation.append((nodes, ACT_CODE[activation]))
+
+    def forbid_rescale(self, nodes: Tensor, *, positive: bool = True, sign: bool = True) -> None:
+        """Mark nodes that pass through an operation breaking a rescaling symmetry."""
+        if positive:
+            self._no_positive.append(nodes)
+        if sign:
+            self._no_sign.append(nodes)
+
+    # ---------------------------------------------------------------------- edges
+    def add_edges(
+        self, src: Tensor, dst: Tensor, edge_type: str, weights: Tensor | None = None
+    ) -> None:
+        """Add edges ``src[i] -> dst[i]`` with ``weights`` ``[E, K]`` (ones if None)."""
+        if weights is None:
+            weights = torch.ones(len(src), 1, dtype=self.dtype)
+        key = dst * (self.num_nodes + 1) + src
+        if len(key) > 1 and not bool((key[1:] >= key[:-1]).all()):
+            order = torch.argsort(key, stable=True)
+            src, dst, weights = src[order], dst[order], weights[order]
+        self._edges.append(
+            [src, dst, weights.detach().to(self.dtype), EDGE_CODE[edge_type], self.block]
+        )
+
+    def add_dense_edges(
+        self,
+        src_nodes: Tensor,
+        dst_nodes: Tensor,
+        weight: Tensor,
+        edge_type: str,
+        groups: int = 1,
+    ) -> None:
+        """Edges of a dense or (grouped) convolutional weight ``[out, in/groups, *kernel]``."""
+        out_ch, in_per_group = weight.shape[:2]
+        out_per_group = out_ch // groups
+        dst = dst_nodes.repeat_interleave(in_per_group)  # [out * in_g]
+        grouped_src = src_nodes.reshape(groups, in_per_group)  # [g, in_g]
+        src = grouped_src.repeat_interleave(out_per_group, dim=0).reshape(-1)
+        self.add_edges(src, dst, edge_type, kernel_features(weight))
+
+    def scale_incoming(self, block: int, nodes: Tensor, factor: Tensor) -> None:
+        """Multiply the weights of edges created in ``block`` that enter ``nodes``."""
+        full = torch.ones(self.num_nodes, dtype=self.dtype)
+        full[nodes] = factor.detach().to(self.dtype)
+        for chunk in self._edges:
+            if chunk[4] == block:
+                chunk[2] = chunk[2] * full[chunk[1]].unsqueeze(1)
+
+    # ------------------------------------------------------------------- symmetry
+    def tie(self, a: Tensor, b: Tensor) -> None:
+        """Nodes ``a[i]`` and ``b[i]`` must always be permuted together."""
+        self._ties.append((a, b))
+
+    def fix(self, nodes: Tensor) -> None:
+        """Nodes that no symmetry may move."""
+        self._fixed.append(nodes)
+
+    def add_group(self, rows: Tensor) -> None:
+        """An explicit permutation group ``[R, k]`` (rows exchangeable)."""
+        self._groups.append(rows)
+
+    def add_block(self, blocks: Tensor) -> None:
+        """Explicit exchangeable blocks ``[H, m]`` permuted after the groups."""
+        self._blocks.append(blocks)
+
+    def bind(
+        self,
+        name: str,
+        dims: tuple[Tensor | None, ...],
+        scale_terms: tuple[tuple[int, Tensor, int], ...] = (),
+    ) -> None:
+        """Record which nodes index parameter ``name`` (see :class:`ParamBinding`)."""
+        self.bindings[name] = ParamBinding(dims=dims, scale_terms=scale_terms)
+
+    # ------------------------------------------------------------------- finalize
+    def build(self, output: Value) -> NeuralGraph:
+        """Mark ``output``'s nodes as outputs and assemble the :class:`NeuralGraph`."""
+        n = self.num_nodes
+        self.set_role(output.nodes, "output")
+        self.set_position(output.nodes, torch.arange(len(output.nodes)))
+        self._fixed.append(output.nodes)
+
+        feats = torch.zeros(n, NODE_FEATURE_DIM, dtype=self.dtype)
+        role = torch.empty(n, dtype=torch.long)
+        node_block = torch.empty(n, dtype=torch.long)
+        for start, count, role_code, _depth, block in self._nodes:
+            role[start : start + count] = role_code
+            node_block[start : start + count] = block
+        for nodes, code in self._role:
+            role[nodes] = code
+        activation = torch.zeros(n, dtype=torch.long)
+        for nodes, code in self._activation:
+            activation[nodes] = code
+        feats[:, SCALE] = 1.0
+        feats[:, DEPTH] = self._depth.to(self.dtype)
+        for column, entries in (
+            (BIAS, self._bias),
+            (SCALE, self._scale),
+            (POSITION, self._position),
+        ):
+            for nodes, values in entries:
+                feats[nodes, column] = values.to(self.dtype)
+        feats[torch.arange(n), ROLE_OFFSET + role] = 1.0
+        feats[torch.arange(n), ACT_OFFSET + activation] = 1.0
+
+        edge_index, edge_features, edge_block = self._assemble_edges()
+        component, fixed = self._components()
+        groups = tuple(self._groups) + self._tied_groups(component, fixed)
+        node_rescale = self._rescale_kinds(role, activation, component, fixed)
+        return NeuralGraph(
+            node_features=feats,
+            edge_index=edge_index,
+            edge_features=edge_features,
+            edge_block=edge_block,
+            node_block=node_block,
+            node_rescale=node_rescale,
+            perm_groups=groups,
+            perm_blocks=tuple(self._blocks),
+            bindings=dict(self.bindings),
+            layers=tuple(self.layers),
+        )
+
+    def _merged_chunks(self) -> list[list]:
+        """Edge chunks with one chunk per block, sorted by (target, source)."""
+        merged: list[list] = []
+        for chunk in self._edges:
+            if merged and merged[-1][0][4] == chunk[4]:
+                merged[-1].append(chunk)
+            else:
+                merged.append([chunk])
+        result = []
+        for parts in merged:
+            if len(parts) == 1:
+                result.append(parts[0])
+                continue
+            width = max(p[2].shape[1] for p in parts)
+            src = torch.cat([p[0] for p in parts])
+            dst = torch.cat([p[1] for p in parts])
+            weights = torch.cat([F.pad(p[2], (0, width - p[2].shape[1])) for p in parts])
+            types = torch.cat([torch.full((len(p[0]),), p[3]) for p in parts])
+            order = torch.argsort(dst * (self.num_nodes + 1) + src, stable=True)
+            result.append([src[order], dst[order], weights[order], types[order], parts[0][4]])
+        return result
+
+    def _assemble_edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        chunks = self._merged_chunks()
+        total = self._edge_count()
+        width = max((chunk[2].shape[1] for chunk in chunks), default=1)
+        edge_index = torch.empty(2, total, dtype=torch.long)
+        edge_features = torch.zeros(total, 1 + width, dtype=self.dtype)
+        edge_block = torch.empty(total, dtype=torch.long)
+        offset = 0
+        for src, dst, weights, code, block in chunks:
+            end = offset + len(src)
+            edge_index[0, offset:end] = src
+            edge_index[1, offset:end] = dst
+            edge_features[offset:end, 0] = code
+            edge_features[offset:end, 1 : 1 + weights.shape[1]] = weights
+            edge_block[offset:end] = block
+            offset = end
+        return edge_index, edge_features, edge_block
+
+    def _components(self) -> tuple[Tensor, Tensor]:
+        """Connected components of the tie relation, and whether each node is fixed."""
+        n = self.num_nodes
+        label = torch.arange(n)
+        if self._ties:
+            a = torch.cat([t[0] for t in self._ties])
+            b = torch.cat([t[1] for t in self._ties])
+            while True:  # min-label propagation; converges in (longest tie chain) steps
+                low = torch.minimum(label[a], label[b])
+                new = label.scatter_reduce(0, a, low, "amin").scatter_reduce(0, b, low, "amin")
+                new = new[new]  # pointer jumping speeds up long chains
+                if torch.equal(new, label):
+                    break
+                label = new
+        fixed_nodes = torch.zeros(n, dtype=torch.bool)
+        for nodes in self._fixed:
+            fixed_nodes[nodes] = True
+        fixed_component = torch.zeros(n, dtype=torch.bool)
+        fixed_component[label[fixed_nodes]] = True
+        return label, fixed_component[label]
+
+    def _tied_groups(self, component: Tensor, fixed: Tensor) -> tuple[Tensor, ...]:
+        """Rows of tied nodes, grouped by the creation axes they span."""
+        axis = torch.cat(self._axis) if self._axis else torch.zeros(0, dtype=torch.long)
+        movable = (axis >= 0) & ~fixed
+        nodes = torch.nonzero(movable).squeeze(1)
+        if len(nodes) == 0:
+            return ()
+        # Sort by (component, axis, node) so each component's members are contiguous.
+        order = torch.argsort(axis[nodes], stable=True)
+        nodes = nodes[order]
+        nodes = nodes[torch.argsort(component[nodes], stable=True)]
+        comps, counts = torch.unique_consecutive(component[nodes], return_counts=True)
+        by_signature: dict[tuple[int, ...], list[Tensor]] = {}
+        for members in torch.split(nodes, counts.tolist()):
+            signature = tuple(axis[members].tolist())
+            by_signature.setdefault(signature, []).append(members)
+        groups = []
+        for rows in by_signature.values():
+            if len(rows) > 1:
+                stacked = torch.stack(rows)  # [R, k]
+                groups.append(stacked[torch.argsort(stacked[:, 0])])
+        return tuple(groups)
+
+    def _rescale_kinds(
+        self, role: Tensor, activation: Tensor, component: Tensor, fixed: Tensor
+    ) -> Tensor:
+        n = self.num_nodes
+        kind = torch.full((n,), RESCALE_NONE, dtype=torch.int8)
+        candidate = torch.zeros(n, dtype=torch.bool)
+        for nodes in self._candidates:
+            candidate[nodes] = True
+        component_size = torch.bincount(component, minlength=n)[component]
+        candidate &= (role == ROLE_CODE["hidden"]) & (component_size == 1) & ~fixed
+        positive = candidate & torch.isin(activation, torch.tensor(_POSITIVE_HOMOGENEOUS))
+        sign = candidate & torch.isin(activation, torch.tensor(_ODD))
+        for nodes in self._no_positive:
+            positive[nodes] = False
+        for nodes in self._no_sign:
+            sign[nodes] = False
+        kind[positive] = RESCALE_POSITIVE
+        kind[sign] = RESCALE_SIGN
+        return kind

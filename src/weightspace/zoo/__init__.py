@@ -1,0 +1,1 @@
+"""Model zoos: data sets, architecture families, training and storage."""
