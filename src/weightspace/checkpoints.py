@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -38,6 +39,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, Tensor | None]:
             f"{path}: unsupported model file type {path.suffix!r}; expected one of "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising
     try:
         program = torch.export.load(str(path))
     except Exception as err:  # corrupt archives raise many different types
@@ -45,6 +49,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, Tensor | None]:
             f"{path}: not a readable torch.export program ({type(err).__name__}: "
             f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no details'})"
         ) from None
+    finally:
+        export_log.setLevel(level)
     example = None
     if program.example_inputs is not None:
         args, _ = program.example_inputs

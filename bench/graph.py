@@ -1,0 +1,190 @@
+"""Benchmark: neural-graph conversion throughput and peak memory.
+
+Each network is measured in its own subprocess so that peak memory is not polluted by
+the others. Throughput is parameters converted per second (median of repeated runs after
+one warm-up); peak memory is the resident-set growth during one conversion, reported as
+a multiple of the network's own weight bytes.
+
+Targets (issue "Foundation"): >= 10 million parameters per second; peak < 3x weights.
+
+Usage:
+    python bench/graph.py              # all networks, writes bench/results/graph.json
+    python bench/graph.py --repeat 3   # fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+TARGET_PARAMS_PER_S = 10e6
+TARGET_MEMORY_RATIO = 3.0
+
+NETWORKS = {
+    "mlp-small": {"family": "mlp", "in_features": 784, "hidden": [256, 128], "num_classes": 10},
+    "resnet56-cifar": {
+        "family": "resnet",
+        "block": "basic",
+        "stage_blocks": [9, 9, 9],
+        "widths": [16, 32, 64],
+        "stem": "cifar",
+        "in_channels": 3,
+        "image_size": 32,
+    },
+    "resnet50-size": {
+        "family": "resnet",
+        "block": "bottleneck",
+        "stage_blocks": [3, 4, 6, 3],
+        "widths": [64, 128, 256, 512],
+        "stem": "imagenet",
+        "in_channels": 3,
+        "image_size": 224,
+        "num_classes": 1000,
+    },
+    "bert-mini-size": {
+        "family": "bert",
+        "vocab_size": 30522,
+        "max_len": 128,
+        "dim": 256,
+        "depth": 4,
+        "heads": 4,
+        "mlp_ratio": 4,
+        "num_classes": 2,
+    },
+}
+
+
+def _memory_kib() -> tuple[int, int]:
+    """Current and peak resident set size of this process, in KiB (Linux)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def measure_one(name: str, repeat: int) -> dict:
+    """Convert one network ``repeat`` times; runs inside the child process."""
+    import torch
+
+    from weightspace import to_graph
+    from weightspace.zoo.families import build_model, example_input
+
+    torch.manual_seed(0)
+    spec = NETWORKS[name]
+    module = build_model(spec).eval()
+    inputs = example_input(spec, batch_size=1)
+    n_params = sum(p.numel() for p in module.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+
+    graph = to_graph(module, inputs)  # warm-up (allocator, fx caches)
+    del graph
+    _reset_peak()
+    before, _ = _memory_kib()
+    graph = to_graph(module, inputs)
+    _, peak = _memory_kib()
+    nodes, edges = graph.num_nodes, graph.num_edges
+    del graph
+
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        graph = to_graph(module, inputs)
+        seconds.append(time.perf_counter() - start)
+        del graph
+    median = statistics.median(seconds)
+    peak_bytes = (peak - before) * 1024
+    return {
+        "network": name,
+        "params": n_params,
+        "nodes": nodes,
+        "edges": edges,
+        "seconds": seconds,
+        "median_s": median,
+        "params_per_s": n_params / median,
+        "peak_bytes": peak_bytes,
+        "weight_bytes": weight_bytes,
+        "memory_ratio": peak_bytes / weight_bytes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per network")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child-process mode
+    parser.add_argument("--out", default="bench/results/graph.json")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args.one, args.repeat)))
+        return
+
+    import torch
+    from tabulate import tabulate
+
+    results = []
+    for name in NETWORKS:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--repeat", str(args.repeat)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"measured {name}", file=sys.stderr)
+
+    rows = []
+    for r in results:
+        speed_ok = r["params_per_s"] >= TARGET_PARAMS_PER_S
+        memory_ok = r["memory_ratio"] < TARGET_MEMORY_RATIO
+        rows.append(
+            (
+                r["network"],
+                f"{r['params']:,}",
+                f"{r['nodes']:,}",
+                f"{r['edges']:,}",
+                f"{r['median_s'] * 1e3:.0f}",
+                f"{r['params_per_s'] / 1e6:.1f}",
+                f"{r['params_per_s'] / TARGET_PARAMS_PER_S:.2f}x "
+                + ("met" if speed_ok else "NOT met"),
+                f"{r['peak_bytes'] / 2**20:.0f}",
+                f"{r['memory_ratio']:.1f}x " + ("met" if memory_ok else "NOT met"),
+            )
+        )
+    headers = (
+        "network",
+        "params",
+        "nodes",
+        "edges",
+        "median ms",
+        "M params/s",
+        "vs 10M/s target",
+        "peak MiB",
+        "peak / weights (target < 3x)",
+    )
+    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    print(table)
+    report = {
+        "benchmark": "graph",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "repeat": args.repeat,
+        "targets": {"params_per_s": TARGET_PARAMS_PER_S, "memory_ratio": TARGET_MEMORY_RATIO},
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
