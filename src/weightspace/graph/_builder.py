@@ -78,6 +78,68 @@ def kernel_features(weight: Tensor) -> Tensor:
     return pooled.reshape(out_ch * in_ch, MAX_KERNEL_VALUES)
 
 
+@dataclass
+class _DenseEdges:
+    """Edges of a dense or (grouped) convolutional weight, materialised only at build time.
+
+    Keeping the layer's weight (a view, not a copy) instead of per-edge index tensors
+    keeps peak memory close to the size of the finished graph.
+    """
+
+    src_nodes: Tensor  # [in]
+    dst_nodes: Tensor  # [out]
+    weight: Tensor  # [out, in / groups, *kernel]
+    groups: int
+    code: int
+    block: int
+    target_scale: Tensor | None = None  # [out] folded BatchNorm scale
+
+    def __len__(self) -> int:
+        return self.weight.shape[0] * self.weight.shape[1]
+
+    @property
+    def width(self) -> int:
+        return min(math.prod(self.weight.shape[2:]), MAX_KERNEL_VALUES)
+
+    def in_canonical_order(self) -> bool:
+        """Whether edges come out sorted by (target, source) without a sort."""
+        per_group = self.src_nodes.reshape(self.groups, -1)
+        return bool((per_group.diff(dim=1) > 0).all()) and bool(
+            (self.dst_nodes.diff() > 0).all()
+        )
+
+    def write(self, edge_index: Tensor, edge_features: Tensor) -> None:
+        """Write into pre-allocated slices of length ``len(self)``."""
+        out_ch, in_g = self.weight.shape[:2]
+        out_g = out_ch // self.groups
+        edge_index[1].view(out_ch, in_g).copy_(self.dst_nodes.unsqueeze(1).expand(out_ch, in_g))
+        src = self.src_nodes.reshape(self.groups, 1, in_g).expand(self.groups, out_g, in_g)
+        edge_index[0].view(self.groups, out_g, in_g).copy_(src)
+        edge_features[:, 0] = self.code
+        weights = edge_features[:, 1 : 1 + self.width]
+        weights.copy_(kernel_features(self.weight.detach()))
+        if self.target_scale is not None:
+            weights.view(out_ch, in_g, -1).mul_(self.target_scale.view(-1, 1, 1))
+
+    def materialise(self, dtype: torch.dtype) -> _ExplicitEdges:
+        edge_index = torch.empty(2, len(self), dtype=torch.long)
+        features = torch.zeros(len(self), 1 + self.width, dtype=dtype)
+        self.write(edge_index, features)
+        return _ExplicitEdges(edge_index[0], edge_index[1], features[:, 1:], self.code, self.block)
+
+
+@dataclass
+class _ExplicitEdges:
+    src: Tensor  # [E]
+    dst: Tensor  # [E]
+    weights: Tensor  # [E, K]
+    code: int | Tensor  # one type, or [E] types
+    block: int
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
 class GraphBuilder:
     """Collects nodes, edges, parameter bindings and symmetry ties, then builds the graph."""
 
@@ -96,7 +158,7 @@ class GraphBuilder:
         self._position: list[tuple[Tensor, Tensor]] = []
         self._role: list[tuple[Tensor, int]] = []
         self._activation: list[tuple[Tensor, int]] = []
-        self._edges: list[list] = []  # [src, dst, weights, type code, block]
+        self._edges: list[_DenseEdges | _ExplicitEdges] = []
         self._ties: list[tuple[Tensor, Tensor]] = []
         self._fixed: list[Tensor] = []
         self._candidates: list[Tensor] = []
@@ -123,7 +185,7 @@ class GraphBuilder:
         )
 
     def _edge_count(self) -> int:
-        return sum(len(chunk[0]) for chunk in self._edges)
+        return sum(len(chunk) for chunk in self._edges)
 
     # ---------------------------------------------------------------------- nodes
     def add_nodes(
@@ -194,13 +256,9 @@ class GraphBuilder:
         """Add edges ``src[i] -> dst[i]`` with ``weights`` ``[E, K]`` (ones if None)."""
         if weights is None:
             weights = torch.ones(len(src), 1, dtype=self.dtype)
-        key = dst * (self.num_nodes + 1) + src
-        if len(key) > 1 and not bool((key[1:] >= key[:-1]).all()):
-            order = torch.argsort(key, stable=True)
-            src, dst, weights = src[order], dst[order], weights[order]
-        self._edges.append(
-            [src, dst, weights.detach().to(self.dtype), EDGE_CODE[edge_type], self.block]
-        )
+        chunk = _ExplicitEdges(src, dst, weights.detach().to(self.dtype), EDGE_CODE[edge_type],
+                               self.block)
+        self._edges.append(chunk)
 
     def add_dense_edges(
         self,
@@ -211,20 +269,17 @@ class GraphBuilder:
         groups: int = 1,
     ) -> None:
         """Edges of a dense or (grouped) convolutional weight ``[out, in/groups, *kernel]``."""
-        out_ch, in_per_group = weight.shape[:2]
-        out_per_group = out_ch // groups
-        dst = dst_nodes.repeat_interleave(in_per_group)  # [out * in_g]
-        grouped_src = src_nodes.reshape(groups, in_per_group)  # [g, in_g]
-        src = grouped_src.repeat_interleave(out_per_group, dim=0).reshape(-1)
-        self.add_edges(src, dst, edge_type, kernel_features(weight))
+        chunk = _DenseEdges(src_nodes, dst_nodes, weight.detach(), groups, EDGE_CODE[edge_type],
+                            self.block)
+        self._edges.append(chunk)
 
     def scale_incoming(self, block: int, nodes: Tensor, factor: Tensor) -> None:
-        """Multiply the weights of edges created in ``block`` that enter ``nodes``."""
+        """Multiply the weights of the dense edges created in ``block`` that enter ``nodes``."""
         full = torch.ones(self.num_nodes, dtype=self.dtype)
         full[nodes] = factor.detach().to(self.dtype)
         for chunk in self._edges:
-            if chunk[4] == block:
-                chunk[2] = chunk[2] * full[chunk[1]].unsqueeze(1)
+            if chunk.block == block and isinstance(chunk, _DenseEdges):
+                chunk.target_scale = full[chunk.dst_nodes]
 
     # ------------------------------------------------------------------- symmetry
     def tie(self, a: Tensor, b: Tensor) -> None:
@@ -283,7 +338,7 @@ class GraphBuilder:
         feats[torch.arange(n), ROLE_OFFSET + role] = 1.0
         feats[torch.arange(n), ACT_OFFSET + activation] = 1.0
 
-        edge_index, edge_features, edge_block = self._assemble_edges()
+        edge_index, edge_features, block_ptr = self._assemble_edges()
         component, fixed = self._components()
         groups = tuple(self._groups) + self._tied_groups(component, fixed)
         node_rescale = self._rescale_kinds(role, activation, component, fixed)
@@ -291,7 +346,7 @@ class GraphBuilder:
             node_features=feats,
             edge_index=edge_index,
             edge_features=edge_features,
-            edge_block=edge_block,
+            block_ptr=block_ptr,
             node_block=node_block,
             node_rescale=node_rescale,
             perm_groups=groups,
@@ -300,45 +355,58 @@ class GraphBuilder:
             layers=tuple(self.layers),
         )
 
-    def _merged_chunks(self) -> list[list]:
-        """Edge chunks with one chunk per block, sorted by (target, source)."""
-        merged: list[list] = []
+    def _block_chunks(self) -> list[_DenseEdges | _ExplicitEdges]:
+        """One chunk per block whose edges are in (target, source) order."""
+        by_block: list[list[_DenseEdges | _ExplicitEdges]] = []
         for chunk in self._edges:
-            if merged and merged[-1][0][4] == chunk[4]:
-                merged[-1].append(chunk)
+            if by_block and by_block[-1][0].block == chunk.block:
+                by_block[-1].append(chunk)
             else:
-                merged.append([chunk])
-        result = []
-        for parts in merged:
-            if len(parts) == 1:
-                result.append(parts[0])
-                continue
-            width = max(p[2].shape[1] for p in parts)
-            src = torch.cat([p[0] for p in parts])
-            dst = torch.cat([p[1] for p in parts])
-            weights = torch.cat([F.pad(p[2], (0, width - p[2].shape[1])) for p in parts])
-            types = torch.cat([torch.full((len(p[0]),), p[3]) for p in parts])
+                by_block.append([chunk])
+        result: list[_DenseEdges | _ExplicitEdges] = []
+        for parts in by_block:
+            if len(parts) == 1 and isinstance(parts[0], _DenseEdges):
+                if parts[0].in_canonical_order():
+                    result.append(parts[0])
+                    continue
+            explicit = [p.materialise(self.dtype) if isinstance(p, _DenseEdges) else p
+                        for p in parts]
+            width = max(p.weights.shape[1] for p in explicit)
+            src = torch.cat([p.src for p in explicit])
+            dst = torch.cat([p.dst for p in explicit])
+            weights = torch.cat([F.pad(p.weights, (0, width - p.weights.shape[1]))
+                                 for p in explicit])
+            codes = torch.cat([torch.full((len(p),), p.code) if isinstance(p.code, int)
+                               else p.code for p in explicit])
             order = torch.argsort(dst * (self.num_nodes + 1) + src, stable=True)
-            result.append([src[order], dst[order], weights[order], types[order], parts[0][4]])
+            result.append(_ExplicitEdges(src[order], dst[order], weights[order], codes[order],
+                                         parts[0].block))
         return result
 
     def _assemble_edges(self) -> tuple[Tensor, Tensor, Tensor]:
-        chunks = self._merged_chunks()
-        total = self._edge_count()
-        width = max((chunk[2].shape[1] for chunk in chunks), default=1)
+        chunks = self._block_chunks()
+        total = sum(len(c) for c in chunks)
+        width = max(
+            (c.width if isinstance(c, _DenseEdges) else c.weights.shape[1] for c in chunks),
+            default=1,
+        )
         edge_index = torch.empty(2, total, dtype=torch.long)
         edge_features = torch.zeros(total, 1 + width, dtype=self.dtype)
-        edge_block = torch.empty(total, dtype=torch.long)
+        block_ptr = torch.zeros(self.block + 2, dtype=torch.long)
         offset = 0
-        for src, dst, weights, code, block in chunks:
-            end = offset + len(src)
-            edge_index[0, offset:end] = src
-            edge_index[1, offset:end] = dst
-            edge_features[offset:end, 0] = code
-            edge_features[offset:end, 1 : 1 + weights.shape[1]] = weights
-            edge_block[offset:end] = block
+        for chunk in chunks:
+            end = offset + len(chunk)
+            if isinstance(chunk, _DenseEdges):
+                chunk.write(edge_index[:, offset:end], edge_features[offset:end])
+            else:
+                edge_index[0, offset:end] = chunk.src
+                edge_index[1, offset:end] = chunk.dst
+                edge_features[offset:end, 0] = chunk.code
+                edge_features[offset:end, 1 : 1 + chunk.weights.shape[1]] = chunk.weights
+            block_ptr[chunk.block + 1] = len(chunk)
             offset = end
-        return edge_index, edge_features, edge_block
+        self._edges = []  # release the chunks (and their weight views)
+        return edge_index, edge_features, block_ptr.cumsum(0)
 
     def _components(self) -> tuple[Tensor, Tensor]:
         """Connected components of the tie relation, and whether each node is fixed."""

@@ -56,8 +56,9 @@ class NeuralGraph:
         node_features: ``[N, F]`` per-node features.
         edge_index: ``[2, E]`` int64, row 0 the source and row 1 the target node.
         edge_features: ``[E, G]``; column 0 the edge type code, the rest weight values.
-        edge_block: ``[E]`` int64, the operation that created each edge. Edges are sorted
-            by ``(block, target, source)``, so the graph of a network is canonical.
+        block_ptr: ``[n_blocks + 1]`` int64 edge offsets: block (operation) ``b`` created
+            edges ``block_ptr[b]:block_ptr[b + 1]``. Edges are sorted by
+            ``(block, target, source)``, so the graph of a network is canonical.
         node_block: ``[N]`` int64, the operation that created each node.
         node_rescale: ``[N]`` int8, the rescaling a node admits: 0 none, 1 positive
             scaling (ReLU family), 2 sign flip (odd activations).
@@ -72,7 +73,7 @@ class NeuralGraph:
     node_features: Tensor
     edge_index: Tensor
     edge_features: Tensor
-    edge_block: Tensor
+    block_ptr: Tensor
     node_block: Tensor
     node_rescale: Tensor
     perm_groups: tuple[Tensor, ...] = ()
@@ -89,6 +90,19 @@ class NeuralGraph:
     def num_edges(self) -> int:
         """Number of edges E."""
         return self.edge_index.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the graph's tensors, in bytes."""
+        tensors = [self.node_features, self.edge_index, self.edge_features, self.block_ptr,
+                   self.node_block, self.node_rescale, *self.perm_groups, *self.perm_blocks]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def edge_block(self) -> Tensor:
+        """``[E]`` int64, the operation that created each edge."""
+        counts = self.block_ptr.diff()
+        return torch.arange(len(counts)).repeat_interleave(counts)
 
     @property
     def node_role(self) -> Tensor:
@@ -134,7 +148,7 @@ class NeuralGraph:
             self.num_nodes == other.num_nodes
             and self.num_edges == other.num_edges
             and torch.equal(self.edge_index, other.edge_index)
-            and torch.equal(self.edge_block, other.edge_block)
+            and torch.equal(self.block_ptr, other.block_ptr)
             and self.node_features.shape == other.node_features.shape
             and self.edge_features.shape == other.edge_features.shape
             and torch.allclose(self.node_features, other.node_features, rtol=0, atol=atol)

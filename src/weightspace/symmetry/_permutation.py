@@ -45,7 +45,7 @@ def permute_graph(graph: NeuralGraph, perm: Tensor) -> NeuralGraph:
         node_features=graph.node_features[perm],
         edge_index=edge_index[:, order],
         edge_features=graph.edge_features[order],
-        edge_block=graph.edge_block[order],
+        block_ptr=graph.block_ptr,
         node_block=graph.node_block[perm],
         node_rescale=graph.node_rescale[perm],
         perm_groups=graph.perm_groups,

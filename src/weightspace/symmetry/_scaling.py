@@ -87,8 +87,7 @@ def canonical_scales(graph: NeuralGraph) -> Tensor:
     parametric = _parametric(graph)
     src, dst = graph.edge_index
     blocks = torch.unique(graph.node_block[targets])
-    bounds = torch.searchsorted(graph.edge_block, torch.stack([blocks, blocks + 1]))
-    for start, end in bounds.T.tolist():
+    for start, end in zip(graph.block_ptr[blocks].tolist(), graph.block_ptr[blocks + 1].tolist()):
         s, d = src[start:end], dst[start:end]
         keep = parametric[start:end] & targets[d]
         s, d = s[keep], d[keep]
