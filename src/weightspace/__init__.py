@@ -1,5 +1,6 @@
 """weightspace: learn from the trained weights of neural networks."""
 
+from . import symmetry
 from .exceptions import (
     GraphError,
     InvalidWeightsError,
@@ -20,5 +21,6 @@ __all__ = [
     "UnsupportedModuleError",
     "WeightspaceError",
     "__version__",
+    "symmetry",
     "to_graph",
 ]

@@ -135,3 +135,48 @@ def test_hidden_nodes_carry_no_identity(examples32):
     assert (g.node_features[hidden, 3] == 0).all()  # position only on inputs/outputs
     outputs = g.node_role == 2
     assert g.node_features[outputs, 3].tolist() == list(range(int(outputs.sum())))
+
+
+def test_transformer_layer_counts():
+    d, heads, ff = 8, 2, 16
+    layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = layer, nn.Linear(d, 3)
+
+        def forward(self, x):
+            return self.head(self.encoder(x).mean(dim=1))
+
+    g = ws.to_graph(Net(), torch.randn(2, 5, d))
+    # inputs d; attention: q, k, v (3d) + one node per head; attention output d;
+    # 2 residual junctions (2d); 2 LayerNorms (2d); feed-forward ff + d; head 3.
+    assert g.count_roles() == {
+        "input": d,
+        "hidden": d + 2 * d + ff + d,
+        "output": 3,
+        "junction": 2 * d,
+        "attention": 3 * d + heads,
+    }
+    n_weights = 4 * d * d + ff * d * 2 + 3 * d
+    identity = 3 * d + 2 * 2 * d + 2 * d  # q/k/v-head links, residuals, LayerNorms
+    assert g.num_edges == n_weights + identity
+    assert len(g.perm_blocks) == 1 and g.perm_blocks[0].shape == (heads, 1 + 3 * d // heads)
+
+
+def test_conversion_leaves_the_network_untouched(examples32):
+    e = examples32["resnet"]
+    e.module.train()
+    state = {k: v.clone() for k, v in e.module.state_dict().items()}
+    ws.to_graph(e.module, e.inputs)
+    assert e.module.training and all(m.training for m in e.module.modules())
+    for k, v in e.module.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    e.module.eval()
+
+
+def test_docstring_example():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    g = ws.to_graph(net)
+    assert (g.num_nodes, g.num_edges) == (15, 56)

@@ -104,9 +104,7 @@ class _DenseEdges:
     def in_canonical_order(self) -> bool:
         """Whether edges come out sorted by (target, source) without a sort."""
         per_group = self.src_nodes.reshape(self.groups, -1)
-        return bool((per_group.diff(dim=1) > 0).all()) and bool(
-            (self.dst_nodes.diff() > 0).all()
-        )
+        return bool((per_group.diff(dim=1) > 0).all()) and bool((self.dst_nodes.diff() > 0).all())
 
     def write(self, edge_index: Tensor, edge_features: Tensor) -> None:
         """Write into pre-allocated slices of length ``len(self)``."""
@@ -256,8 +254,9 @@ class GraphBuilder:
         """Add edges ``src[i] -> dst[i]`` with ``weights`` ``[E, K]`` (ones if None)."""
         if weights is None:
             weights = torch.ones(len(src), 1, dtype=self.dtype)
-        chunk = _ExplicitEdges(src, dst, weights.detach().to(self.dtype), EDGE_CODE[edge_type],
-                               self.block)
+        chunk = _ExplicitEdges(
+            src, dst, weights.detach().to(self.dtype), EDGE_CODE[edge_type], self.block
+        )
         self._edges.append(chunk)
 
     def add_dense_edges(
@@ -269,8 +268,9 @@ class GraphBuilder:
         groups: int = 1,
     ) -> None:
         """Edges of a dense or (grouped) convolutional weight ``[out, in/groups, *kernel]``."""
-        chunk = _DenseEdges(src_nodes, dst_nodes, weight.detach(), groups, EDGE_CODE[edge_type],
-                            self.block)
+        chunk = _DenseEdges(
+            src_nodes, dst_nodes, weight.detach(), groups, EDGE_CODE[edge_type], self.block
+        )
         self._edges.append(chunk)
 
     def scale_incoming(self, block: int, nodes: Tensor, factor: Tensor) -> None:
@@ -369,18 +369,25 @@ class GraphBuilder:
                 if parts[0].in_canonical_order():
                     result.append(parts[0])
                     continue
-            explicit = [p.materialise(self.dtype) if isinstance(p, _DenseEdges) else p
-                        for p in parts]
+            explicit = [
+                p.materialise(self.dtype) if isinstance(p, _DenseEdges) else p for p in parts
+            ]
             width = max(p.weights.shape[1] for p in explicit)
             src = torch.cat([p.src for p in explicit])
             dst = torch.cat([p.dst for p in explicit])
-            weights = torch.cat([F.pad(p.weights, (0, width - p.weights.shape[1]))
-                                 for p in explicit])
-            codes = torch.cat([torch.full((len(p),), p.code) if isinstance(p.code, int)
-                               else p.code for p in explicit])
+            weights = torch.cat(
+                [F.pad(p.weights, (0, width - p.weights.shape[1])) for p in explicit]
+            )
+            codes = torch.cat(
+                [
+                    torch.full((len(p),), p.code) if isinstance(p.code, int) else p.code
+                    for p in explicit
+                ]
+            )
             order = torch.argsort(dst * (self.num_nodes + 1) + src, stable=True)
-            result.append(_ExplicitEdges(src[order], dst[order], weights[order], codes[order],
-                                         parts[0].block))
+            result.append(
+                _ExplicitEdges(src[order], dst[order], weights[order], codes[order], parts[0].block)
+            )
         return result
 
     def _assemble_edges(self) -> tuple[Tensor, Tensor, Tensor]:

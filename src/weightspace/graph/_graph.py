@@ -94,8 +94,16 @@ class NeuralGraph:
     @property
     def nbytes(self) -> int:
         """Memory held by the graph's tensors, in bytes."""
-        tensors = [self.node_features, self.edge_index, self.edge_features, self.block_ptr,
-                   self.node_block, self.node_rescale, *self.perm_groups, *self.perm_blocks]
+        tensors = [
+            self.node_features,
+            self.edge_index,
+            self.edge_features,
+            self.block_ptr,
+            self.node_block,
+            self.node_rescale,
+            *self.perm_groups,
+            *self.perm_blocks,
+        ]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @property
