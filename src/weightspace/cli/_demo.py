@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         "nodes",
         "edges",
         "convert ms",
-        "max |Δ| permute",
-        "max |Δ| rescale",
+        "max change (permute)",
+        "max change (rescale)",
         "function preserved",
     )
     print(tabulate(rows, headers=headers, intfmt=",", tablefmt="github"))
