@@ -26,6 +26,7 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
 
 bench: install
 	$(BIN)/python bench/graph.py

@@ -68,3 +68,14 @@ def test_missing_example_input_for_unknown_first_layer():
 def test_not_a_module():
     with pytest.raises(TypeError, match="expects a torch.nn.Module"):
         ws.to_graph("model.pt")  # type: ignore[arg-type]
+
+
+def test_image_size_is_inferred_for_conv_networks():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 28 * 28, 3))
+    assert ws.to_graph(net).num_nodes == 1 + 2 + 3
+
+
+def test_uninferable_conv_input_lists_what_was_tried():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+    with pytest.raises(ws.TraceError, match=r"tried \(2, 1, 32, 32\).*pass example_input"):
+        ws.to_graph(net)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ from ._folding import batchnorm_affine, foldable_batchnorms, module_affine
 from ._graph import LayerInfo, NeuralGraph
 from ._trace import (
     TensorInfo,
+    candidate_inputs,
     check_finite,
-    default_example_input,
     eval_mode,
     record_shapes,
+    record_shapes_guessing,
     trace,
 )
 
@@ -169,7 +169,8 @@ def to_graph(module: nn.Module, example_input: Tensor | None = None) -> NeuralGr
     Args:
         module: the network. Its parameters must be finite.
         example_input: one batch of inputs. If omitted, ``module.example_input()`` is used
-            when the module has it, else a shape is inferred from the first layer.
+            when the module has it, else a shape is inferred from the first layer (for
+            convolutional networks, common image sizes are tried in turn).
 
     Returns:
         The :class:`NeuralGraph`, with features in the dtype of the network's parameters.
@@ -190,10 +191,11 @@ def to_graph(module: nn.Module, example_input: Tensor | None = None) -> NeuralGr
         raise TypeError(f"to_graph expects a torch.nn.Module, got {type(module).__name__}")
     check_finite(module)
     gm = trace(module)
-    if example_input is None:
-        example_input = default_example_input(module, gm)
     with eval_mode(gm):
-        seen = record_shapes(gm, example_input)
+        if example_input is None:
+            seen = record_shapes_guessing(gm, candidate_inputs(module, gm))
+        else:
+            seen = record_shapes(gm, example_input)
         return _Converter(gm, seen).run()
 
 
@@ -291,7 +293,10 @@ class _Converter:
                 return _Raw(node.name, info.shape)
             return _Index()
         if node.op == "get_attr":
-            return _Param(node.target, functools.reduce(getattr, node.target.split("."), self.gm))
+            target = str(node.target)
+            owner, _, attribute = target.rpartition(".")
+            tensor = getattr(self.gm.get_submodule(owner), attribute)
+            return _Param(target, tensor)
         args = self._load(node.args)
         kwargs = self._load(node.kwargs)
         if node.op == "call_module":
@@ -381,9 +386,9 @@ class _Converter:
             return self._conv(node, path, t[1], _get(t, 2), groups, self._value(args[0], 1))
         if name in ("batch_norm", "_native_batch_norm_legit_no_training"):
             if name == "batch_norm":  # (x, weight, bias, mean, var, training, momentum, eps)
-                affine = batchnorm_affine(t[3], t[4], t[7], t[1], t[2])
+                affine = batchnorm_affine(t[3], t[4], float(t[7]), t[1], t[2])
             else:  # (x, weight, bias, mean, var, momentum, eps)
-                affine = batchnorm_affine(t[3], t[4], t[6], t[1], t[2])
+                affine = batchnorm_affine(t[3], t[4], float(t[6]), t[1], t[2])
             return self._batchnorm(node, path, affine, self._value(args[0], 1))
         if name == "layer_norm":
             x = self._value(args[0], -1)
@@ -442,6 +447,7 @@ class _Converter:
             edge_type = "conv" if groups == 1 else "grouped_conv"
             self.b.add_dense_edges(x.nodes, out, weight.detach(), edge_type, groups)
             taps = (None,) * (weight.dim() - 2)
+            terms: tuple[tuple[int, Tensor, int], ...]
             if groups == 1:
                 dims = (out, x.nodes, *taps)
                 terms = ((0, out, 1), (1, x.nodes, -1))
@@ -639,9 +645,12 @@ class _Converter:
 
     def _encoder(self, path: str, mod: nn.TransformerEncoder, x: Value) -> Value:
         for i, layer in enumerate(mod.layers):
+            assert isinstance(layer, nn.TransformerEncoderLayer)
             x = self._encoder_layer(f"{path}.layers.{i}", layer, x)
-        if mod.norm is not None:
-            norm = mod.norm
+        norm = mod.norm
+        if norm is not None:
+            if not isinstance(norm, nn.LayerNorm):
+                raise self._fail(f"TransformerEncoder with a final {type(norm).__name__}")
             shape = tuple(norm.normalized_shape)
             x = self._layernorm(f"{path}.norm", shape, norm.weight, norm.bias, x)
         return x
@@ -702,7 +711,7 @@ class _Converter:
             return x[args[1]]
         if target is getattr or name in ("size", "dim"):
             return result  # x.shape, x.size(1), x.device: read from the example run
-        parts = list(x) if name == "cat" else list(args)
+        parts = list(args[0]) if name == "cat" else list(args)  # cat takes a list
         if not any(isinstance(a, (Value, _Raw, _Param)) for a in (*parts, *kwargs.values())):
             return _Index() if isinstance(result, TensorInfo) else result  # sizes, positions
         if name in _ATEN_LAYERS:
@@ -734,12 +743,10 @@ class _Converter:
             return self._reduced(self._value(x), args, kwargs)
         if name == "getitem":
             return self._getitem(self._value(x), args[1])
-        if name == "select":  # aten: x[..., i] on one dimension
-            return self._getitem(self._value(x), (slice(None),) * (args[1] % x.ndim) + (args[2],))
-        if name == "slice":
-            return self._getitem(
-                self._value(x), (slice(None),) * (args[1] % x.ndim) + (slice(0, 1),)
-            )
+        if name in ("select", "slice"):  # aten indexing of one dimension
+            value = self._value(x)
+            index = args[2] if name == "select" else slice(0, 1)  # a slice keeps the dim
+            return self._getitem(value, (slice(None),) * (args[1] % value.ndim) + (index,))
         if name in ("expand", "expand_as", "unsqueeze"):
             value = self._value(x)
             ndim = len(result.shape)
@@ -759,7 +766,9 @@ class _Converter:
         return self._combine(node, parts, "residual")
 
     def _reshaped(self, node: fx.Node, x: Any, shape: tuple[int, ...]) -> Any:
-        src = self._shape(node.args[0])
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        src = self._shape(source)
         if isinstance(x, _Raw):
             return _Raw(x.name + "'", tuple(shape))
         x = self._value(x)

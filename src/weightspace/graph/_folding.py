@@ -37,20 +37,21 @@ def batchnorm_affine(
 
 
 def module_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """:func:`batchnorm_affine` of a BatchNorm module."""
+    """:func:`batchnorm_affine` of a BatchNorm module with running statistics."""
+    assert bn.running_mean is not None and bn.running_var is not None
     return batchnorm_affine(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
 def _is_batchnorm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        bn = modules[node.target]
+        bn = modules[str(node.target)]
         return isinstance(bn, _BATCHNORMS) and bn.running_mean is not None
     return node.op == "call_function" and node.target in _ATEN_BATCHNORMS
 
 
 def _is_foldable_producer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return isinstance(modules[node.target], _FOLDABLE_PRODUCERS)
+        return isinstance(modules[str(node.target)], _FOLDABLE_PRODUCERS)
     return node.op == "call_function" and node.target in _ATEN_PRODUCERS
 
 

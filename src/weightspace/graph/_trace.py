@@ -69,10 +69,18 @@ def trace(module: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(module, graph, class_name=type(module).__name__)
 
 
-def default_example_input(module: nn.Module, gm: fx.GraphModule) -> torch.Tensor:
-    """An input that fits the network, from ``module.example_input()`` or its first layer."""
-    if callable(getattr(module, "example_input", None)):
-        return module.example_input()
+_IMAGE_SIZES = (32, 28, 224, 64, 8, 16)  # tried in order for conv-first networks
+
+
+def candidate_inputs(module: nn.Module, gm: fx.GraphModule) -> list[torch.Tensor]:
+    """Inputs that may fit the network: ``module.example_input()``, else from its first layer.
+
+    Raises:
+        TraceError: the first layer says nothing about the input shape.
+    """
+    make_example = getattr(module, "example_input", None)
+    if callable(make_example):
+        return [make_example()]
     modules = dict(gm.named_modules())
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     for node in gm.graph.nodes:
@@ -80,16 +88,30 @@ def default_example_input(module: nn.Module, gm: fx.GraphModule) -> torch.Tensor
             continue
         first = modules[node.target]
         if isinstance(first, nn.Embedding):
-            return torch.zeros(2, 8, dtype=torch.long)
+            return [torch.zeros(2, 8, dtype=torch.long)]
         if isinstance(first, nn.Conv2d):
-            return torch.randn(2, first.in_channels, 32, 32, dtype=dtype)
+            return [torch.randn(2, first.in_channels, s, s, dtype=dtype) for s in _IMAGE_SIZES]
         if isinstance(first, nn.Conv1d):
-            return torch.randn(2, first.in_channels, 32, dtype=dtype)
+            return [torch.randn(2, first.in_channels, s, dtype=dtype) for s in _IMAGE_SIZES]
         if isinstance(first, nn.Linear):
-            return torch.randn(2, first.in_features, dtype=dtype)
+            return [torch.randn(2, first.in_features, dtype=dtype)]
         break
     raise TraceError(
         f"cannot infer the input shape of {type(module).__name__}; "
+        "pass example_input=<a tensor shaped like one batch of inputs>"
+    )
+
+
+def record_shapes_guessing(gm: fx.GraphModule, candidates: list[torch.Tensor]) -> dict[str, Any]:
+    """:func:`record_shapes` with the first candidate input the network accepts."""
+    for candidate in candidates:
+        try:
+            return record_shapes(gm, candidate)
+        except TraceError:
+            continue
+    shapes = ", ".join(str(tuple(c.shape)) for c in candidates)
+    raise TraceError(
+        f"cannot infer the input shape of {gm.__class__.__name__} (tried {shapes}); "
         "pass example_input=<a tensor shaped like one batch of inputs>"
     )
 

@@ -22,7 +22,8 @@ class ExampleModel:
 def _randomize_batchnorm(module: nn.Module, generator: torch.Generator) -> None:
     """Give BatchNorm layers non-trivial statistics, as after training."""
     for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            assert m.running_var is not None
             n = m.num_features
             dtype = m.running_mean.dtype
             m.running_mean.copy_(torch.randn(n, generator=generator, dtype=dtype) * 0.5)
