@@ -1,0 +1,235 @@
+"""Building a model zoo: plan the training runs, train them in groups, store every checkpoint.
+
+A build is resumable: model ids are derived from the preset, the zoo seed and each run's
+hyperparameters, finished models are skipped, and the store's writes are atomic, so a build
+killed at any moment and started again ends with exactly the requested models.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .datasets import TaskData, load_dataset
+from .presets import GroupPlan, load_preset
+from .store import ZooWriter
+from .training import GroupTrainer, RunSettings, robustness_kind
+
+MAX_RUNS_PER_JOB = 16
+
+
+@dataclass(frozen=True)
+class Job:
+    """Runs of one plan trained together in one process."""
+
+    plan: GroupPlan
+    plan_index: int
+    runs: tuple[RunSettings, ...]
+    run_ids: tuple[str, ...]
+    wanted: frozenset[str]  # model ids to keep
+    zoo_seed: int
+    data_dir: str | None
+
+
+@dataclass
+class BuildReport:
+    """What a build did."""
+
+    requested: int
+    already_present: int
+    built: int = 0
+    seconds: float = 0.0
+    seconds_by_family: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    models_by_family: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    repaired: dict[str, list[str]] = field(default_factory=dict)
+
+    def models_per_minute(self) -> dict[str, float]:
+        """Models trained per minute of training time, per family."""
+        return {f: 60 * n / max(self.seconds_by_family[f], 1e-9)
+                for f, n in self.models_by_family.items()}
+
+
+def model_id(run_id: str, epoch: int) -> str:
+    return f"{run_id}-e{epoch}"
+
+
+def shape_for_family(data: TaskData, family: str) -> TaskData:
+    """The data as the family reads it: MLPs get flat feature vectors."""
+    if family != "mlp" or len(data.input_shape) == 1:
+        return data
+    flat = math.prod(data.input_shape)
+    return replace(
+        data,
+        x_train=data.x_train.reshape(len(data.x_train), flat),
+        x_test=data.x_test.reshape(len(data.x_test), flat),
+        input_shape=(flat,),
+    )
+
+
+def fit_spec(plan: GroupPlan, data: TaskData) -> dict[str, Any]:
+    """The full architecture spec: the plan's arguments plus the data's shapes."""
+    spec: dict[str, Any] = {"family": plan.family, **plan.arch, "num_classes": data.num_classes}
+    if plan.family == "mlp":
+        spec["in_features"] = math.prod(data.input_shape)
+    elif plan.family == "bert":
+        spec["vocab_size"], spec["max_len"] = data.vocab_size, data.input_shape[0]
+    else:
+        spec["in_channels"], spec["image_size"] = data.input_shape[0], data.input_shape[-1]
+    return spec
+
+
+def plan_jobs(
+    plans: list[GroupPlan], size: int | None, zoo_seed: int, data_dir: str | None
+) -> tuple[list[Job], list[str]]:
+    """Split the preset into jobs and choose exactly ``size`` model ids (default: all)."""
+    default_total = sum(p.runs * len(p.checkpoints) for p in plans)
+    scale = 1.0 if size is None else size / default_total
+    per_plan = []
+    for index, plan in enumerate(plans):
+        count = max(1, math.ceil(plan.runs * scale))
+        runs = plan.sample_runs(zoo_seed, index, count)
+        per_plan.append((plan, index, runs, [plan.run_id(zoo_seed, index, r) for r in runs]))
+    # Order candidates so that truncation drops the last runs of every plan evenly.
+    ranked = []
+    for plan, index, runs, ids in per_plan:
+        for rank, run_id in enumerate(ids):
+            ranked += [((rank, index, e), model_id(run_id, e)) for e in plan.checkpoints]
+    ranked.sort()
+    wanted = [mid for _, mid in ranked][: size if size is not None else None]
+    wanted_set = set(wanted)
+    jobs = []
+    for plan, index, runs, ids in per_plan:
+        for start in range(0, len(runs), MAX_RUNS_PER_JOB):
+            chunk_ids = ids[start : start + MAX_RUNS_PER_JOB]
+            keep = {model_id(r, e) for r in chunk_ids for e in plan.checkpoints} & wanted_set
+            if keep:
+                jobs.append(Job(plan, index, tuple(runs[start : start + MAX_RUNS_PER_JOB]),
+                                tuple(chunk_ids), frozenset(keep), zoo_seed, data_dir))
+    return jobs, wanted
+
+
+def run_job(job: Job, threads: int | None = None) -> tuple[list[tuple], float]:
+    """Train one job; returns ``[(record, state, spec), ...]`` for its wanted models."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    plan = job.plan
+    data = shape_for_family(load_dataset(plan.dataset, job.zoo_seed, job.data_dir), plan.family)
+    spec = fit_spec(plan, data)
+    trainer = GroupTrainer(spec, data, job.runs, plan.optimizer, plan.epochs, plan.batch_size,
+                           plan.max_train)
+    results = []
+    for ckpt in trainer.train():
+        mid = model_id(job.run_ids[ckpt.run_index], ckpt.epoch)
+        if mid not in job.wanted:
+            continue
+        run = job.runs[ckpt.run_index]
+        record = {
+            "id": mid,
+            "family": plan.family,
+            "architecture": plan.architecture,
+            "task": data.task,
+            "dataset": data.name,
+            "type": data.type,
+            "run_id": job.run_ids[ckpt.run_index],
+            "epoch": ckpt.epoch,
+            "lr": run.lr,
+            "weight_decay": run.weight_decay,
+            "optimizer": plan.optimizer,
+            "init_scale": run.init_scale,
+            "dropout": float(spec.get("dropout", 0.0)),
+            "label_noise": run.label_noise,
+            "train_fraction": run.train_fraction,
+            "epochs": plan.epochs,
+            "batch_size": plan.batch_size,
+            "seed": run.seed,
+            "robustness_kind": robustness_kind(data),
+            "source": "build",
+            **ckpt.metrics,
+        }
+        results.append((record, ckpt.state, spec))
+    return results, time.perf_counter() - start
+
+
+def _progress_enabled() -> bool:
+    return os.environ.get("CI", "").lower() not in ("1", "true") and os.isatty(2)
+
+
+def build_zoo(
+    preset: str | Path,
+    out: str | Path,
+    *,
+    size: int | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    data_dir: str | None = None,
+    progress: bool | None = None,
+    on_job_done: Callable[[int], None] | None = None,
+) -> BuildReport:
+    """Train a zoo (or finish an interrupted one) into ``out``.
+
+    Args:
+        preset: a preset name (``tiny``, ``standard``, ``mnist-mlp``, ``mnist-cnn``) or a
+            YAML/JSON file.
+        out: the zoo directory.
+        size: number of models (default: the preset's size).
+        workers: processes training jobs in parallel.
+        seed: zoo seed: data splits and every run's hyperparameters derive from it.
+        data_dir: folder with the MNIST files (or set ``WEIGHTSPACE_DATA``).
+        progress: show a progress bar (default: on a terminal, off under ``CI=true``).
+        on_job_done: called with the number of models written after each job.
+
+    Returns:
+        A :class:`BuildReport`.
+    """
+    if size is not None and size < 1:
+        raise ValueError(f"The 'size' parameter must be an int >= 1. Got {size} instead.")
+    if workers < 1:
+        raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
+    plans = load_preset(preset)
+    jobs, wanted = plan_jobs(plans, size, seed, data_dir)
+    started = time.perf_counter()
+    with ZooWriter(out) as writer:
+        repaired = writer.repair()
+        present = writer.existing_ids() & set(wanted)
+        pending = [j for j in jobs if not j.wanted <= present]
+        report = BuildReport(len(wanted), len(present), repaired=repaired)
+        show = _progress_enabled() if progress is None else progress
+        bar = tqdm(total=len(wanted), initial=len(present), unit="model", disable=not show,
+                   desc="zoo build")
+
+        def store(job: Job, results: list[tuple], seconds: float) -> None:
+            new = [r for r in results if r[0]["id"] not in present]
+            if new:
+                writer.add([r[0] for r in new], [r[1] for r in new], [r[2] for r in new])
+            report.built += len(new)
+            report.models_by_family[job.plan.family] += len(results)
+            report.seconds_by_family[job.plan.family] += seconds
+            bar.update(len(new))
+            if on_job_done is not None:
+                on_job_done(len(new))
+
+        if workers == 1:
+            for job in pending:
+                store(job, *run_job(job))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(run_job, job, threads): job for job in pending}
+                for future in as_completed(futures):
+                    store(futures[future], *future.result())
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,213 @@
+"""Zoo presets: which architectures are trained on which data, with which hyperparameters.
+
+A preset is plain data: a list of :class:`GroupPlan`. Each plan trains ``runs`` networks of
+one architecture on one data set; hyperparameters are sampled per run from the plan's
+ranges with a generator seeded by the zoo seed and the plan's position, so a build that
+is interrupted and started again trains exactly the same networks.
+
+Presets can also be written as YAML or JSON files: a mapping with a ``groups`` list whose
+items have the fields of :class:`GroupPlan`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..exceptions import WeightspaceError
+from .training import RunSettings, checkpoint_epochs
+
+
+class PresetError(WeightspaceError, ValueError):
+    """An unknown preset name or a malformed preset file."""
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Networks of one architecture trained on one data set.
+
+    Attributes:
+        architecture: the name recorded in the catalog's ``architecture`` column.
+        family: architecture family (see ``weightspace.zoo.families.FAMILIES``).
+        arch: family arguments that do not depend on the data set.
+        dataset: data set name (see ``weightspace.zoo.datasets.DATASETS``).
+        runs: number of training runs; each keeps a checkpoint after epochs 1, 2, 4, ...
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        epochs: epochs per run.
+        batch_size: examples per step.
+        lr: log-uniform range of the learning rate.
+        weight_decay: choices of L2 weight decay.
+        init_scale: uniform range of the factor applied to the initial weights.
+        label_noise: choices of the fraction of training labels replaced at random.
+        train_fraction: choices of the fraction of the training set a run sees.
+        max_train: cap on the training examples (None: the whole training split).
+    """
+
+    architecture: str
+    family: str
+    arch: Mapping[str, Any]
+    dataset: str
+    runs: int
+    optimizer: str = "adam"
+    epochs: int = 8
+    batch_size: int = 64
+    lr: tuple[float, float] = (3e-4, 3e-3)
+    weight_decay: tuple[float, ...] = (0.0, 1e-4, 1e-3)
+    init_scale: tuple[float, float] = (0.5, 1.5)
+    label_noise: tuple[float, ...] = (0.0, 0.0, 0.1, 0.2)
+    train_fraction: tuple[float, ...] = (0.25, 0.5, 1.0, 1.0)
+    max_train: int | None = None
+
+    @property
+    def checkpoints(self) -> list[int]:
+        return checkpoint_epochs(self.epochs)
+
+    def sample_runs(self, zoo_seed: int, index: int, count: int) -> list[RunSettings]:
+        """Hyperparameters of the plan's first ``count`` runs (deterministic)."""
+        gen = torch.Generator().manual_seed(zoo_seed * 100_003 + index)
+        runs = []
+        for _ in range(count):
+            u = torch.rand(4, generator=gen).tolist()
+            pick = torch.randint(0, 1_000_000, (3,), generator=gen).tolist()
+            log_lo, log_hi = math.log(self.lr[0]), math.log(self.lr[1])
+            runs.append(
+                RunSettings(
+                    seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
+                    lr=math.exp(log_lo + (log_hi - log_lo) * u[0]),
+                    weight_decay=self.weight_decay[pick[0] % len(self.weight_decay)],
+                    init_scale=self.init_scale[0] + (self.init_scale[1] - self.init_scale[0]) * u[1],
+                    label_noise=self.label_noise[pick[1] % len(self.label_noise)],
+                    train_fraction=self.train_fraction[pick[2] % len(self.train_fraction)],
+                )
+            )
+        return runs
+
+    def run_id(self, zoo_seed: int, index: int, run: RunSettings) -> str:
+        """A short id that changes whenever anything about the run changes."""
+        plan = {k: v for k, v in asdict(self).items() if k != "runs"}  # --size keeps ids
+        payload = json.dumps([plan, zoo_seed, index, asdict(run)], sort_keys=True)
+        return f"{self.architecture}-{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
+
+
+def _digits(arch_name: str, family: str, runs: int, **arch: Any) -> GroupPlan:
+    return GroupPlan(arch_name, family, arch, "digits", runs)
+
+
+def _tiny() -> list[GroupPlan]:
+    return [
+        _digits("mlp-digits-s", "mlp", 3, hidden=[32]),
+        _digits("vgg-digits-s", "vgg", 2, widths=[8, 16], classifier_hidden=32),
+        _digits("resnet-digits-s", "resnet", 2, widths=[8, 16]),
+        _digits("mobilenet-digits-s", "mobilenet", 1, widths=[8, 16], head_width=32),
+        _digits("efficientnet-digits-s", "efficientnet", 1, widths=[8, 16], head_width=32),
+        _digits("vit-digits-s", "vit", 2, dim=16, depth=1, heads=2),
+        GroupPlan("mlp-wine-s", "mlp", {"hidden": [16]}, "wine", 2, batch_size=32),
+        GroupPlan("mlp-diabetes-s", "mlp", {"hidden": [16]}, "diabetes", 1, batch_size=32),
+        GroupPlan("bert-sentiment-s", "bert", {"dim": 16, "depth": 1, "heads": 2},
+                  "sentiment", 1),
+    ]
+
+
+def _standard() -> list[GroupPlan]:
+    tabular = []
+    for dataset in ("wine", "breast_cancer", "diabetes"):
+        for size, hidden in (("s", [16]), ("m", [64, 32])):
+            tabular.append(GroupPlan(f"mlp-{dataset}-{size}", "mlp", {"hidden": hidden},
+                                     dataset, 12, batch_size=32))
+    return [
+        _digits("mlp-digits-s", "mlp", 16, hidden=[32]),
+        _digits("mlp-digits-m", "mlp", 16, hidden=[128, 64]),
+        _digits("vgg-digits", "vgg", 16, widths=[16, 32]),
+        _digits("resnet-digits", "resnet", 16, widths=[16, 32]),
+        _digits("mobilenet-digits", "mobilenet", 16, widths=[16, 24]),
+        _digits("efficientnet-digits", "efficientnet", 16, widths=[16, 24]),
+        _digits("vit-digits", "vit", 16, dim=32, depth=2, heads=4),
+        GroupPlan("mlp-mnist", "mlp", {"hidden": [128, 64]}, "mnist", 16, max_train=10_000,
+                  batch_size=128),
+        GroupPlan("vgg-mnist", "vgg", {"widths": [8, 16], "classifier_hidden": 32}, "mnist",
+                  8, max_train=4_000, batch_size=128),
+        GroupPlan("resnet-mnist", "resnet", {"widths": [8, 16]}, "mnist", 6, max_train=3_000,
+                  batch_size=128),
+        GroupPlan("mlp-mnist-xl", "mlp", {"hidden": [2000, 2000]}, "mnist", 2,
+                  max_train=2_000, batch_size=128),
+        *tabular,
+        GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment",
+                  16),
+        GroupPlan("bert-majority", "bert", {"dim": 32, "depth": 2, "heads": 4}, "majority", 16),
+    ]
+
+
+def _mnist_fixed(name: str, family: str, arch: dict) -> list[GroupPlan]:
+    return [GroupPlan(name, family, arch, "mnist", 250, max_train=10_000, batch_size=128,
+                      lr=(1e-4, 1e-2), optimizer="adam")]
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "standard": _standard,
+    "mnist-mlp": lambda: _mnist_fixed("mlp-mnist-fixed", "mlp", {"hidden": [32, 32]}),
+    "mnist-cnn": lambda: _mnist_fixed(
+        "cnn-mnist-fixed", "vgg", {"widths": [8, 16], "classifier_hidden": 32}
+    ),
+}
+
+
+def load_preset(name_or_path: str | Path) -> list[GroupPlan]:
+    """The plans of a named preset, or of a YAML / JSON preset file.
+
+    Raises:
+        PresetError: unknown name (with close matches) or a malformed file.
+    """
+    name = str(name_or_path)
+    if name in PRESETS:
+        return PRESETS[name]()
+    path = Path(name)
+    if not path.suffix:
+        close = difflib.get_close_matches(name, list(PRESETS), n=2)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise PresetError(
+            f"unknown preset {name!r}{hint}; expected one of {sorted(PRESETS)} "
+            "or a .yaml/.json file"
+        )
+    return _read_preset_file(path)
+
+
+def _read_preset_file(path: Path) -> list[GroupPlan]:
+    if not path.is_file():
+        raise PresetError(f"{path}: no such preset file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            content = yaml.safe_load(text)
+        else:
+            content = json.loads(text)
+    except Exception as err:
+        raise PresetError(f"{path}: cannot parse ({err})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("groups"), list):
+        raise PresetError(f"{path}: expected a mapping with a 'groups' list")
+    known = {f.name for f in fields(GroupPlan)}
+    plans = []
+    for i, item in enumerate(content["groups"]):
+        if not isinstance(item, dict):
+            raise PresetError(f"{path}: group {i} must be a mapping")
+        unknown = set(item) - known
+        if unknown:
+            raise PresetError(f"{path}: group {i} has unknown fields {sorted(unknown)}; "
+                              f"expected some of {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) and k != "arch" else v
+                  for k, v in item.items()}
+        try:
+            plans.append(GroupPlan(**values))
+        except TypeError as err:
+            raise PresetError(f"{path}: group {i}: {err}") from None
+    return plans
