@@ -22,17 +22,25 @@ INFO_EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    zoo = sub.add_parser("zoo", help="build, inspect and import model zoos",
-                         description="Build, inspect and import model zoos.")
+    zoo = sub.add_parser(
+        "zoo",
+        help="build, inspect and import model zoos",
+        description="Build, inspect and import model zoos.",
+    )
     zoo_sub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
 
     build = zoo_sub.add_parser(
-        "build", help="train a model zoo",
+        "build",
+        help="train a model zoo",
         description="Train a zoo of networks with measured properties into a directory.",
-        epilog=BUILD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=BUILD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    build.add_argument("--preset", required=True,
-                       help="tiny, standard, mnist-mlp, mnist-cnn, or a .yaml/.json grid")
+    build.add_argument(
+        "--preset",
+        required=True,
+        help="tiny, standard, mnist-mlp, mnist-cnn, or a .yaml/.json grid",
+    )
     build.add_argument("--out", required=True, help="zoo directory (created if missing)")
     build.add_argument("--size", type=int, help="number of models (default: the preset's)")
     build.add_argument("--workers", type=int, default=1, help="parallel training processes")
@@ -41,9 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.set_defaults(run=run_build)
 
     info = zoo_sub.add_parser(
-        "info", help="summarise a model zoo", description="Models by type, task, data set and "
+        "info",
+        help="summarise a model zoo",
+        description="Models by type, task, data set and "
         "architecture, and parameter-count statistics.",
-        epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=INFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     info.add_argument("zoo", metavar="DIR", help="zoo directory")
     info.set_defaults(run=run_info)
@@ -52,18 +63,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from ..zoo.build import build_zoo
 
-    report = build_zoo(args.preset, args.out, size=args.size, workers=args.workers,
-                       seed=args.seed, data_dir=args.data_dir)
+    report = build_zoo(
+        args.preset,
+        args.out,
+        size=args.size,
+        workers=args.workers,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
     cleaned = sum(len(v) for v in report.repaired.values())
     if cleaned:
         print(f"repaired an interrupted build: {cleaned} leftover files or rows removed")
-    rows = [(family, n, f"{rate:.0f}") for family, n in sorted(report.models_by_family.items())
-            for rate in [report.models_per_minute()[family]]]
+    rows = [
+        (family, n, f"{rate:.0f}")
+        for family, n in sorted(report.models_by_family.items())
+        for rate in [report.models_per_minute()[family]]
+    ]
     if rows:
-        print(tabulate(rows, headers=("family", "models trained", "models / min"),
-                       tablefmt="simple"))
-    print(f"{args.out}: {report.requested} models ({report.built} built, "
-          f"{report.already_present} already present) in {report.seconds:.0f} s")
+        print(
+            tabulate(rows, headers=("family", "models trained", "models / min"), tablefmt="simple")
+        )
+    print(
+        f"{args.out}: {report.requested} models ({report.built} built, "
+        f"{report.already_present} already present) in {report.seconds:.0f} s"
+    )
     return 0
 
 
@@ -72,13 +95,22 @@ def run_info(args: argparse.Namespace) -> int:
 
     summary = Zoo.open(args.zoo).summary()
     print(f"{args.zoo}: {summary['models']} models\n")
-    for key, title in (("by_type", "type"), ("by_task", "task"), ("by_dataset", "dataset"),
-                       ("by_architecture", "architecture")):
+    for key, title in (
+        ("by_type", "type"),
+        ("by_task", "task"),
+        ("by_dataset", "dataset"),
+        ("by_architecture", "architecture"),
+    ):
         rows = sorted(summary[key].items(), key=lambda kv: (-kv[1], kv[0]))
         print(tabulate(rows, headers=(title, "models"), tablefmt="simple"))
         print()
     stats = summary["n_params"]
-    print(tabulate([[f"{stats[k]:,.0f}" for k in ("min", "max", "mean", "median")]],
-                   headers=("params min", "max", "mean", "median"), tablefmt="simple"))
+    print(
+        tabulate(
+            [[f"{stats[k]:,.0f}" for k in ("min", "max", "mean", "median")]],
+            headers=("params min", "max", "mean", "median"),
+            tablefmt="simple",
+        )
+    )
     sys.stdout.flush()
     return 0

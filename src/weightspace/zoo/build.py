@@ -56,8 +56,10 @@ class BuildReport:
 
     def models_per_minute(self) -> dict[str, float]:
         """Models trained per minute of training time, per family."""
-        return {f: 60 * n / max(self.seconds_by_family[f], 1e-9)
-                for f, n in self.models_by_family.items()}
+        return {
+            f: 60 * n / max(self.seconds_by_family[f], 1e-9)
+            for f, n in self.models_by_family.items()
+        }
 
 
 def model_id(run_id: str, epoch: int) -> str:
@@ -114,8 +116,17 @@ def plan_jobs(
             chunk_ids = ids[start : start + MAX_RUNS_PER_JOB]
             keep = {model_id(r, e) for r in chunk_ids for e in plan.checkpoints} & wanted_set
             if keep:
-                jobs.append(Job(plan, index, tuple(runs[start : start + MAX_RUNS_PER_JOB]),
-                                tuple(chunk_ids), frozenset(keep), zoo_seed, data_dir))
+                jobs.append(
+                    Job(
+                        plan,
+                        index,
+                        tuple(runs[start : start + MAX_RUNS_PER_JOB]),
+                        tuple(chunk_ids),
+                        frozenset(keep),
+                        zoo_seed,
+                        data_dir,
+                    )
+                )
     return jobs, wanted
 
 
@@ -127,8 +138,9 @@ def run_job(job: Job, threads: int | None = None) -> tuple[list[tuple], float]:
     plan = job.plan
     data = shape_for_family(load_dataset(plan.dataset, job.zoo_seed, job.data_dir), plan.family)
     spec = fit_spec(plan, data)
-    trainer = GroupTrainer(spec, data, job.runs, plan.optimizer, plan.epochs, plan.batch_size,
-                           plan.max_train)
+    trainer = GroupTrainer(
+        spec, data, job.runs, plan.optimizer, plan.epochs, plan.batch_size, plan.max_train
+    )
     results = []
     for ckpt in trainer.train():
         mid = model_id(job.run_ids[ckpt.run_index], ckpt.epoch)
@@ -149,7 +161,7 @@ def run_job(job: Job, threads: int | None = None) -> tuple[list[tuple], float]:
             "optimizer": plan.optimizer,
             "init_scale": run.init_scale,
             "dropout": float(spec.get("dropout", 0.0)),
-            "label_noise": run.label_noise,
+            "label_noise": run.label_noise if data.task == "classification" else 0.0,
             "train_fraction": run.train_fraction,
             "epochs": plan.epochs,
             "batch_size": plan.batch_size,
@@ -206,8 +218,13 @@ def build_zoo(
         pending = [j for j in jobs if not j.wanted <= present]
         report = BuildReport(len(wanted), len(present), repaired=repaired)
         show = _progress_enabled() if progress is None else progress
-        bar = tqdm(total=len(wanted), initial=len(present), unit="model", disable=not show,
-                   desc="zoo build")
+        bar = tqdm(
+            total=len(wanted),
+            initial=len(present),
+            unit="model",
+            disable=not show,
+            desc="zoo build",
+        )
 
         def store(job: Job, results: list[tuple], seconds: float) -> None:
             new = [r for r in results if r[0]["id"] not in present]

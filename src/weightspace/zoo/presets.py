@@ -83,7 +83,8 @@ class GroupPlan:
                     seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
                     lr=math.exp(log_lo + (log_hi - log_lo) * u[0]),
                     weight_decay=self.weight_decay[pick[0] % len(self.weight_decay)],
-                    init_scale=self.init_scale[0] + (self.init_scale[1] - self.init_scale[0]) * u[1],
+                    init_scale=self.init_scale[0]
+                    + (self.init_scale[1] - self.init_scale[0]) * u[1],
                     label_noise=self.label_noise[pick[1] % len(self.label_noise)],
                     train_fraction=self.train_fraction[pick[2] % len(self.train_fraction)],
                 )
@@ -111,8 +112,7 @@ def _tiny() -> list[GroupPlan]:
         _digits("vit-digits-s", "vit", 2, dim=16, depth=1, heads=2),
         GroupPlan("mlp-wine-s", "mlp", {"hidden": [16]}, "wine", 2, batch_size=32),
         GroupPlan("mlp-diabetes-s", "mlp", {"hidden": [16]}, "diabetes", 1, batch_size=32),
-        GroupPlan("bert-sentiment-s", "bert", {"dim": 16, "depth": 1, "heads": 2},
-                  "sentiment", 1),
+        GroupPlan("bert-sentiment-s", "bert", {"dim": 16, "depth": 1, "heads": 2}, "sentiment", 1),
     ]
 
 
@@ -120,8 +120,11 @@ def _standard() -> list[GroupPlan]:
     tabular = []
     for dataset in ("wine", "breast_cancer", "diabetes"):
         for size, hidden in (("s", [16]), ("m", [64, 32])):
-            tabular.append(GroupPlan(f"mlp-{dataset}-{size}", "mlp", {"hidden": hidden},
-                                     dataset, 12, batch_size=32))
+            tabular.append(
+                GroupPlan(
+                    f"mlp-{dataset}-{size}", "mlp", {"hidden": hidden}, dataset, 12, batch_size=32
+                )
+            )
     return [
         _digits("mlp-digits-s", "mlp", 16, hidden=[32]),
         _digits("mlp-digits-m", "mlp", 16, hidden=[128, 64]),
@@ -130,24 +133,56 @@ def _standard() -> list[GroupPlan]:
         _digits("mobilenet-digits", "mobilenet", 16, widths=[16, 24]),
         _digits("efficientnet-digits", "efficientnet", 16, widths=[16, 24]),
         _digits("vit-digits", "vit", 16, dim=32, depth=2, heads=4),
-        GroupPlan("mlp-mnist", "mlp", {"hidden": [128, 64]}, "mnist", 16, max_train=10_000,
-                  batch_size=128),
-        GroupPlan("vgg-mnist", "vgg", {"widths": [8, 16], "classifier_hidden": 32}, "mnist",
-                  8, max_train=4_000, batch_size=128),
-        GroupPlan("resnet-mnist", "resnet", {"widths": [8, 16]}, "mnist", 6, max_train=3_000,
-                  batch_size=128),
-        GroupPlan("mlp-mnist-xl", "mlp", {"hidden": [2000, 2000]}, "mnist", 2,
-                  max_train=2_000, batch_size=128),
+        GroupPlan(
+            "mlp-mnist", "mlp", {"hidden": [128, 64]}, "mnist", 18, max_train=10_000, batch_size=128
+        ),
+        GroupPlan(
+            "vgg-mnist",
+            "vgg",
+            {"widths": [8, 16], "classifier_hidden": 32},
+            "mnist",
+            8,
+            max_train=4_000,
+            batch_size=128,
+        ),
+        GroupPlan(
+            "resnet-mnist",
+            "resnet",
+            {"widths": [8, 16]},
+            "mnist",
+            6,
+            max_train=3_000,
+            batch_size=128,
+        ),
+        GroupPlan(
+            "mlp-mnist-xl",
+            "mlp",
+            {"hidden": [2000, 2000]},
+            "mnist",
+            2,
+            max_train=2_000,
+            batch_size=128,
+        ),
         *tabular,
-        GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment",
-                  16),
+        GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment", 16),
         GroupPlan("bert-majority", "bert", {"dim": 32, "depth": 2, "heads": 4}, "majority", 16),
     ]
 
 
 def _mnist_fixed(name: str, family: str, arch: dict) -> list[GroupPlan]:
-    return [GroupPlan(name, family, arch, "mnist", 250, max_train=10_000, batch_size=128,
-                      lr=(1e-4, 1e-2), optimizer="adam")]
+    return [
+        GroupPlan(
+            name,
+            family,
+            arch,
+            "mnist",
+            250,
+            max_train=10_000,
+            batch_size=128,
+            lr=(1e-4, 1e-2),
+            optimizer="adam",
+        )
+    ]
 
 
 PRESETS = {
@@ -202,10 +237,13 @@ def _read_preset_file(path: Path) -> list[GroupPlan]:
             raise PresetError(f"{path}: group {i} must be a mapping")
         unknown = set(item) - known
         if unknown:
-            raise PresetError(f"{path}: group {i} has unknown fields {sorted(unknown)}; "
-                              f"expected some of {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) and k != "arch" else v
-                  for k, v in item.items()}
+            raise PresetError(
+                f"{path}: group {i} has unknown fields {sorted(unknown)}; "
+                f"expected some of {sorted(known)}"
+            )
+        values = {
+            k: tuple(v) if isinstance(v, list) and k != "arch" else v for k, v in item.items()
+        }
         try:
             plans.append(GroupPlan(**values))
         except TypeError as err:

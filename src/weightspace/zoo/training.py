@@ -218,8 +218,9 @@ class GroupTrainer:
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
-                grads, _ = step(params, buffers, self.x_train[idx], self.y_train[:, idx],
-                                self.masks[:, idx])
+                grads, _ = step(
+                    params, buffers, self.x_train[idx], self.y_train[:, idx], self.masks[:, idx]
+                )
                 with torch.no_grad():
                     opt.step(params, grads)
             if epoch in marks:
@@ -250,15 +251,23 @@ class GroupTrainer:
         base.eval()
         if self.vectorize:
             run = vmap(self._forward, in_dims=(None, 0, 0, None))
-            chunks = [run(base, params, buffers, x[i : i + EVAL_BATCH])
-                      for i in range(0, len(x), EVAL_BATCH)]
+            chunks = [
+                run(base, params, buffers, x[i : i + EVAL_BATCH])
+                for i in range(0, len(x), EVAL_BATCH)
+            ]
             return torch.cat(chunks, dim=1)
         per_model = []
         for m in range(len(self.runs)):
             p_m = {k: v[m] for k, v in params.items()}
             b_m = {k: v[m] for k, v in buffers.items()}
-            per_model.append(torch.cat([self._forward(base, p_m, b_m, x[i : i + EVAL_BATCH])
-                                        for i in range(0, len(x), EVAL_BATCH)]))
+            per_model.append(
+                torch.cat(
+                    [
+                        self._forward(base, p_m, b_m, x[i : i + EVAL_BATCH])
+                        for i in range(0, len(x), EVAL_BATCH)
+                    ]
+                )
+            )
         return torch.stack(per_model)
 
     def evaluate(self, base: nn.Module, params: dict, buffers: dict) -> dict[str, Tensor]:

@@ -1,0 +1,195 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import weightspace as ws
+from weightspace.cli import main
+from weightspace.zoo.build import build_zoo, fit_spec, plan_jobs, shape_for_family
+from weightspace.zoo.datasets import load_dataset
+from weightspace.zoo.presets import PresetError, load_preset
+from weightspace.zoo.store import Zoo, ZooLockedError, ZooWriter
+from weightspace.zoo.training import GroupTrainer, checkpoint_epochs
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "tiny"
+    report = build_zoo("tiny", out, size=16)
+    return out, report
+
+
+def test_checkpoint_epochs():
+    assert checkpoint_epochs(8) == [1, 2, 4, 8]
+    assert checkpoint_epochs(5) == [1, 2, 4, 5]
+    assert checkpoint_epochs(1) == [1]
+
+
+@pytest.mark.parametrize("size", [1, 7, 16, 60, 61, 200])
+def test_plan_gives_exactly_the_requested_models(size):
+    jobs, wanted = plan_jobs(load_preset("tiny"), size, 0, None)
+    assert len(wanted) == len(set(wanted)) == size
+    assert set().union(*(j.wanted for j in jobs)) == set(wanted)
+
+
+def test_plan_is_deterministic_and_seeded():
+    a = plan_jobs(load_preset("standard"), None, 0, None)[1]
+    assert a == plan_jobs(load_preset("standard"), None, 0, None)[1]
+    assert len(a) == 1000
+    assert set(a).isdisjoint(plan_jobs(load_preset("standard"), None, 1, None)[1])
+
+
+def test_standard_preset_spans_families_tasks_and_sizes():
+    plans = load_preset("standard")
+    assert {p.family for p in plans} == {
+        "mlp",
+        "vgg",
+        "resnet",
+        "mobilenet",
+        "efficientnet",
+        "vit",
+        "bert",
+    }
+    datasets = {p.dataset for p in plans}
+    assert {"digits", "mnist", "wine", "breast_cancer", "diabetes", "sentiment"} <= datasets
+    from weightspace.zoo.families import build_model
+
+    sizes = []
+    for p in plans:
+        fake = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}.get(p.dataset)
+        spec = {"family": p.family, **p.arch}
+        if p.family == "mlp":
+            spec["in_features"] = 784 if p.dataset == "mnist" else 64 if fake else 30
+        elif fake:
+            spec["in_channels"], spec["image_size"] = 1, fake[-1]
+        sizes.append(sum(t.numel() for t in build_model(spec).parameters()))
+    assert min(sizes) <= 10_000 and max(sizes) >= 5_000_000
+
+
+def test_unknown_preset_suggests_close_names():
+    with pytest.raises(PresetError, match="did you mean 'tiny'"):
+        load_preset("tiyn")
+
+
+def test_preset_file(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        "groups:\n  - {architecture: m, family: mlp, arch: {hidden: [8]}, "
+        "dataset: wine, runs: 2, epochs: 2}\n"
+    )
+    plans = load_preset(path)
+    assert plans[0].runs == 2 and plans[0].checkpoints == [1, 2]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"groups": [{"architecture": "m", "colour": "red"}]}))
+    with pytest.raises(PresetError, match=r"unknown fields \['colour'\]"):
+        load_preset(bad)
+
+
+def test_training_is_deterministic():
+    plan = load_preset("tiny")[0]
+    data = shape_for_family(load_dataset(plan.dataset), plan.family)
+    runs = plan.sample_runs(0, 0, 2)
+
+    def train():
+        trainer = GroupTrainer(fit_spec(plan, data), data, runs, "adam", 2, 64)
+        return list(trainer.train())
+
+    a, b = train(), train()
+    for x, y in zip(a, b):
+        assert x.metrics == y.metrics
+        assert all(torch.equal(x.state[k], y.state[k]) for k in x.state)
+
+
+def test_tiny_zoo_has_real_measured_models(tiny_zoo):
+    out, report = tiny_zoo
+    zoo = Zoo.open(out)
+    assert len(zoo) == 16 and report.built == 16
+    catalog = zoo.catalog
+    assert catalog["id"].is_unique
+    assert set(catalog["type"]) >= {"vision"}
+    classification = catalog[catalog["task"] == "classification"]
+    assert classification["test_accuracy"].between(0, 1).all()
+    assert (
+        catalog["generalization_gap"] == catalog["train_accuracy"] - catalog["test_accuracy"]
+    ).all()
+    # The recorded test accuracy is what the stored model really scores on held-out data.
+    row = classification.sort_values("epoch").iloc[-1]
+    model = zoo.load(row["id"])
+    data = shape_for_family(load_dataset(row["dataset"]), row["family"])
+    with torch.no_grad():
+        accuracy = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert accuracy == pytest.approx(row["test_accuracy"], abs=1e-6)
+    assert ws.to_graph(model).num_edges > 0
+
+
+def test_rebuild_is_a_no_op(tiny_zoo):
+    out, _ = tiny_zoo
+    report = build_zoo("tiny", out, size=16)
+    assert report.built == 0 and report.already_present == 16
+    assert len(Zoo.open(out)) == 16
+
+
+def test_second_writer_is_refused(tmp_path):
+    with ZooWriter(tmp_path / "z"):
+        with pytest.raises(ZooLockedError, match="another process"):
+            build_zoo("tiny", tmp_path / "z", size=2)
+
+
+def _count_rows(path):
+    if not (path / "catalog.sqlite").exists():
+        return 0
+    try:
+        with sqlite3.connect(path / "catalog.sqlite", timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_killed_build_resumes_without_loss(tmp_path):
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "weightspace",
+        "zoo",
+        "build",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--size",
+        "40",
+    ]
+    env = {**os.environ, "CI": "true"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _count_rows(out) == 0 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = _count_rows(out)
+    assert 0 < written < 40, "the kill must land mid-build"
+    assert main(["zoo", "build", "--preset", "tiny", "--out", str(out), "--size", "40"]) == 0
+    zoo = Zoo.open(out)
+    assert len(zoo) == 40 and zoo.catalog["id"].is_unique
+    files = sorted(p.stem for p in (out / "models").iterdir())
+    assert files == sorted(zoo.ids())  # no orphan or temporary files
+    for model_id in zoo.ids():
+        zoo.load(model_id)  # every file readable
+
+
+def test_zoo_cli(tiny_zoo, capsys, tmp_path):
+    out, _ = tiny_zoo
+    assert main(["zoo", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "16 models" in text and "architecture" in text and "params min" in text
+    assert main(["zoo", "info", str(tmp_path / "nothing")]) == 2
+    assert "is not a model zoo" in capsys.readouterr().err
+    assert main(["zoo", "build", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
