@@ -104,7 +104,7 @@ def plan_jobs(
         per_plan.append((plan, index, runs, [plan.run_id(zoo_seed, index, r) for r in runs]))
     # Order candidates so that truncation drops the last runs of every plan evenly.
     ranked = []
-    for plan, index, runs, ids in per_plan:
+    for plan, index, _, ids in per_plan:
         for rank, run_id in enumerate(ids):
             ranked += [((rank, index, e), model_id(run_id, e)) for e in plan.checkpoints]
     ranked.sort()

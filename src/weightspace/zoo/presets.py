@@ -78,6 +78,7 @@ class GroupPlan:
             u = torch.rand(4, generator=gen).tolist()
             pick = torch.randint(0, 1_000_000, (3,), generator=gen).tolist()
             log_lo, log_hi = math.log(self.lr[0]), math.log(self.lr[1])
+            scale_lo, scale_hi = self.init_scale
             runs.append(
                 RunSettings(
                     seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
