@@ -193,3 +193,13 @@ def test_zoo_cli(tiny_zoo, capsys, tmp_path):
     assert "is not a model zoo" in capsys.readouterr().err
     assert main(["zoo", "build", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_parallel_build_matches_serial(tiny_zoo, tmp_path):
+    out, _ = tiny_zoo
+    parallel = tmp_path / "parallel"
+    build_zoo("tiny", parallel, size=16, workers=2)
+    serial, other = Zoo.open(out).catalog, Zoo.open(parallel).catalog
+    assert list(serial["id"]) == list(other["id"])
+    columns = ["test_accuracy", "train_accuracy", "robustness", "test_loss"]
+    assert (serial[columns].to_numpy() == other[columns].to_numpy()).all()

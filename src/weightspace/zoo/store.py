@@ -5,12 +5,17 @@ A zoo is a directory::
     root/
         catalog.sqlite          one row per model, columns CATALOG_COLUMNS
         models/<id>.safetensors one file per model
+        models/<id>.pt2         or, for an imported torch.export program, the program
         .lock                   taken by the one ZooWriter allowed at a time
 
 Each model file is self-describing: its safetensors metadata holds
 ``"format": "weightspace-model"``, ``"weightspace_version"``, ``"spec"`` (the JSON
 architecture spec given to :func:`~weightspace.zoo.families.build_model`) and ``"id"``, so
 :func:`load_model_file` rebuilds the module from the file alone.
+
+A torch.export program has no family spec: it is stored as a copy of its ``.pt2`` file, with
+catalog ``family`` ``"exported"`` and ``spec`` :data:`EXPORTED_SPEC`; pass the file's path as
+its state to :meth:`ZooWriter.add`. :meth:`Zoo.load` dispatches on the file's suffix.
 
 Writes are crash-safe: :class:`ZooWriter` writes every model file atomically (temporary file,
 fsync, rename) *before* it inserts the catalog rows in one SQLite transaction. A build killed
@@ -28,13 +33,15 @@ import math
 import numbers
 import os
 import re
+import shutil
 import sqlite3
 import threading
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import numpy as np
@@ -44,11 +51,14 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
+from ..checkpoints import CheckpointError, load_model
 from ..exceptions import WeightspaceError
 from .families import build_model
 
 __all__ = [
     "CATALOG_COLUMNS",
+    "EXPORTED_FAMILY",
+    "EXPORTED_SPEC",
     "FORMAT",
     "UnknownModelError",
     "Zoo",
@@ -68,6 +78,13 @@ CATALOG_FILE = "catalog.sqlite"
 MODELS_DIR = "models"
 LOCK_FILE = ".lock"
 SUFFIX = ".safetensors"
+EXPORTED_SUFFIX = ".pt2"
+
+EXPORTED_FAMILY = "exported"
+"""Catalog ``family`` of the torch.export programs a zoo holds as ``models/<id>.pt2``."""
+
+EXPORTED_SPEC: Mapping[str, str] = MappingProxyType({"format": "torch.export"})
+"""The spec of a torch.export program: give it to :meth:`ZooWriter.add` with the file's path."""
 SCHEMA_VERSION = 1
 
 # Column name -> SQLite type, in table order.
@@ -192,6 +209,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_atomically(path: Path, write: Any) -> None:
+    """Calls ``write(file)`` on ``<path>.tmp-<pid>``, fsyncs it and renames it over ``path``."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _copy_file(source: Path, path: Path) -> None:
+    """Copies ``source`` to ``path`` atomically (the directory is not fsynced)."""
+    with open(source, "rb") as src:
+        _write_atomically(path, lambda f: shutil.copyfileobj(src, f))
+
+
 def _write_model_file(
     path: Path,
     module_or_state_dict: nn.Module | Mapping[str, Tensor],
@@ -209,16 +246,7 @@ def _write_model_file(
         "id": model_id,
     }
     data = safetensors.torch.save(_state_of(module_or_state_dict), metadata=metadata)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_atomically(path, lambda f: f.write(data))
     if sync_dir:
         _fsync_dir(path.parent)
 
@@ -376,6 +404,35 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict]:
     return module, spec
 
 
+def _is_exported(spec: Mapping[str, Any] | str) -> bool:
+    """True for :data:`EXPORTED_SPEC` (also given as the catalog's JSON text)."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError:
+            return False
+    return isinstance(spec, Mapping) and spec.get("format") == EXPORTED_SPEC["format"]
+
+
+def _load_program(path: Path) -> nn.Module:
+    """Loads a stored torch.export program as a module."""
+    if not path.is_file():
+        raise ZooNotFoundError(f"{path}: no such model file")
+    try:
+        return load_model(path)[0]
+    except CheckpointError as err:
+        raise ZooError(str(err)) from None
+
+
+def _is_program_archive(path: Path) -> bool:
+    """Cheap check (zip directory only) that ``path`` looks like a torch.export archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("archive_format") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 # --------------------------------------------------------------------------- catalog
 
 
@@ -487,14 +544,15 @@ def _coerce(model_id: str, column: str, value: Any) -> Any:
 
 def _prepare(
     record: Mapping[str, Any],
-    state: nn.Module | Mapping[str, Tensor],
+    state: nn.Module | Mapping[str, Tensor] | str | os.PathLike,
     spec: Mapping[str, Any],
     created: str,
-) -> tuple[str, str, dict[str, Tensor], tuple]:
+) -> tuple[str, str, dict[str, Tensor] | Path, tuple]:
     """Validates one record against its state and spec.
 
     Returns:
-        ``(id, spec_json, tensors, row)``: the tensors to save and the catalog row.
+        ``(id, spec_json, payload, row)``: the tensors to save (or, for an exported
+        program, the ``.pt2`` file to copy) and the catalog row.
     """
     if not isinstance(record, Mapping):
         raise ZooError(f"A record must be a mapping. Got {type(record).__name__} instead.")
@@ -506,35 +564,49 @@ def _prepare(
             f"Record {model_id!r} has unknown keys {named}; the catalog columns are "
             f"{list(CATALOG_COLUMNS)}."
         )
-    spec_json = _spec_json(spec)
+    exported = isinstance(spec, Mapping) and _is_exported(spec)
+    spec_json = json.dumps(dict(spec), sort_keys=True) if exported else _spec_json(spec)
+    family = EXPORTED_FAMILY if exported else spec["family"]
     where = f"Record {model_id!r}"
     values = dict(record)
     given_spec = values.get("spec")
     if given_spec is not None:
         parsed = json.loads(given_spec) if isinstance(given_spec, str) else given_spec
-        if _spec_json(parsed) != spec_json:
+        if json.dumps(parsed, sort_keys=True) != spec_json:
             raise ZooError(f"{where}: its 'spec' {given_spec!r} differs from the spec given.")
     values["spec"] = spec_json
-    values.setdefault("family", spec["family"])
-    if values["family"] != spec["family"]:
-        raise ZooError(
-            f"{where}: family {values['family']!r} differs from the spec's {spec['family']!r}."
-        )
-    # Check the state against the architecture now, not when someone loads the file.
-    reference = _build(spec, where, meta=True)  # no memory, no initialisation
-    tensors = _state_of(state)
-    problem = _state_mismatch(reference, tensors)
-    if problem:
-        raise ZooError(f"{where}: state does not match spec: {problem}")
+    values.setdefault("family", family)
+    if values["family"] != family:
+        raise ZooError(f"{where}: family {values['family']!r} differs from the spec's {family!r}.")
+    payload: dict[str, Tensor] | Path
+    if exported:
+        if not isinstance(state, (str, os.PathLike)) or Path(state).suffix != EXPORTED_SUFFIX:
+            raise ZooError(
+                f"{where}: the state of an exported program must be the path of its "
+                f"{EXPORTED_SUFFIX} file. Got {type(state).__name__} instead."
+            )
+        payload = Path(state)
+        module = _load_program(payload)  # a row's file must load
+        n_params = sum(p.numel() for p in module.parameters())
+    else:
+        if isinstance(state, (str, os.PathLike)):
+            raise ZooError(f"{where}: a file path is a state only with the spec EXPORTED_SPEC.")
+        # Check the state against the architecture now, not when someone loads the file.
+        reference = _build(spec, where, meta=True)  # no memory, no initialisation
+        payload = _state_of(state)
+        problem = _state_mismatch(reference, payload)
+        if problem:
+            raise ZooError(f"{where}: state does not match spec: {problem}")
+        n_params = sum(p.numel() for p in reference.parameters())
     if values.get("n_params") is None:
-        values["n_params"] = sum(p.numel() for p in reference.parameters())
+        values["n_params"] = n_params
     if values.get("created") is None:
         values["created"] = created
     row = tuple(_coerce(model_id, column, values.get(column)) for column in CATALOG_COLUMNS)
     missing = [c for c, v in zip(CATALOG_COLUMNS, row) if c in _REQUIRED and v is None]
     if missing:
         raise ZooError(f"{where} lacks the required columns {missing}.")
-    return model_id, spec_json, tensors, row
+    return model_id, spec_json, payload, row
 
 
 # --------------------------------------------------------------------------- writer
@@ -634,8 +706,8 @@ class ZooWriter:
             raise ZooError(f"The ZooWriter of {self.root} is closed.")
         return self._con
 
-    def _model_path(self, model_id: str) -> Path:
-        return self.root / MODELS_DIR / f"{model_id}{SUFFIX}"
+    def _model_path(self, model_id: str, exported: bool = False) -> Path:
+        return self.root / MODELS_DIR / f"{model_id}{EXPORTED_SUFFIX if exported else SUFFIX}"
 
     def existing_ids(self) -> set[str]:
         """Returns the ids in the catalog (a resumed build skips them)."""
@@ -644,7 +716,7 @@ class ZooWriter:
     def add(
         self,
         records: Sequence[Mapping[str, Any]],
-        states: Sequence[Mapping[str, Tensor] | nn.Module],
+        states: Sequence[Mapping[str, Tensor] | nn.Module | str | os.PathLike],
         specs: Sequence[Mapping[str, Any]],
     ) -> None:
         """Adds a batch of models: all of them or, on error, none.
@@ -660,13 +732,17 @@ class ZooWriter:
                 defaults to ``spec["family"]``, ``n_params`` to the state's parameter
                 count, ``spec`` to ``json.dumps(spec, sort_keys=True)`` and ``created`` to
                 the current UTC time. Other columns default to NULL.
-            states: Each model's ``nn.Module`` or ``state_dict()``.
-            specs: Each model's architecture spec for ``build_model``.
+            states: Each model's ``nn.Module`` or ``state_dict()``; for a torch.export
+                program, the path of its ``.pt2`` file, which is copied to
+                ``models/<id>.pt2`` (its ``family`` is :data:`EXPORTED_FAMILY`).
+            specs: Each model's architecture spec for ``build_model``, or
+                :data:`EXPORTED_SPEC` for a torch.export program.
 
         Raises:
             ZooError: If the lengths differ, a record has unknown keys, lacks a required
                 column or has a value of the wrong type, a state does not match its spec,
-                or an id is repeated or already in the catalog. The zoo is then unchanged.
+                or an id is repeated or already in the catalog; or an exported program
+                does not load. The zoo is then unchanged.
         """
         if not len(records) == len(states) == len(specs):
             raise ZooError(
@@ -690,9 +766,12 @@ class ZooWriter:
             )
         written: list[Path] = []
         try:
-            for model_id, spec_json, tensors, _ in prepared:
-                path = self._model_path(model_id)
-                _write_model_file(path, tensors, spec_json, model_id, sync_dir=False)
+            for model_id, spec_json, payload, _ in prepared:
+                path = self._model_path(model_id, exported=isinstance(payload, Path))
+                if isinstance(payload, Path):
+                    _copy_file(payload, path)
+                else:
+                    _write_model_file(path, payload, spec_json, model_id, sync_dir=False)
                 written.append(path)
             _fsync_dir(self.root / MODELS_DIR)
             placeholders = ", ".join("?" * len(CATALOG_COLUMNS))
@@ -719,8 +798,9 @@ class ZooWriter:
         """Makes the directory consistent with the catalog after a crash.
 
         In order: deletes leftover temporary files ``models/*.tmp-*``; deletes the catalog
-        rows whose model file is missing or unreadable (header, metadata or id wrong) in
-        one transaction; deletes the model files that have no row (including the
+        rows whose model file is missing or unreadable (header, metadata or id wrong; for a
+        ``.pt2`` program, not a torch.export zip archive) in one transaction; deletes the
+        model files (``.safetensors`` and ``.pt2``) that have no row (including the
         unreadable files of the rows just deleted).
 
         Returns:
@@ -728,11 +808,16 @@ class ZooWriter:
             deleted rows]}``, each sorted.
         """
         models = self.root / MODELS_DIR
-        temp = sorted(p.name for p in models.glob(f"*{SUFFIX}.tmp-*"))
+        suffixes = (SUFFIX, EXPORTED_SUFFIX)
+        temp = sorted(p.name for s in suffixes for p in models.glob(f"*{s}.tmp-*"))
         for name in temp:
             (models / name).unlink(missing_ok=True)
         dangling = []
-        for model_id in sorted(self.existing_ids()):
+        for model_id, spec_json in sorted(self._db.execute("SELECT id, spec FROM models")):
+            if _is_exported(spec_json):
+                if not _is_program_archive(self._model_path(model_id, exported=True)):
+                    dangling.append(model_id)
+                continue
             try:
                 metadata, _ = _read_header(self._model_path(model_id))
             except ZooError:  # ZooNotFoundError included
@@ -749,11 +834,14 @@ class ZooWriter:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        ids = self.existing_ids()
-        orphans = sorted(p.name[: -len(SUFFIX)] for p in models.glob(f"*{SUFFIX}"))
-        orphans = [i for i in orphans if i not in ids]
-        for model_id in orphans:
-            self._model_path(model_id).unlink(missing_ok=True)
+        expected = {
+            self._model_path(model_id, _is_exported(spec_json))
+            for model_id, spec_json in self._db.execute("SELECT id, spec FROM models")
+        }
+        files = sorted(p for s in suffixes for p in models.glob(f"*{s}") if p not in expected)
+        orphans = sorted(p.name[: -len(p.suffix)] for p in files)
+        for path in files:
+            path.unlink(missing_ok=True)
         if temp or orphans:
             _fsync_dir(models)
         return {"temp": temp, "orphans": orphans, "dangling": dangling}
@@ -857,16 +945,19 @@ class Zoo:
         return catalog.iloc[ids[model_id]]
 
     def path(self, model_id: str) -> Path:
-        """Returns the model file of ``model_id``.
+        """Returns the model file of ``model_id``: ``.safetensors``, or ``.pt2`` if exported.
 
         Raises:
             UnknownModelError: If the id is not in the catalog (a ``KeyError``).
         """
-        self._row(model_id)
-        return self.root / MODELS_DIR / f"{model_id}{SUFFIX}"
+        exported = _is_exported(self._row(model_id)["spec"])
+        return self.root / MODELS_DIR / f"{model_id}{EXPORTED_SUFFIX if exported else SUFFIX}"
 
     def load(self, model_id: str) -> nn.Module:
         """Rebuilds the network ``model_id`` from its file (in eval mode).
+
+        A ``.safetensors`` file is rebuilt from its spec; a ``.pt2`` file gives
+        ``torch.export.load(path).module()``.
 
         Raises:
             UnknownModelError: If the id is not in the catalog.
@@ -874,6 +965,8 @@ class Zoo:
             ZooError: If its file is corrupt or holds another model.
         """
         path = self.path(model_id)
+        if path.suffix == EXPORTED_SUFFIX:
+            return _load_program(path)
         module, _, metadata = _load(path)
         if metadata.get("id") != model_id:
             raise ZooError(f"{path}: holds model {metadata.get('id')!r}, expected {model_id!r}")

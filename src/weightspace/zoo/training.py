@@ -226,7 +226,7 @@ class GroupTrainer:
             if epoch in marks:
                 metrics = self.evaluate(base, params, buffers)
                 for i in range(len(self.runs)):
-                    state = {k: v[i].clone() for k, v in {**params, **buffers}.items()}
+                    state = {k: v[i].detach().clone() for k, v in {**params, **buffers}.items()}
                     yield Checkpoint(i, epoch, state, {k: float(v[i]) for k, v in metrics.items()})
 
     def _stepper(self, fn: Callable) -> Callable:
