@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .exceptions import WeightspaceError
 
-SUPPORTED_SUFFIXES = (".pt2",)
+SUPPORTED_SUFFIXES = (".pt2", ".safetensors")
 
 
 class CheckpointError(WeightspaceError, ValueError):
@@ -20,7 +20,10 @@ class CheckpointError(WeightspaceError, ValueError):
 def load_model(path: str | Path) -> tuple[nn.Module, Tensor | None]:
     """Load a network and, when the file has one, its example input.
 
-    Supported: ``.pt2`` programs written by ``torch.export.save``.
+    Supported: ``.pt2`` programs written by ``torch.export.save``, and the zoo's own
+    ``.safetensors`` model files (written by
+    :func:`weightspace.zoo.store.save_model_file`), whose architecture spec rebuilds the
+    module; their example input is ``module.example_input()``.
 
     Args:
         path: the model file.
@@ -34,6 +37,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, Tensor | None]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     if path.suffix != ".pt2":
         raise CheckpointError(
             f"{path}: unsupported model file type {path.suffix!r}; expected one of "
@@ -56,3 +61,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, Tensor | None]:
         args, _ = program.example_inputs
         example = args[0] if args and isinstance(args[0], Tensor) else None
     return program.module(), example
+
+
+def _load_safetensors(path: Path) -> tuple[nn.Module, Tensor | None]:
+    from .zoo.store import ZooError, load_model_file  # late: the store imports this module
+
+    try:
+        module, _ = load_model_file(path)
+    except ZooError as err:  # its messages name the file and what was expected
+        raise CheckpointError(" ".join(str(err).split())) from None
+    make_example = getattr(module, "example_input", None)
+    example = make_example() if callable(make_example) else None
+    return module, example
