@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# MNIST for zoo builds (the project ships the loader, never the data).
+export WEIGHTSPACE_DATA ?= $(abspath ../shared/data)
 
 .PHONY: install run test lint bench clean
 
@@ -30,6 +32,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/graph.py
+	$(BIN)/python bench/zoo_build.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

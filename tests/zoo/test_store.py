@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import pandas as pd
 import pytest
 import safetensors.torch
 import torch
+from torch import nn
 
 from weightspace.exceptions import WeightspaceError
 from weightspace.zoo.families import build_model
 from weightspace.zoo.store import (
     CATALOG_COLUMNS,
+    EXPORTED_FAMILY,
+    EXPORTED_SPEC,
     UnknownModelError,
     Zoo,
     ZooError,
@@ -457,3 +461,79 @@ def test_tied_weights_are_saved(tmp_path):
     save_model_file(path, state, model.spec, "tied")
     loaded, _ = load_model_file(path)
     assert torch.equal(loaded.state_dict()["layers.2.bias"], shared[:3])
+
+
+def _exported(path, seed=0):
+    """Writes a torch.export program of a small network; returns (network, input)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 4)
+    torch.export.save(torch.export.export(net, (x,)), str(path))
+    return net, x
+
+
+def test_exported_program_round_trip(tmp_path):
+    root = tmp_path / "zoo"
+    _fill(root, families=("mlp",))
+    net, x = _exported(tmp_path / "net.pt2")
+    with ZooWriter(root) as writer:
+        writer.add([_record("net-0")], [tmp_path / "net.pt2"], [EXPORTED_SPEC])
+    zoo = Zoo.open(root)
+    row = zoo.catalog.set_index("id").loc["net-0"]
+    assert row.family == EXPORTED_FAMILY == "exported"
+    assert json.loads(row.spec) == zoo.spec("net-0") == {"format": "torch.export"}
+    assert row.n_params == 4 * 8 + 8 + 8 * 2 + 2
+    assert zoo.path("net-0") == root / "models" / "net-0.pt2"
+    assert zoo.path("net-0").read_bytes() == (tmp_path / "net.pt2").read_bytes()
+    with torch.no_grad():
+        torch.testing.assert_close(zoo.load("net-0")(x), net(x))
+    assert zoo.path("mlp-0").suffix == ".safetensors"
+    zoo.load("mlp-0")
+
+
+def test_exported_state_must_be_a_readable_pt2_file(tmp_path):
+    model = _model("mlp", 0)
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"not a zip archive")
+    with ZooWriter(tmp_path / "zoo") as writer:
+        with pytest.raises(ZooError, match=r"must be the path of its \.pt2 file"):
+            writer.add([_record("a")], [model], [EXPORTED_SPEC])
+        with pytest.raises(ZooError, match=r"bad\.pt2: not a readable torch.export program"):
+            writer.add([_record("a")], [bad], [EXPORTED_SPEC])
+        with pytest.raises(ZooError, match="a file path is a state only with the spec"):
+            writer.add([_record("a")], [bad], [model.spec])
+        with pytest.raises(ZooError, match="family 'mlp' differs from the spec's 'exported'"):
+            writer.add([_record("a", family="mlp")], [bad], [EXPORTED_SPEC])
+        assert writer.existing_ids() == set()
+    assert list((tmp_path / "zoo" / "models").iterdir()) == []
+
+
+def test_repair_treats_exported_files_like_safetensors(tmp_path):
+    root = tmp_path / "zoo"
+    _exported(tmp_path / "net.pt2")
+    ids = ["net-0", "net-1", "net-2"]
+    with ZooWriter(root) as writer:
+        writer.add([_record(i) for i in ids], [tmp_path / "net.pt2"] * 3, [EXPORTED_SPEC] * 3)
+    models = root / "models"
+    (models / "net-3.pt2.tmp-999").write_bytes(b"half a file")
+    shutil.copy(tmp_path / "net.pt2", models / "orphan.pt2")
+    (models / "net-1.pt2").unlink()  # its row now dangles
+    (models / "net-2.pt2").write_bytes(os.urandom(64))  # unreadable
+    model = _model("mlp", 0)  # a file of the wrong kind under an exported id
+    save_model_file(models / "net-0.safetensors", model, model.spec, "net-0")
+    zoo = Zoo.open(root)
+    with pytest.raises(ZooNotFoundError, match=r"net-1\.pt2: no such model file"):
+        zoo.load("net-1")
+    with pytest.raises(ZooError, match=r"net-2\.pt2: not a readable torch.export program"):
+        zoo.load("net-2")
+
+    with ZooWriter(root) as writer:
+        assert writer.repair() == {
+            "temp": ["net-3.pt2.tmp-999"],
+            "orphans": ["net-0", "net-2", "orphan"],
+            "dangling": ["net-1", "net-2"],
+        }
+        assert writer.repair() == {"temp": [], "orphans": [], "dangling": []}
+    assert sorted(p.name for p in models.iterdir()) == ["net-0.pt2"]
+    assert zoo.ids() == ["net-0"]
+    zoo.load("net-0")

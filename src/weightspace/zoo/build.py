@@ -131,7 +131,10 @@ def plan_jobs(
 
 
 def run_job(job: Job, threads: int | None = None) -> tuple[list[tuple], float]:
-    """Train one job; returns ``[(record, state, spec), ...]`` for its wanted models."""
+    """Train one job; returns ``[(record, state, spec), ...]`` for its wanted models.
+
+    States are dicts of numpy arrays, and the second return value is the training time.
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -170,7 +173,10 @@ def run_job(job: Job, threads: int | None = None) -> tuple[list[tuple], float]:
             "source": "build",
             **ckpt.metrics,
         }
-        results.append((record, ckpt.state, spec))
+        # numpy, not tensors: torch would pass tensors between processes as file
+        # descriptors, one per tensor, and run out of them on large groups
+        state = {k: v.numpy() for k, v in ckpt.state.items()}
+        results.append((record, state, spec))
     return results, time.perf_counter() - start
 
 
@@ -229,7 +235,8 @@ def build_zoo(
         def store(job: Job, results: list[tuple], seconds: float) -> None:
             new = [r for r in results if r[0]["id"] not in present]
             if new:
-                writer.add([r[0] for r in new], [r[1] for r in new], [r[2] for r in new])
+                states = [{k: torch.from_numpy(v) for k, v in r[1].items()} for r in new]
+                writer.add([r[0] for r in new], states, [r[2] for r in new])
             report.built += len(new)
             report.models_by_family[job.plan.family] += len(results)
             report.seconds_by_family[job.plan.family] += seconds

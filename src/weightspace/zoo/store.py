@@ -580,7 +580,9 @@ def _prepare(
         raise ZooError(f"{where}: family {values['family']!r} differs from the spec's {family!r}.")
     payload: dict[str, Tensor] | Path
     if exported:
-        if not isinstance(state, (str, os.PathLike)) or Path(state).suffix != EXPORTED_SUFFIX:
+        if not isinstance(state, (str, os.PathLike)) or (
+            Path(state).suffix.lower() != EXPORTED_SUFFIX
+        ):
             raise ZooError(
                 f"{where}: the state of an exported program must be the path of its "
                 f"{EXPORTED_SUFFIX} file. Got {type(state).__name__} instead."
