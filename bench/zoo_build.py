@@ -47,8 +47,12 @@ def vectorised_vs_sequential(runs: int = 32, epochs: int = 2) -> dict:
         start = time.perf_counter()
         n_models = sum(1 for _ in trainer.train())
         rates["vmap" if vectorize else "sequential"] = 60 * n_models / (time.perf_counter() - start)
-    return {"runs": runs, "epochs": epochs, "models_per_min": rates,
-            "speedup": rates["vmap"] / rates["sequential"]}
+    return {
+        "runs": runs,
+        "epochs": epochs,
+        "models_per_min": rates,
+        "speedup": rates["vmap"] / rates["sequential"],
+    }
 
 
 def main() -> None:
@@ -60,23 +64,29 @@ def main() -> None:
 
     torch.set_num_threads(1)
     group = vectorised_vs_sequential()
-    print(f"small-MLP group ({group['runs']} runs): "
-          f"{group['models_per_min']['vmap']:.0f} models/min with vmap, "
-          f"{group['models_per_min']['sequential']:.0f} one at a time "
-          f"-> {group['speedup']:.1f}x")
+    print(
+        f"small-MLP group ({group['runs']} runs): "
+        f"{group['models_per_min']['vmap']:.0f} models/min with vmap, "
+        f"{group['models_per_min']['sequential']:.0f} one at a time "
+        f"-> {group['speedup']:.1f}x"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
-        report = build_zoo(args.preset, Path(tmp) / "zoo", workers=args.workers,
-                           progress=False)
+        report = build_zoo(args.preset, Path(tmp) / "zoo", workers=args.workers, progress=False)
     rates = report.models_per_minute()
-    rows = [(family, report.models_by_family[family], f"{rates[family]:.0f}")
-            for family in sorted(rates)]
-    print(tabulate(rows, headers=("family", "models", "models / min (per worker)"),
-                   tablefmt="github"))
+    rows = [
+        (family, report.models_by_family[family], f"{rates[family]:.0f}")
+        for family in sorted(rates)
+    ]
+    print(
+        tabulate(rows, headers=("family", "models", "models / min (per worker)"), tablefmt="github")
+    )
     met = report.seconds <= TARGET_SECONDS
-    print(f"\n{args.preset}: {report.built} models in {report.seconds:.0f} s with "
-          f"{args.workers} workers ({report.seconds / TARGET_SECONDS:.2f} of the "
-          f"{TARGET_SECONDS:.0f} s target: {'met' if met else 'NOT met'})")
+    print(
+        f"\n{args.preset}: {report.built} models in {report.seconds:.0f} s with "
+        f"{args.workers} workers ({report.seconds / TARGET_SECONDS:.2f} of the "
+        f"{TARGET_SECONDS:.0f} s target: {'met' if met else 'NOT met'})"
+    )
     result = {
         "benchmark": "zoo_build",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -11,6 +11,7 @@ from ..graph import to_graph
 
 EXAMPLES = """examples:
   weightspace inspect model.pt2
+  weightspace inspect zoos/tiny/models/<id>.safetensors
   python -c "import torch; torch.export.save(torch.export.export(net, (x,)), 'model.pt2')"
 """
 
@@ -24,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL_FILE", help="a torch.export program (.pt2)")
+    p.add_argument(
+        "model",
+        metavar="MODEL_FILE",
+        help="a torch.export program (.pt2) or a weightspace .safetensors model",
+    )
     p.set_defaults(run=run)
 
 

@@ -16,6 +16,16 @@ BUILD_EXAMPLES = """examples:
 A build that is interrupted resumes where it stopped when run again with the same options.
 """
 
+IMPORT_EXAMPLES = """examples:
+  weightspace zoo import checkpoints/ --out zoos/mine
+  weightspace zoo import checkpoints/ --out zoos/mine --metadata checkpoints/properties.csv
+  weightspace zoo import downloads/ --out zoos/mine --trust-pickle   # only for files you trust
+
+Reads weightspace .safetensors files, torch.export programs (.pt2), and .pt/.pth state dicts
+(loaded with weights_only=True) whose architecture spec comes from the metadata file or a
+<name>.spec.json file beside them. Every file that is not imported is listed with the reason.
+"""
+
 INFO_EXAMPLES = """examples:
   weightspace zoo info zoos/tiny
 """
@@ -43,10 +53,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--out", required=True, help="zoo directory (created if missing)")
     build.add_argument("--size", type=int, help="number of models (default: the preset's)")
-    build.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    build.add_argument(
+        "--workers", type=int, help="parallel training processes (default: one per CPU core)"
+    )
     build.add_argument("--seed", type=int, default=0, help="zoo seed (splits, hyperparameters)")
     build.add_argument("--data-dir", help="folder with the MNIST files (or WEIGHTSPACE_DATA)")
     build.set_defaults(run=run_build)
+
+    imp = zoo_sub.add_parser(
+        "import",
+        help="import a folder of checkpoints into a zoo",
+        description="Validate and import checkpoint files from elsewhere into a zoo.",
+        epilog=IMPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imp.add_argument("src", metavar="SRC", help="folder of checkpoint files (searched recursively)")
+    imp.add_argument("--out", required=True, help="zoo directory (created if missing)")
+    imp.add_argument("--metadata", help="CSV or JSON with a 'file' column and catalog columns")
+    imp.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load pickles that need code execution (unsafe for untrusted files)",
+    )
+    imp.set_defaults(run=run_import)
 
     info = zoo_sub.add_parser(
         "info",
@@ -86,6 +115,22 @@ def run_build(args: argparse.Namespace) -> int:
     print(
         f"{args.out}: {report.requested} models ({report.built} built, "
         f"{report.already_present} already present) in {report.seconds:.0f} s"
+    )
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from ..zoo.importer import import_checkpoints
+
+    report = import_checkpoints(
+        args.src, args.out, metadata=args.metadata, trust_pickle=args.trust_pickle
+    )
+    if report.skipped:
+        print(tabulate(report.skipped, headers=("skipped file", "reason"), tablefmt="simple"))
+        print()
+    print(
+        f"{args.out}: {len(report.imported)} imported, {len(report.already_present)} already "
+        f"present, {len(report.skipped)} skipped"
     )
     return 0
 

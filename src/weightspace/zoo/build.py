@@ -130,13 +130,13 @@ def plan_jobs(
     return jobs, wanted
 
 
-def run_job(job: Job, threads: int | None = None) -> tuple[list[tuple], float]:
+def run_job(job: Job) -> tuple[list[tuple], float]:
     """Train one job; returns ``[(record, state, spec), ...]`` for its wanted models.
 
     States are dicts of numpy arrays, and the second return value is the training time.
     """
-    if threads is not None:
-        torch.set_num_threads(threads)
+    # One thread per job: results do not depend on how many workers run the jobs.
+    torch.set_num_threads(1)
     start = time.perf_counter()
     plan = job.plan
     data = shape_for_family(load_dataset(plan.dataset, job.zoo_seed, job.data_dir), plan.family)
@@ -189,7 +189,7 @@ def build_zoo(
     out: str | Path,
     *,
     size: int | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     seed: int = 0,
     data_dir: str | None = None,
     progress: bool | None = None,
@@ -202,7 +202,8 @@ def build_zoo(
             YAML/JSON file.
         out: the zoo directory.
         size: number of models (default: the preset's size).
-        workers: processes training jobs in parallel.
+        workers: processes training jobs in parallel (default: one per CPU core). Each
+            job trains on one thread, so results are the same for any number of workers.
         seed: zoo seed: data splits and every run's hyperparameters derive from it.
         data_dir: folder with the MNIST files (or set ``WEIGHTSPACE_DATA``).
         progress: show a progress bar (default: on a terminal, off under ``CI=true``).
@@ -213,6 +214,7 @@ def build_zoo(
     """
     if size is not None and size < 1:
         raise ValueError(f"The 'size' parameter must be an int >= 1. Got {size} instead.")
+    workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
     plans = load_preset(preset)
@@ -245,13 +247,16 @@ def build_zoo(
                 on_job_done(len(new))
 
         if workers == 1:
-            for job in pending:
-                store(job, *run_job(job))
+            threads = torch.get_num_threads()
+            try:
+                for job in pending:
+                    store(job, *run_job(job))
+            finally:
+                torch.set_num_threads(threads)
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
             context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(run_job, job, threads): job for job in pending}
+                futures = {pool.submit(run_job, job): job for job in pending}
                 for future in as_completed(futures):
                     store(futures[future], *future.result())
         bar.close()

@@ -128,21 +128,42 @@ def _standard() -> list[GroupPlan]:
             )
     # The slowest groups come first so that parallel workers finish together.
     return [
-        GroupPlan("resnet-mnist", "resnet", {"widths": [8, 16]}, "mnist", 6, max_train=2_000,
-                  batch_size=128),
-        GroupPlan("vgg-mnist", "vgg", {"widths": [8, 16], "classifier_hidden": 32}, "mnist",
-                  8, max_train=4_000, batch_size=128),
-        GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment",
-                  16),
+        GroupPlan(
+            "resnet-mnist",
+            "resnet",
+            {"widths": [8, 16]},
+            "mnist",
+            6,
+            max_train=2_000,
+            batch_size=128,
+        ),
+        GroupPlan(
+            "vgg-mnist",
+            "vgg",
+            {"widths": [8, 16], "classifier_hidden": 32},
+            "mnist",
+            8,
+            max_train=4_000,
+            batch_size=128,
+        ),
+        GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment", 16),
         GroupPlan("bert-majority", "bert", {"dim": 32, "depth": 2, "heads": 4}, "majority", 16),
         _digits("efficientnet-digits", "efficientnet", 16, widths=[16, 24]),
-        GroupPlan("mlp-mnist-xl", "mlp", {"hidden": [2000, 2000]}, "mnist", 2,
-                  max_train=2_000, batch_size=128),
+        GroupPlan(
+            "mlp-mnist-xl",
+            "mlp",
+            {"hidden": [2000, 2000]},
+            "mnist",
+            2,
+            max_train=2_000,
+            batch_size=128,
+        ),
         _digits("mobilenet-digits", "mobilenet", 16, widths=[16, 24]),
         _digits("vit-digits", "vit", 16, dim=32, depth=2, heads=4),
         _digits("resnet-digits", "resnet", 16, widths=[16, 32]),
-        GroupPlan("mlp-mnist", "mlp", {"hidden": [128, 64]}, "mnist", 18, max_train=10_000,
-                  batch_size=128),
+        GroupPlan(
+            "mlp-mnist", "mlp", {"hidden": [128, 64]}, "mnist", 18, max_train=10_000, batch_size=128
+        ),
         _digits("vgg-digits", "vgg", 16, widths=[16, 32]),
         _digits("mlp-digits-s", "mlp", 16, hidden=[32]),
         _digits("mlp-digits-m", "mlp", 16, hidden=[128, 64]),
@@ -222,7 +243,7 @@ def _read_preset_file(path: Path) -> list[GroupPlan]:
                 f"{path}: group {i} has unknown fields {sorted(unknown)}; "
                 f"expected some of {sorted(known)}"
             )
-        values = {
+        values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) and k != "arch" else v for k, v in item.items()
         }
         try:
