@@ -9,6 +9,7 @@ from .exceptions import (
     WeightspaceError,
 )
 from .graph import GraphBatch, NeuralGraph, to_graph
+from .zoo.store import Zoo
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "TraceError",
     "UnsupportedModuleError",
     "WeightspaceError",
+    "Zoo",
     "__version__",
     "symmetry",
     "to_graph",
