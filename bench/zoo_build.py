@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -35,21 +36,26 @@ from weightspace.zoo.training import GroupTrainer
 TARGET_SECONDS = 600.0
 
 
-def vectorised_vs_sequential(runs: int = 32, epochs: int = 2) -> dict:
-    """Train the same MLP group with and without vmap; models per minute each way."""
+def vectorised_vs_sequential(runs: int = 32, epochs: int = 4, repeat: int = 3) -> dict:
+    """Train the same MLP group with and without vmap; median models per minute each way."""
     plan = GroupPlan("mlp-bench", "mlp", {"hidden": [32]}, "digits", runs, epochs=epochs)
     data = shape_for_family(load_dataset("digits"), "mlp")
     spec = fit_spec(plan, data)
     settings = plan.sample_runs(0, 0, runs)
     rates = {}
     for vectorize in (True, False):
-        trainer = GroupTrainer(spec, data, settings, "adam", epochs, 64, vectorize=vectorize)
-        start = time.perf_counter()
-        n_models = sum(1 for _ in trainer.train())
-        rates["vmap" if vectorize else "sequential"] = 60 * n_models / (time.perf_counter() - start)
+        timings = []
+        for _ in range(repeat + 1):  # the first run warms up (vmap's first call) and is dropped
+            trainer = GroupTrainer(spec, data, settings, "adam", epochs, 64, vectorize=vectorize)
+            start = time.perf_counter()
+            n_models = sum(1 for _ in trainer.train())
+            timings.append(time.perf_counter() - start)
+        key = "vmap" if vectorize else "sequential"
+        rates[key] = 60 * n_models / statistics.median(timings[1:])
     return {
         "runs": runs,
         "epochs": epochs,
+        "repeat": repeat,
         "models_per_min": rates,
         "speedup": rates["vmap"] / rates["sequential"],
     }
@@ -60,6 +66,9 @@ def main() -> None:
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="bench/results/zoo_build.json")
+    parser.add_argument(
+        "--group-only", action="store_true", help="only the vmap-against-sequential comparison"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -70,6 +79,8 @@ def main() -> None:
         f"{group['models_per_min']['sequential']:.0f} one at a time "
         f"-> {group['speedup']:.1f}x"
     )
+    if args.group_only:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         report = build_zoo(args.preset, Path(tmp) / "zoo", workers=args.workers, progress=False)

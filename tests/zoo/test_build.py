@@ -218,3 +218,23 @@ def test_zoo_import_cli(tiny_zoo, tmp_path, capsys):
     assert "1 imported, 0 already present, 1 skipped" in text
     assert main(["inspect", str(first)]) == 0
     assert "total" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["mnist-mlp", "mnist-cnn"])
+def test_fixed_architecture_presets(preset):
+    plans = load_preset(preset)
+    assert len({(p.family, json.dumps(p.arch)) for p in plans}) == 1
+    assert len(plan_jobs(plans, None, 0, None)[1]) == 1000
+
+
+MNIST_DIR = __import__("pathlib").Path(__file__).resolve().parents[2].parent / "shared/data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MNIST_DIR / "mnist").is_dir(), reason="../shared/data/mnist is absent")
+@pytest.mark.parametrize("preset", ["mnist-mlp", "mnist-cnn"])
+def test_fixed_architecture_presets_build(preset, tmp_path):
+    report = build_zoo(preset, tmp_path / preset, size=8, data_dir=str(MNIST_DIR))
+    catalog = Zoo.open(tmp_path / preset).catalog
+    assert report.built == 8 and set(catalog["dataset"]) == {"mnist"}
+    assert catalog["test_accuracy"].max() > 0.5

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .datasets import TaskData, load_dataset
+from .datasets import TaskData, find_mnist, load_dataset
 from .presets import GroupPlan, load_preset
 from .store import ZooWriter
 from .training import GroupTrainer, RunSettings, robustness_kind
@@ -218,6 +218,8 @@ def build_zoo(
     if workers < 1:
         raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
     plans = load_preset(preset)
+    if any(p.dataset == "mnist" for p in plans):
+        find_mnist(data_dir)  # fail now, not in a worker minutes into the build
     jobs, wanted = plan_jobs(plans, size, seed, data_dir)
     started = time.perf_counter()
     with ZooWriter(out) as writer:
