@@ -238,3 +238,18 @@ def test_fixed_architecture_presets_build(preset, tmp_path):
     catalog = Zoo.open(tmp_path / preset).catalog
     assert report.built == 8 and set(catalog["dataset"]) == {"mnist"}
     assert catalog["test_accuracy"].max() > 0.5
+
+
+def test_ray_backend_matches_local(tiny_zoo, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'weightspace[ray]'")
+    out, _ = tiny_zoo
+    build_zoo("tiny", tmp_path / "ray", size=16, workers=2, backend="ray")
+    local, remote = Zoo.open(out).catalog, Zoo.open(tmp_path / "ray").catalog
+    assert list(local["id"]) == list(remote["id"])
+    columns = ["test_accuracy", "train_accuracy", "robustness", "test_loss"]
+    assert (local[columns].to_numpy() == remote[columns].to_numpy()).all()
+
+
+def test_unknown_backend(tmp_path):
+    with pytest.raises(ValueError, match="'backend' parameter must be one of"):
+        build_zoo("tiny", tmp_path / "z", size=1, backend="spark")

@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--workers", type=int, help="parallel training processes (default: one per CPU core)"
     )
+    build.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="run training jobs as local processes or as Ray tasks "
+        "(RAY_ADDRESS selects a cluster); same results",
+    )
     build.add_argument("--seed", type=int, default=0, help="zoo seed (splits, hyperparameters)")
     build.add_argument("--data-dir", help="folder with the MNIST files (or WEIGHTSPACE_DATA)")
     build.set_defaults(run=run_build)

@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,12 +21,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..exceptions import WeightspaceError
 from .datasets import TaskData, find_mnist, load_dataset
 from .presets import GroupPlan, load_preset
 from .store import ZooWriter
 from .training import GroupTrainer, RunSettings, robustness_kind
 
 MAX_RUNS_PER_JOB = 16
+
+
+class BackendError(WeightspaceError, RuntimeError):
+    """The requested execution backend is not available."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,54 @@ def run_job(job: Job) -> tuple[list[tuple], float]:
     return results, time.perf_counter() - start
 
 
+BACKENDS = ("local", "ray")
+
+
+def _execute(jobs: list[Job], backend: str, workers: int) -> Iterator[tuple[Job, tuple]]:
+    """Run jobs; yield ``(job, run_job(job))`` as each finishes (in any order)."""
+    if backend == "ray":
+        yield from _execute_ray(jobs, workers)
+    elif workers == 1:
+        threads = torch.get_num_threads()
+        try:
+            for job in jobs:
+                yield job, run_job(job)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+
+def _execute_ray(jobs: list[Job], workers: int) -> Iterator[tuple[Job, tuple]]:
+    """The same jobs as Ray tasks: on a cluster when ``RAY_ADDRESS`` is set, else locally."""
+    try:
+        import ray
+    except ImportError:
+        raise BackendError(
+            "--backend ray needs Ray: pip install 'weightspace[ray]' (or use --backend local)"
+        ) from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(run_job)
+        pending = {remote.remote(job): job for job in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            yield job, ray.get(done[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def _progress_enabled() -> bool:
     return os.environ.get("CI", "").lower() not in ("1", "true") and os.isatty(2)
 
@@ -190,6 +243,7 @@ def build_zoo(
     *,
     size: int | None = None,
     workers: int | None = None,
+    backend: str = "local",
     seed: int = 0,
     data_dir: str | None = None,
     progress: bool | None = None,
@@ -204,6 +258,8 @@ def build_zoo(
         size: number of models (default: the preset's size).
         workers: processes training jobs in parallel (default: one per CPU core). Each
             job trains on one thread, so results are the same for any number of workers.
+        backend: ``"local"`` (processes on this machine) or ``"ray"`` (Ray tasks, on the
+            cluster at ``RAY_ADDRESS`` if set); the results are the same.
         seed: zoo seed: data splits and every run's hyperparameters derive from it.
         data_dir: folder with the MNIST files (or set ``WEIGHTSPACE_DATA``).
         progress: show a progress bar (default: on a terminal, off under ``CI=true``).
@@ -214,6 +270,8 @@ def build_zoo(
     """
     if size is not None and size < 1:
         raise ValueError(f"The 'size' parameter must be an int >= 1. Got {size} instead.")
+    if backend not in BACKENDS:
+        raise ValueError(f"The 'backend' parameter must be one of {BACKENDS}. Got {backend!r}.")
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
@@ -239,7 +297,7 @@ def build_zoo(
         def store(job: Job, results: list[tuple], seconds: float) -> None:
             new = [r for r in results if r[0]["id"] not in present]
             if new:
-                states = [{k: torch.from_numpy(v) for k, v in r[1].items()} for r in new]
+                states = [{k: torch.tensor(v) for k, v in r[1].items()} for r in new]
                 writer.add([r[0] for r in new], states, [r[2] for r in new])
             report.built += len(new)
             report.models_by_family[job.plan.family] += len(results)
@@ -248,19 +306,8 @@ def build_zoo(
             if on_job_done is not None:
                 on_job_done(len(new))
 
-        if workers == 1:
-            threads = torch.get_num_threads()
-            try:
-                for job in pending:
-                    store(job, *run_job(job))
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(run_job, job): job for job in pending}
-                for future in as_completed(futures):
-                    store(futures[future], *future.result())
+        for job, (results, seconds) in _execute(pending, backend, workers):
+            store(job, results, seconds)
         bar.close()
     report.seconds = time.perf_counter() - started
     return report
