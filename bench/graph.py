@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 TARGET_PARAMS_PER_S = 10e6
 TARGET_MEMORY_RATIO = 3.0
@@ -132,7 +129,7 @@ def main() -> None:
         print(json.dumps(measure_one(args.one, args.repeat)))
         return
 
-    import torch
+    from _results import write_result
     from tabulate import tabulate
 
     results = []
@@ -179,18 +176,15 @@ def main() -> None:
     )
     table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     print(table)
-    report = {
-        "benchmark": "graph",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "repeat": args.repeat,
-        "targets": {"params_per_s": TARGET_PARAMS_PER_S, "memory_ratio": TARGET_MEMORY_RATIO},
-        "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out}")
+    write_result(
+        args.out,
+        "graph",
+        {
+            "repeat": args.repeat,
+            "targets": {"params_per_s": TARGET_PARAMS_PER_S, "memory_ratio": TARGET_MEMORY_RATIO},
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

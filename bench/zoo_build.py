@@ -16,16 +16,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import write_result
 from tabulate import tabulate
 
 from weightspace.zoo.build import build_zoo, fit_spec, shape_for_family
@@ -98,23 +95,20 @@ def main() -> None:
         f"{args.workers} workers ({report.seconds / TARGET_SECONDS:.2f} of the "
         f"{TARGET_SECONDS:.0f} s target: {'met' if met else 'NOT met'})"
     )
-    result = {
-        "benchmark": "zoo_build",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "group": group,
-        "preset": args.preset,
-        "workers": args.workers,
-        "models": report.built,
-        "seconds": report.seconds,
-        "target_seconds": TARGET_SECONDS,
-        "models_by_family": dict(report.models_by_family),
-        "models_per_min_by_family": rates,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(
+        args.out,
+        "zoo_build",
+        {
+            "group": group,
+            "preset": args.preset,
+            "workers": args.workers,
+            "models": report.built,
+            "seconds": report.seconds,
+            "target_seconds": TARGET_SECONDS,
+            "models_by_family": dict(report.models_by_family),
+            "models_per_min_by_family": rates,
+        },
+    )
 
 
 if __name__ == "__main__":
