@@ -253,3 +253,9 @@ def test_ray_backend_matches_local(tiny_zoo, tmp_path):
 def test_unknown_backend(tmp_path):
     with pytest.raises(ValueError, match="'backend' parameter must be one of"):
         build_zoo("tiny", tmp_path / "z", size=1, backend="spark")
+
+
+def test_standard_preset_varies_optimizer_and_dropout():
+    plans = load_preset("standard")
+    assert {p.optimizer for p in plans} == {"adam", "sgd"}
+    assert {p.arch.get("dropout", 0.0) for p in plans} >= {0.0, 0.1, 0.2}

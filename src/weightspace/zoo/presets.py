@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,15 @@ class GroupPlan:
         return f"{self.architecture}-{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
 
 
+SGD_LR = (1e-2, 1e-1)  # SGD with momentum 0.9 wants larger steps than Adam
+
+
 def _digits(arch_name: str, family: str, runs: int, **arch: Any) -> GroupPlan:
     return GroupPlan(arch_name, family, arch, "digits", runs)
+
+
+def _sgd(plan: GroupPlan) -> GroupPlan:
+    return replace(plan, optimizer="sgd", lr=SGD_LR)
 
 
 def _tiny() -> list[GroupPlan]:
@@ -120,12 +127,16 @@ def _tiny() -> list[GroupPlan]:
 def _standard() -> list[GroupPlan]:
     tabular = []
     for dataset in ("wine", "breast_cancer", "diabetes"):
-        for size, hidden in (("s", [16]), ("m", [64, 32])):
-            tabular.append(
-                GroupPlan(
-                    f"mlp-{dataset}-{size}", "mlp", {"hidden": hidden}, dataset, 12, batch_size=32
-                )
-            )
+        small = GroupPlan(f"mlp-{dataset}-s", "mlp", {"hidden": [16]}, dataset, 12, batch_size=32)
+        medium = GroupPlan(
+            f"mlp-{dataset}-m",
+            "mlp",
+            {"hidden": [64, 32], "dropout": 0.1},
+            dataset,
+            12,
+            batch_size=32,
+        )
+        tabular += [small, _sgd(medium)]
     # The slowest groups come first so that parallel workers finish together.
     return [
         GroupPlan(
@@ -159,32 +170,30 @@ def _standard() -> list[GroupPlan]:
             batch_size=128,
         ),
         _digits("mobilenet-digits", "mobilenet", 16, widths=[16, 24]),
-        _digits("vit-digits", "vit", 16, dim=32, depth=2, heads=4),
-        _digits("resnet-digits", "resnet", 16, widths=[16, 32]),
+        _digits("vit-digits", "vit", 16, dim=32, depth=2, heads=4, dropout=0.1),
+        _sgd(_digits("resnet-digits", "resnet", 16, widths=[16, 32])),
         GroupPlan(
-            "mlp-mnist", "mlp", {"hidden": [128, 64]}, "mnist", 18, max_train=10_000, batch_size=128
+            "mlp-mnist",
+            "mlp",
+            {"hidden": [128, 64], "dropout": 0.2},
+            "mnist",
+            18,
+            max_train=10_000,
+            batch_size=128,
         ),
-        _digits("vgg-digits", "vgg", 16, widths=[16, 32]),
+        _sgd(_digits("vgg-digits", "vgg", 16, widths=[16, 32])),
         _digits("mlp-digits-s", "mlp", 16, hidden=[32]),
-        _digits("mlp-digits-m", "mlp", 16, hidden=[128, 64]),
+        _sgd(_digits("mlp-digits-m", "mlp", 16, hidden=[128, 64], dropout=0.1)),
         *tabular,
     ]
 
 
 def _mnist_fixed(name: str, family: str, arch: dict, max_train: int) -> list[GroupPlan]:
-    return [
-        GroupPlan(
-            name,
-            family,
-            arch,
-            "mnist",
-            250,
-            max_train=max_train,
-            batch_size=128,
-            lr=(1e-4, 1e-2),
-            optimizer="adam",
-        )
-    ]
+    """One architecture, 250 runs: half with Adam, half with SGD."""
+    adam = GroupPlan(
+        name, family, arch, "mnist", 125, max_train=max_train, batch_size=128, lr=(1e-4, 1e-2)
+    )
+    return [adam, _sgd(adam)]
 
 
 PRESETS = {
