@@ -85,7 +85,7 @@ EXPORTED_FAMILY = "exported"
 
 EXPORTED_SPEC: Mapping[str, str] = MappingProxyType({"format": "torch.export"})
 """The spec of a torch.export program: give it to :meth:`ZooWriter.add` with the file's path."""
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column name -> SQLite type, in table order.
 _COLUMN_TYPES: dict[str, str] = {
@@ -114,6 +114,7 @@ _COLUMN_TYPES: dict[str, str] = {
     "generalization_gap": "REAL",
     "robustness": "REAL",
     "robustness_kind": "TEXT",
+    "fgsm_accuracy": "REAL",
     "test_loss": "REAL",
     "source": "TEXT",
     "created": "TEXT",

@@ -25,6 +25,7 @@ from .families import build_model
 # Robustness: accuracy under a fixed input perturbation (recorded in the catalog).
 NOISE_STD = 0.5  # Gaussian noise, in units of the (standardised) feature std
 TOKEN_SUBSTITUTION = 0.1  # fraction of tokens replaced at random (nlp)
+FGSM_EPSILON = 0.1  # FGSM step, in units of the (standardised) feature std; float inputs only
 TRAIN_EVAL_LIMIT = 5000  # training examples used to measure train accuracy
 EVAL_BATCH = 1000
 # Families trained with vmap. Attention and depthwise convolutions have slow (or no)
@@ -271,7 +272,10 @@ class GroupTrainer:
         return torch.stack(per_model)
 
     def evaluate(self, base: nn.Module, params: dict, buffers: dict) -> dict[str, Tensor]:
-        """Test/train accuracy (R² for regression), gap, robustness and test loss per model."""
+        """Test/train accuracy (R² for regression), gap, robustness, FGSM accuracy and test loss.
+
+        FGSM accuracy is NaN for token inputs, which have no input gradient.
+        """
         data, task = self.data, self.data.task
         test_out = self._outputs(base, params, buffers, data.x_test)
         test_score = _score(test_out, data.y_test, task)
@@ -290,10 +294,47 @@ class GroupTrainer:
         gen = torch.Generator().manual_seed(12345)
         noisy_x = _perturb(data.x_test, data, gen)
         robust = _score(self._outputs(base, params, buffers, noisy_x), data.y_test, task)
+        if data.x_test.is_floating_point():
+            fgsm = _score(self._fgsm_outputs(base, params, buffers), data.y_test, task)
+        else:  # token ids have no gradient
+            fgsm = torch.full((len(self.runs),), float("nan"))
         return {
             "test_accuracy": test_score,
             "train_accuracy": train_score,
             "generalization_gap": train_score - test_score,
             "robustness": robust,
+            "fgsm_accuracy": fgsm,
             "test_loss": test_loss,
         }
+
+    def _fgsm_outputs(self, base: nn.Module, params: dict, buffers: dict) -> Tensor:
+        """``[M, N, C]`` outputs on each model's own FGSM examples (eval mode)."""
+        data, task = self.data, self.data.task
+        base.eval()
+
+        def loss_of_input(p: dict, b: dict, x: Tensor, y: Tensor) -> Tensor:
+            return _loss(self._forward(base, p, b, x), y, task).sum()
+
+        def attacked(p: dict, b: dict, x: Tensor, y: Tensor) -> Tensor:
+            x_adv = x + FGSM_EPSILON * torch.func.grad(loss_of_input, argnums=2)(p, b, x, y).sign()
+            return self._forward(base, p, b, x_adv.detach())
+
+        chunks = []
+        for i in range(0, len(data.x_test), EVAL_BATCH):
+            x, y = data.x_test[i : i + EVAL_BATCH], data.y_test[i : i + EVAL_BATCH]
+            if self.vectorize:
+                out = vmap(attacked, in_dims=(0, 0, None, None))(params, buffers, x, y)
+            else:
+                out = torch.stack(
+                    [
+                        attacked(
+                            {k: v[m] for k, v in params.items()},
+                            {k: v[m] for k, v in buffers.items()},
+                            x,
+                            y,
+                        )
+                        for m in range(len(self.runs))
+                    ]
+                )
+            chunks.append(out.detach())
+        return torch.cat(chunks, dim=1)
