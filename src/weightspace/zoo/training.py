@@ -26,6 +26,7 @@ from .families import build_model
 NOISE_STD = 0.5  # Gaussian noise, in units of the (standardised) feature std
 TOKEN_SUBSTITUTION = 0.1  # fraction of tokens replaced at random (nlp)
 FGSM_EPSILON = 0.1  # FGSM step, in units of the (standardised) feature std; float inputs only
+FGSM_EVAL_LIMIT = 1000  # test examples attacked (a gradient per example and model is costly)
 TRAIN_EVAL_LIMIT = 5000  # training examples used to measure train accuracy
 EVAL_BATCH = 1000
 # Families trained with vmap. Attention and depthwise convolutions have slow (or no)
@@ -295,7 +296,8 @@ class GroupTrainer:
         noisy_x = _perturb(data.x_test, data, gen)
         robust = _score(self._outputs(base, params, buffers, noisy_x), data.y_test, task)
         if data.x_test.is_floating_point():
-            fgsm = _score(self._fgsm_outputs(base, params, buffers), data.y_test, task)
+            y_attacked = data.y_test[:FGSM_EVAL_LIMIT]
+            fgsm = _score(self._fgsm_outputs(base, params, buffers), y_attacked, task)
         else:  # token ids have no gradient
             fgsm = torch.full((len(self.runs),), float("nan"))
         return {
@@ -308,7 +310,8 @@ class GroupTrainer:
         }
 
     def _fgsm_outputs(self, base: nn.Module, params: dict, buffers: dict) -> Tensor:
-        """``[M, N, C]`` outputs on each model's own FGSM examples (eval mode)."""
+        """``[M, N, C]`` outputs on each model's own FGSM examples of the first
+        ``FGSM_EVAL_LIMIT`` test examples (eval mode)."""
         data, task = self.data, self.data.task
         base.eval()
 
@@ -320,8 +323,9 @@ class GroupTrainer:
             return self._forward(base, p, b, x_adv.detach())
 
         chunks = []
-        for i in range(0, len(data.x_test), EVAL_BATCH):
-            x, y = data.x_test[i : i + EVAL_BATCH], data.y_test[i : i + EVAL_BATCH]
+        x_test, y_test = data.x_test[:FGSM_EVAL_LIMIT], data.y_test[:FGSM_EVAL_LIMIT]
+        for i in range(0, len(x_test), EVAL_BATCH):
+            x, y = x_test[i : i + EVAL_BATCH], y_test[i : i + EVAL_BATCH]
             if self.vectorize:
                 out = vmap(attacked, in_dims=(0, 0, None, None))(params, buffers, x, y)
             else:
