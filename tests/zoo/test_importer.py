@@ -124,7 +124,7 @@ def test_every_skip_has_its_reason(imported):
         r"weightspace\.zoo\.families\.MLP\); pass --trust-pickle if you trust this file$",
         "gone/missing.pt": r"^listed in metadata but not found$",
         "hardswish.pt2": r"^unsupported layer: .*'hardswish' is not supported by the neural graph$",
-        "model.onnx": r"^ONNX import needs the optional 'onnx' extra, which is not installed$",
+        "model.onnx": r"^corrupt: not a readable ONNX model \(",
         "nospec.pth": r"^unknown architecture: no weightspace spec in the file and none in the "
         r"metadata \(or in a sidecar nospec\.spec\.json\)$",
         "random.pt": r"^corrupt: not a PyTorch checkpoint \(Unsupported operand 187\)$",

@@ -13,7 +13,9 @@ inside ``SRC``, are left out. Then, by suffix (case-insensitive):
   metadata or the sidecar. A file that needs code execution to unpickle is refused unless
   ``trust_pickle``; then a pickled weightspace family network (an ``nn.Module`` with a
   ``spec`` attribute) is accepted too.
-- ``.onnx``: skipped; ONNX import is not available.
+- ``.onnx`` (optional extra ``onnx``): read with :func:`weightspace.onnx_reader.load_onnx`
+  and stored like a ``.pt2`` program (the module exported with ``torch.export``); skipped
+  with a reason when the ``onnx`` package is missing.
 - anything else: skipped with a reason if it looks binary (a NUL byte in its first 8 KiB),
   and silently ignored if it is text (sidecar specs, metadata, READMEs, logs).
 
@@ -38,6 +40,7 @@ import pickle
 import pickletools
 import re
 import sys
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -519,10 +522,29 @@ def _load_torch(path: Path, given: dict[str, Any] | None, trust_pickle: bool) ->
     return _rebuilt(module)
 
 
-def _onnx_reason() -> str:
+def _load_onnx(path: Path, given: dict[str, Any] | None, scratch: Path) -> _Loaded:
+    """An ONNX model read as a module, stored as the torch.export program of that module."""
     if importlib.util.find_spec("onnx") is None:
-        return "ONNX import needs the optional 'onnx' extra, which is not installed"
-    return "ONNX import is not supported yet; export the network with torch.export (.pt2)"
+        raise _Skip("ONNX import needs the optional 'onnx' extra, which is not installed")
+    if given is not None:
+        raise _Skip("the metadata gives a spec, but an ONNX model carries its own")
+    from ..onnx_reader import load_onnx
+
+    try:
+        module = load_onnx(path)
+    except UnsupportedModuleError as err:
+        raise _Skip(f"unsupported layer: {_first_sentence(err)}") from None
+    except Exception as err:  # onnx raises many types for damaged files
+        raise _Skip(f"corrupt: not a readable ONNX model ({_one_line(err)})") from None
+    example = module.example_input()
+    program_path = scratch / f"{path.stem}-{len(list(scratch.iterdir()))}.pt2"
+    try:
+        batch = {"x": {0: torch.export.Dim("batch", min=1)}}  # any batch size
+        program = torch.export.export(module, (example,), dynamic_shapes=batch)
+        torch.export.save(program, str(program_path))
+    except Exception as err:
+        raise _Skip(f"cannot export the ONNX model as a program ({_one_line(err)})") from None
+    return _Loaded(module, example, program_path, EXPORTED_SPEC)
 
 
 def _graph(module: nn.Module, example: Tensor | None) -> NeuralGraph:
@@ -550,7 +572,7 @@ def _architecture(loaded: _Loaded, graph: NeuralGraph) -> str:
 
 
 def _candidate(
-    path: Path, rel: str, model_id: str, given: dict[str, Any], trust_pickle: bool
+    path: Path, rel: str, model_id: str, given: dict[str, Any], trust_pickle: bool, scratch: Path
 ) -> _Candidate:
     """Loads and validates one checkpoint; raises :class:`_Skip` with the reason."""
     suffix = path.suffix.lower()
@@ -559,6 +581,8 @@ def _candidate(
         loaded = _load_safetensors(path, given_spec)
     elif suffix == ".pt2":
         loaded = _load_exported(path, given_spec)
+    elif suffix == ".onnx":
+        loaded = _load_onnx(path, given_spec, scratch)
     else:
         loaded = _load_torch(path, given_spec, trust_pickle)
     graph = _graph(loaded.module, loaded.example)  # also checks that parameters are finite
@@ -642,7 +666,8 @@ def import_checkpoints(
     files = _walk(src, exclude=out)
     report = ImportReport()
     considered: set[str] = set()  # checkpoint files and reported binary files
-    with ZooWriter(out) as writer:
+    with ZooWriter(out) as writer, tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)  # ONNX models exported as programs before they are stored
         report.repaired = writer.repair()
         present = writer.existing_ids()
         queued: dict[str, str] = {}  # id -> relative path, in this run
@@ -657,9 +682,6 @@ def import_checkpoints(
                     report.skipped.append((rel, f"not a checkpoint file (expected {expected})"))
                 return
             considered.add(rel)
-            if suffix == ".onnx":
-                report.skipped.append((rel, _onnx_reason()))
-                return
             model_id = _model_id(path)
             if model_id in present:
                 report.already_present.append(model_id)
@@ -667,7 +689,10 @@ def import_checkpoints(
                 report.skipped.append((rel, f"same file as {queued[model_id]} (id {model_id})"))
             else:
                 try:
-                    pending.append(_candidate(path, rel, model_id, rows.get(rel, {}), trust_pickle))
+                    candidate = _candidate(
+                        path, rel, model_id, rows.get(rel, {}), trust_pickle, scratch
+                    )
+                    pending.append(candidate)
                     queued[model_id] = rel
                 except _Skip as skip:
                     report.skipped.append((rel, str(skip)))
