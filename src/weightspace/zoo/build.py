@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._progress import progress_enabled
 from ..exceptions import WeightspaceError
 from .datasets import TaskData, find_mnist, load_dataset
 from .presets import GroupPlan, load_preset
@@ -233,10 +234,6 @@ def _execute_ray(jobs: list[Job], workers: int) -> Iterator[tuple[Job, tuple]]:
             ray.shutdown()
 
 
-def _progress_enabled() -> bool:
-    return os.environ.get("CI", "").lower() not in ("1", "true") and os.isatty(2)
-
-
 def build_zoo(
     preset: str | Path,
     out: str | Path,
@@ -285,7 +282,7 @@ def build_zoo(
         present = writer.existing_ids() & set(wanted)
         pending = [j for j in jobs if not j.wanted <= present]
         report = BuildReport(len(wanted), len(present), repaired=repaired)
-        show = _progress_enabled() if progress is None else progress
+        show = progress_enabled() if progress is None else progress
         bar = tqdm(
             total=len(wanted),
             initial=len(present),

@@ -30,7 +30,6 @@ import functools
 import gzip
 import hashlib
 import os
-import sys
 import tempfile
 import urllib.request
 import zlib
@@ -46,6 +45,7 @@ from sklearn.utils import Bunch
 from torch import Tensor
 from tqdm import tqdm
 
+from weightspace._progress import progress_enabled
 from weightspace.exceptions import WeightspaceError
 
 __all__ = [
@@ -443,7 +443,7 @@ def _download_verified(url: str, target: Path, expected: str, timeout: float) ->
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             size = int(response.headers.get("Content-Length") or 0) or None
-            quiet = os.environ.get("CI", "").lower() == "true" or not sys.stderr.isatty()
+            quiet = not progress_enabled()
             with tqdm(
                 total=size, unit="B", unit_scale=True, desc=target.name, disable=quiet
             ) as bar:

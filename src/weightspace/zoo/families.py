@@ -456,18 +456,12 @@ class _InvertedResidualNet(_ImageModel):
     block is residual; the first block of every later stage has stride 2.
     """
 
-    def _build(
-        self,
-        *,
-        in_channels: int,
-        widths: Sequence[int],
-        expansion: int,
-        blocks_per_stage: int,
-        se_ratio: float,
-        head_width: int,
-        num_classes: int,
-        activation: str,
-    ) -> None:
+    def _build(self, se_ratio: float) -> None:
+        """Build the layers from ``self.spec``, with squeeze-excitation at ``se_ratio``."""
+        spec = self.spec
+        in_channels, widths, activation = spec["in_channels"], spec["widths"], spec["activation"]
+        expansion, blocks_per_stage = spec["expansion"], spec["blocks_per_stage"]
+        head_width, num_classes = spec["head_width"], spec["num_classes"]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
             nn.BatchNorm2d(widths[0]),
@@ -527,16 +521,7 @@ class MobileNet(_InvertedResidualNet):
             activation: Activation name, see ``_ACTIVATIONS``.
         """
         super().__init__(locals())
-        self._build(
-            in_channels=in_channels,
-            widths=widths,
-            expansion=expansion,
-            blocks_per_stage=blocks_per_stage,
-            se_ratio=0.0,
-            head_width=head_width,
-            num_classes=num_classes,
-            activation=activation,
-        )
+        self._build(se_ratio=0.0)
 
 
 class EfficientNet(_InvertedResidualNet):
@@ -572,16 +557,7 @@ class EfficientNet(_InvertedResidualNet):
             activation: Activation name, see ``_ACTIVATIONS``.
         """
         super().__init__(locals())
-        self._build(
-            in_channels=in_channels,
-            widths=widths,
-            expansion=expansion,
-            blocks_per_stage=blocks_per_stage,
-            se_ratio=se_ratio,
-            head_width=head_width,
-            num_classes=num_classes,
-            activation=activation,
-        )
+        self._build(se_ratio=se_ratio)
 
 
 def _transformer_encoder(

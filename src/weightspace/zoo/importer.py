@@ -39,7 +39,6 @@ import os
 import pickle
 import pickletools
 import re
-import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -54,6 +53,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._progress import progress_enabled
 from ..checkpoints import CheckpointError, load_model
 from ..exceptions import GraphError, InvalidWeightsError, TraceError, UnsupportedModuleError
 from ..graph import NeuralGraph, to_graph
@@ -599,10 +599,6 @@ def _candidate(
 # --------------------------------------------------------------------------- import
 
 
-def _progress_enabled() -> bool:
-    return os.environ.get("CI", "").lower() not in ("1", "true") and sys.stderr.isatty()
-
-
 def _flush(writer: ZooWriter, pending: list[_Candidate], report: ImportReport) -> None:
     """Adds the pending models in one atomic batch (one by one if the batch is rejected)."""
     if not pending:
@@ -699,7 +695,7 @@ def import_checkpoints(
             if len(pending) >= BATCH_SIZE:
                 _flush(writer, pending, report)
 
-        show = _progress_enabled() if progress is None else progress
+        show = progress_enabled() if progress is None else progress
         with tqdm(total=len(files), unit="file", desc="zoo import", disable=not show) as bar:
             for path in files:
                 consider(path, path.relative_to(src).as_posix())

@@ -106,6 +106,10 @@ def _digits(arch_name: str, family: str, runs: int, **arch: Any) -> GroupPlan:
     return GroupPlan(arch_name, family, arch, "digits", runs)
 
 
+def _mnist(arch_name: str, family: str, runs: int, max_train: int, **arch: Any) -> GroupPlan:
+    return GroupPlan(arch_name, family, arch, "mnist", runs, max_train=max_train, batch_size=128)
+
+
 def _sgd(plan: GroupPlan) -> GroupPlan:
     return replace(plan, optimizer="sgd", lr=SGD_LR)
 
@@ -139,48 +143,16 @@ def _standard() -> list[GroupPlan]:
         tabular += [small, _sgd(medium)]
     # The slowest groups come first so that parallel workers finish together.
     return [
-        GroupPlan(
-            "resnet-mnist",
-            "resnet",
-            {"widths": [8, 16]},
-            "mnist",
-            6,
-            max_train=2_000,
-            batch_size=128,
-        ),
-        GroupPlan(
-            "vgg-mnist",
-            "vgg",
-            {"widths": [8, 16], "classifier_hidden": 32},
-            "mnist",
-            8,
-            max_train=4_000,
-            batch_size=128,
-        ),
+        _mnist("resnet-mnist", "resnet", 6, 2_000, widths=[8, 16]),
+        _mnist("vgg-mnist", "vgg", 8, 4_000, widths=[8, 16], classifier_hidden=32),
         GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment", 16),
         GroupPlan("bert-majority", "bert", {"dim": 32, "depth": 2, "heads": 4}, "majority", 16),
         _digits("efficientnet-digits", "efficientnet", 16, widths=[16, 24]),
-        GroupPlan(
-            "mlp-mnist-xl",
-            "mlp",
-            {"hidden": [2000, 2000]},
-            "mnist",
-            2,
-            max_train=2_000,
-            batch_size=128,
-        ),
+        _mnist("mlp-mnist-xl", "mlp", 2, 2_000, hidden=[2000, 2000]),
         _digits("mobilenet-digits", "mobilenet", 16, widths=[16, 24]),
         _digits("vit-digits", "vit", 16, dim=32, depth=2, heads=4, dropout=0.1),
         _sgd(_digits("resnet-digits", "resnet", 16, widths=[16, 32])),
-        GroupPlan(
-            "mlp-mnist",
-            "mlp",
-            {"hidden": [128, 64], "dropout": 0.2},
-            "mnist",
-            18,
-            max_train=10_000,
-            batch_size=128,
-        ),
+        _mnist("mlp-mnist", "mlp", 18, 10_000, hidden=[128, 64], dropout=0.2),
         _sgd(_digits("vgg-digits", "vgg", 16, widths=[16, 32])),
         _digits("mlp-digits-s", "mlp", 16, hidden=[32]),
         _sgd(_digits("mlp-digits-m", "mlp", 16, hidden=[128, 64], dropout=0.1)),
