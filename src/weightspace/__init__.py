@@ -8,12 +8,15 @@ from .exceptions import (
     UnsupportedModuleError,
     WeightspaceError,
 )
+from .embedder import Embedder
+from .encoders import create_encoder, list_encoders
 from .graph import GraphBatch, NeuralGraph, to_graph
 from .zoo.store import Zoo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Embedder",
     "GraphBatch",
     "GraphError",
     "InvalidWeightsError",
@@ -23,6 +26,8 @@ __all__ = [
     "WeightspaceError",
     "Zoo",
     "__version__",
+    "create_encoder",
+    "list_encoders",
     "symmetry",
     "to_graph",
 ]

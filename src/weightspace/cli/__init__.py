@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..exceptions import WeightspaceError
-from . import _demo, _inspect, _zoo
+from . import _demo, _inspect, _train, _zoo
 
-_COMMANDS = (_zoo, _inspect, _demo)
+_COMMANDS = (_zoo, _train, _inspect, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

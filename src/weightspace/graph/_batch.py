@@ -11,6 +11,7 @@ from torch import Tensor
 from ..exceptions import GraphError
 from ._features import EDGE_FEATURE_DIM, NODE_FEATURE_DIM
 from ._graph import NeuralGraph
+from ._prepare import PREPARED_NODE_DIM
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,6 +24,8 @@ class GraphBatch:
         node_features: ``[N, F]`` nodes of all graphs, graph after graph.
         edge_index: ``[2, E]`` with node ids offset into the batch.
         edge_features: ``[E, EDGE_FEATURE_DIM]`` zero-padded weight columns.
+        node_block: ``[N]`` the operation (layer) that created each node, numbered within
+            its own graph (see ``NeuralGraph.node_block``).
         batch: ``[N]`` the graph of each node.
         edge_batch: ``[E]`` the graph of each edge.
         ptr: ``[B + 1]`` node offsets: graph ``i`` owns nodes ``ptr[i]:ptr[i + 1]``.
@@ -31,6 +34,7 @@ class GraphBatch:
     node_features: Tensor
     edge_index: Tensor
     edge_features: Tensor
+    node_block: Tensor
     batch: Tensor
     edge_batch: Tensor
     ptr: Tensor
@@ -39,13 +43,18 @@ class GraphBatch:
     def from_graphs(cls, graphs: Sequence[NeuralGraph]) -> GraphBatch:
         """Concatenate graphs; node ids of graph ``i`` are shifted by ``ptr[i]``.
 
+        Graphs must be all raw (from :func:`~weightspace.to_graph`) or all prepared (by
+        :class:`~weightspace.graph.Featurizer`).
+
         Raises:
-            GraphError: no graphs, or a graph with malformed tensors.
+            GraphError: no graphs, a graph with malformed tensors, or a mix of raw and
+                prepared graphs.
         """
         if len(graphs) == 0:
             raise GraphError("GraphBatch.from_graphs needs at least one graph, got none")
+        width = graphs[0].node_features.shape[-1]
         for i, g in enumerate(graphs):
-            _validate(g, i)
+            _validate(g, i, width)
         dtype = graphs[0].node_features.dtype
         num_nodes = torch.tensor([g.num_nodes for g in graphs])
         num_edges = torch.tensor([g.num_edges for g in graphs])
@@ -62,6 +71,7 @@ class GraphBatch:
             node_features=torch.cat([g.node_features.to(dtype) for g in graphs]),
             edge_index=torch.cat([g.edge_index for g in graphs], dim=1) + edge_offsets,
             edge_features=edge_features,
+            node_block=torch.cat([g.node_block for g in graphs]),
             batch=torch.arange(len(graphs)).repeat_interleave(num_nodes),
             edge_batch=torch.arange(len(graphs)).repeat_interleave(num_edges),
             ptr=ptr,
@@ -103,12 +113,17 @@ class GraphBatch:
         return GraphBatch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
-def _validate(g: NeuralGraph, i: int) -> None:
+def _validate(g: NeuralGraph, i: int, width: int) -> None:
     n, e = g.num_nodes, g.num_edges
-    if g.node_features.dim() != 2 or g.node_features.shape[1] != NODE_FEATURE_DIM:
+    if width not in (NODE_FEATURE_DIM, PREPARED_NODE_DIM):
         raise GraphError(
-            f"graph {i}: expected 'node_features' of shape [N, {NODE_FEATURE_DIM}] "
-            f"(got {list(g.node_features.shape)})"
+            f"graph 0: expected 'node_features' of shape [N, {NODE_FEATURE_DIM}] (raw) or "
+            f"[N, {PREPARED_NODE_DIM}] (prepared) (got {list(g.node_features.shape)})"
+        )
+    if g.node_features.dim() != 2 or g.node_features.shape[1] != width:
+        raise GraphError(
+            f"graph {i}: expected 'node_features' of shape [N, {width}] like graph 0; raw and "
+            f"prepared graphs cannot share a batch (got {list(g.node_features.shape)})"
         )
     if g.edge_index.dim() != 2 or g.edge_index.shape[0] != 2 or g.edge_index.dtype != torch.long:
         raise GraphError(

@@ -1,0 +1,128 @@
+"""``weightspace train``, ``embed`` and ``predict``: learn an encoder, then use it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from ..embedder import Embedder
+from ..encoders import list_encoders
+from ..exceptions import WeightspaceError
+from ..train import TrainConfig, train
+from ..zoo.store import Zoo
+
+TRAIN_EXAMPLES = """examples:
+  weightspace train --zoo zoos/tiny --encoder gnn --out runs/gnn
+  weightspace train --zoo zoos/tiny --encoder weightnet --out runs/wn --set epochs=10
+  weightspace train --zoo zoos/std --encoder mlp --out runs/mlp --set encoder_kwargs.dropout=0.1
+  weightspace train --zoo zoos/std --encoder statnn --out runs/stat --config train.yaml
+"""
+
+EMBED_EXAMPLES = """examples:
+  weightspace embed --run runs/gnn zoos/tiny/models/*.safetensors --out embeddings.npy
+  weightspace embed --run runs/gnn model.pt2 --out embeddings.csv
+"""
+
+PREDICT_EXAMPLES = """examples:
+  weightspace predict --run runs/gnn model.pt2
+  weightspace predict --run runs/gnn zoos/tiny/models/*.safetensors
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "train",
+        help="train an encoder on a zoo",
+        description="Train an encoder on a zoo's networks (contrastive views + property "
+        "regression) and write a self-describing run directory.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=raw,
+    )
+    p.add_argument("--zoo", required=True, help="zoo directory (from 'weightspace zoo build')")
+    p.add_argument(
+        "--encoder", required=True, help=f"encoder name, one of: {', '.join(list_encoders())}"
+    )
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", help="YAML or JSON file of training settings")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting (repeatable), e.g. epochs=10 or encoder_kwargs.hidden=64",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes building graphs (default 1)")
+    p.set_defaults(run=run_train)
+
+    e = sub.add_parser(
+        "embed",
+        help="embed model files with a trained run",
+        description="Embed model files (.safetensors from a zoo, .pt2 programs) with a run's "
+        "encoder and write the embeddings (.npy, or .csv with a 'file' column).",
+        epilog=EMBED_EXAMPLES,
+        formatter_class=raw,
+    )
+    e.add_argument("--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')")
+    e.add_argument("models", nargs="+", metavar="MODEL_FILE", help="model files")
+    e.add_argument("--out", required=True, help="output file: .npy or .csv")
+    e.set_defaults(run=run_embed)
+
+    q = sub.add_parser(
+        "predict",
+        help="predict accuracy, robustness and generalization gap from weights",
+        description="Predict each model file's properties from its weights alone.",
+        epilog=PREDICT_EXAMPLES,
+        formatter_class=raw,
+    )
+    q.add_argument("--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')")
+    q.add_argument("models", nargs="+", metavar="MODEL_FILE", help="model files")
+    q.set_defaults(run=run_predict)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    config = config.replace(encoder=args.encoder).with_overrides(args.overrides)
+    zoo = Zoo.open(args.zoo)
+    result = train(zoo, config, args.out, workers=args.workers)
+    rows = [
+        (name, m["n"], m["mae"], m["rmse"], m["r2"], m["spearman"], m["kendall"])
+        for name, m in result.metrics["properties"].items()
+    ]
+    print(f"trained {config.encoder} on {len(zoo)} models for {result.metrics['epochs_run']} "
+          f"epochs ({result.metrics['seconds_per_epoch']:.1f} s/epoch)")
+    print("test split:")
+    print(tabulate(rows, headers=("property", "n", "MAE", "RMSE", "R2", "Spearman", "Kendall"),
+                   floatfmt=".3f"))
+    print(f"run written to {args.out}")
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".csv"):
+        raise WeightspaceError(f"--out {out}: expected a file name ending in .npy or .csv")
+    embedder = Embedder.load(args.run_dir)
+    z = embedder.embed(args.models)
+    if out.suffix == ".npy":
+        np.save(out, z)
+    else:
+        import pandas as pd
+
+        frame = pd.DataFrame(z, columns=[f"z{k}" for k in range(z.shape[1])])
+        frame.insert(0, "file", args.models)
+        frame.to_csv(out, index=False)
+    print(f"wrote {z.shape[0]} embeddings of dimension {z.shape[1]} to {out}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    embedder = Embedder.load(args.run_dir)
+    table = embedder.predict(args.models)
+    table.insert(0, "file", args.models)
+    print(tabulate(table, headers="keys", showindex=False, floatfmt=".3f"))
+    return 0

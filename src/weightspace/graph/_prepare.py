@@ -1,0 +1,149 @@
+"""Encoder-ready graphs: canonical scales, per-node weight statistics, bounded edge counts.
+
+Encoders read *prepared* graphs. Preparing a graph
+
+1. brings every rescalable neuron to its canonical scale (so the result does not depend on
+   function-preserving rescalings),
+2. appends :data:`NODE_STATS` to each node's features: statistics of the weight values on
+   its incoming and outgoing parametric edges (sets, so they do not depend on the order of
+   neighbours), and
+3. drops the edges of operations with more than ``max_block_edges`` edges (a 784-input or
+   2000x2000 dense layer); their weights stay summarised in the node statistics, so the
+   cost of an encoder stays linear in a bounded number of edges.
+
+Every step commutes with hidden-neuron permutations, so preparing a permuted network gives
+the permuted prepared graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ._features import (
+    EDGE_TYPES,
+    NODE_FEATURE_DIM,
+    NODE_FEATURES,
+    PARAMETRIC_EDGE_CODES,
+)
+from ._graph import NeuralGraph
+
+NODE_STATS = (
+    "in_mean",
+    "in_std",
+    "in_abs_mean",
+    "in_log_count",
+    "out_mean",
+    "out_std",
+    "out_abs_mean",
+    "out_log_count",
+)
+NODE_STAT_DIM = len(NODE_STATS)
+PREPARED_NODE_DIM = NODE_FEATURE_DIM + NODE_STAT_DIM
+PREPARE_VERSION = 1  # bump whenever the output of prepare_graph changes
+
+
+def _one_side_stats(nodes: Tensor, values: Tensor, num_nodes: int) -> list[Tensor]:
+    """Mean, std, mean |w| and log(1 + n) of the weight values gathered at ``nodes``."""
+    dtype = values.dtype
+    counts = torch.full((len(nodes),), values.shape[1], dtype=dtype)
+    n = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, counts)
+    total = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, values.sum(1))
+    squares = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, (values * values).sum(1))
+    absolute = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, values.abs().sum(1))
+    safe = n.clamp(min=1)
+    mean = total / safe
+    std = (squares / safe - mean * mean).clamp(min=0).sqrt()
+    return [mean, std, absolute / safe, torch.log1p(n)]
+
+
+def node_weight_stats(graph: NeuralGraph) -> Tensor:
+    """:data:`NODE_STATS` of every node from the weight values on its parametric edges.
+
+    An edge contributes all of the graph's weight columns (a 1x1 kernel in a graph that
+    also has 3x3 kernels contributes its zero padding too, the same way in every copy).
+
+    Returns:
+        ``[N, NODE_STAT_DIM]`` in the dtype of the graph's features.
+    """
+    parametric = torch.isin(graph.edge_type, torch.tensor(PARAMETRIC_EDGE_CODES))
+    src, dst = graph.edge_index[:, parametric]
+    values = graph.edge_weight[parametric]
+    incoming = _one_side_stats(dst, values, graph.num_nodes)
+    outgoing = _one_side_stats(src, values, graph.num_nodes)
+    return torch.stack(incoming + outgoing, dim=1)
+
+
+def is_prepared(node_features: Tensor) -> bool:
+    """Whether node features carry the :data:`NODE_STATS` columns."""
+    return node_features.shape[-1] == PREPARED_NODE_DIM
+
+
+@dataclass(frozen=True)
+class Featurizer:
+    """How networks become encoder inputs (see the module docstring).
+
+    Attributes:
+        canonical: bring rescalable neurons to their canonical scale first.
+        max_block_edges: operations with more edges keep only their node statistics.
+    """
+
+    canonical: bool = True
+    max_block_edges: int = 32_768
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_block_edges, int) or self.max_block_edges < 1:
+            raise ValueError(
+                f"Featurizer.max_block_edges must be an int >= 1, got {self.max_block_edges!r}"
+            )
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of everything that shapes the prepared graphs."""
+        payload = json.dumps(
+            {
+                "settings": asdict(self),
+                "version": PREPARE_VERSION,
+                "node_features": NODE_FEATURES,
+                "node_stats": NODE_STATS,
+                "edge_types": EDGE_TYPES,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+    def __call__(self, graph: NeuralGraph) -> NeuralGraph:
+        """The prepared copy of ``graph``; ``bindings`` are dropped (edges may be gone)."""
+        if is_prepared(graph.node_features):
+            raise ValueError("Featurizer: the graph is already prepared")
+        if self.canonical:
+            from ..symmetry import canonicalize  # symmetry depends on graph, not vice versa
+
+            graph = canonicalize(graph)
+        stats = node_weight_stats(graph)
+        block_sizes = graph.block_ptr.diff()
+        keep_block = block_sizes <= self.max_block_edges
+        keep_edge = keep_block.repeat_interleave(block_sizes)
+        kept_sizes = torch.where(keep_block, block_sizes, torch.zeros_like(block_sizes))
+        return replace(
+            graph,
+            node_features=torch.cat([graph.node_features, stats], dim=1),
+            edge_index=graph.edge_index[:, keep_edge],
+            edge_features=graph.edge_features[keep_edge],
+            block_ptr=torch.cat([graph.block_ptr[:1], kept_sizes.cumsum(0)]),
+            bindings={},
+        )
+
+
+__all__ = [
+    "Featurizer",
+    "NODE_STATS",
+    "NODE_STAT_DIM",
+    "PREPARED_NODE_DIM",
+    "is_prepared",
+    "node_weight_stats",
+]

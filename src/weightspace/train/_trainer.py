@@ -1,0 +1,296 @@
+"""The one training loop: contrastive views plus property regression, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._progress import progress_enabled
+from ..encoders import Encoder, create_encoder
+from ..graph import Featurizer, GraphBatch, NeuralGraph
+from ..objectives import PropertyHead, info_nce, make_view, masked_mse
+from ..tasks import regression_metrics
+from ..zoo.store import Zoo
+from ._config import TrainConfig
+from ._data import DataError, Split, prepared_graphs, property_table, split_by_run
+from ._run import HISTORY_FILE, save_run, write_metrics
+
+EMBED_BATCH = 64
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced.
+
+    Attributes:
+        run_dir: the run directory.
+        history: one row per epoch (the contents of ``history.csv``).
+        metrics: test-split metrics (the contents of ``metrics.json``).
+    """
+
+    run_dir: Path
+    history: pd.DataFrame
+    metrics: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def featurizer_of(config: TrainConfig) -> Featurizer:
+    """The featurizer a training config asks for."""
+    return Featurizer(canonical=config.canonical, max_block_edges=config.max_block_edges)
+
+
+def batches(graphs: Sequence[NeuralGraph], size: int) -> Iterator[GraphBatch]:
+    """Consecutive batches of ``size`` graphs."""
+    for start in range(0, len(graphs), size):
+        yield GraphBatch.from_graphs(graphs[start : start + size])
+
+
+@torch.no_grad()
+def embed_graphs(
+    encoder: Encoder, graphs: Sequence[NeuralGraph], device: torch.device | str = "cpu"
+) -> Tensor:
+    """Embeddings ``[n, D]`` of prepared graphs (eval mode, batches of 64)."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        parts = [encoder(b.to(device)).cpu() for b in batches(graphs, EMBED_BATCH)]
+    finally:
+        encoder.train(was_training)
+    return torch.cat(parts)
+
+
+class Trainer:
+    """Trains one encoder on one zoo (see :class:`TrainConfig` for the objective).
+
+    Args:
+        config: the settings.
+        progress: show progress bars (default: on a terminal, off under CI).
+        workers: processes used to build missing graphs.
+    """
+
+    def __init__(
+        self, config: TrainConfig, progress: bool | None = None, workers: int = 1
+    ) -> None:
+        self.config = config
+        self.progress = progress_enabled() if progress is None else progress
+        self.workers = workers
+        self.device = resolve_device(config.device)
+
+    def fit(
+        self,
+        zoo: Zoo,
+        out: str | Path,
+        graphs: Mapping[str, NeuralGraph] | None = None,
+        split: Split | None = None,
+    ) -> TrainResult:
+        """Train on ``zoo`` and write the run directory ``out``.
+
+        Args:
+            zoo: the zoo with measured properties.
+            out: the run directory to write.
+            graphs: prepared graphs by model id, when the caller has them already.
+            split: the split to use (default: :func:`split_by_run` with the config's seed).
+
+        Raises:
+            DataError: an empty zoo, a missing property, or too few training runs.
+        """
+        cfg = self.config
+        out = Path(out)
+        catalog = zoo.catalog
+        if catalog.empty:
+            raise DataError(f"{zoo.root}: the zoo is empty; build it with 'weightspace zoo build'")
+        targets = property_table(catalog, cfg.properties, str(zoo.root))
+        split = split or split_by_run(catalog, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        featurizer = featurizer_of(cfg)
+        if graphs is None:
+            ids = split.train + split.val + split.test
+            built = prepared_graphs(zoo, featurizer, ids, self.workers, self.progress)
+            graphs = dict(zip(ids, built))
+
+        train_y = targets.loc[split.train].to_numpy()
+        mean = np.nanmean(train_y, axis=0)
+        std = np.nanstd(train_y, axis=0)
+        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+
+        def standardised(ids: Sequence[str]) -> Tensor:
+            values = (targets.loc[list(ids)].to_numpy() - mean) / std
+            return torch.tensor(values, dtype=torch.float32)
+
+        torch.manual_seed(cfg.seed)
+        encoder = create_encoder(cfg.encoder, **cfg.encoder_kwargs).to(self.device)
+        head = PropertyHead(encoder.out_dim, cfg.head_hidden, len(cfg.properties)).to(self.device)
+        train_graphs = [graphs[i] for i in split.train]
+        encoder.fit(b.to(self.device) for b in batches(train_graphs, EMBED_BATCH))
+        parameters = [*encoder.parameters(), *head.parameters()]
+        optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        history: list[dict[str, float]] = []
+        best = (float("inf"), copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
+        stale = 0
+        generator = torch.Generator().manual_seed(cfg.seed)
+        y_train, y_val = standardised(split.train), standardised(split.val)
+        val_graphs = [graphs[i] for i in split.val]
+        bar = tqdm(range(cfg.epochs), desc=f"train {cfg.encoder}", unit="epoch",
+                   disable=not self.progress)
+        for epoch in bar:
+            start = time.perf_counter()
+            encoder.train()
+            head.train()
+            order = torch.randperm(len(train_graphs), generator=generator).tolist()
+            train_losses = []
+            for at in range(0, len(order) - 1, cfg.batch_size):
+                chunk = order[at : at + cfg.batch_size]
+                if len(chunk) < 2:
+                    continue
+                losses = self._losses(
+                    encoder, head, [train_graphs[k] for k in chunk], y_train[chunk], generator
+                )
+                optimizer.zero_grad()
+                losses["total"].backward()
+                optimizer.step()
+                train_losses.append({k: float(v.detach()) for k, v in losses.items()})
+            val = self._evaluate(encoder, head, val_graphs, y_val)
+            row = {"epoch": epoch + 1}
+            row.update({f"train_{k}": float(np.mean([t[k] for t in train_losses]))
+                        for k in ("total", "contrastive", "property")})
+            row.update({f"val_{k}": v for k, v in val.items()})
+            row["seconds"] = time.perf_counter() - start
+            history.append(row)
+            bar.set_postfix(train=f"{row['train_total']:.3f}", val=f"{row['val_total']:.3f}")
+            if row["val_total"] < best[0] - 1e-6:
+                best = (row["val_total"], copy.deepcopy(encoder.state_dict()),
+                        copy.deepcopy(head.state_dict()))
+                stale = 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+        bar.close()
+        encoder.load_state_dict(best[1])
+        head.load_state_dict(best[2])
+        encoder.eval()
+        head.eval()
+
+        config_json = {
+            "encoder": cfg.encoder,
+            "encoder_config": encoder.config,
+            "symmetry": encoder.symmetry,
+            "train_config": cfg.to_dict(),
+            "featurizer": {**asdict(featurizer), "fingerprint": featurizer.fingerprint},
+            "properties": list(cfg.properties),
+            "head_hidden": cfg.head_hidden,
+            "target_mean": mean.tolist(),
+            "target_std": std.tolist(),
+            "zoo": str(zoo.root),
+            "splits": split.as_dict(),
+            "device": str(self.device),
+        }
+        encoder.cpu()
+        head.cpu()
+        save_run(out, config_json, encoder, head)
+        frame = pd.DataFrame(history)
+        frame.to_csv(out / HISTORY_FILE, index=False)
+        metrics = self._test_metrics(encoder, head, [graphs[i] for i in split.test],
+                                     targets.loc[split.test].to_numpy(), mean, std)
+        metrics["epochs_run"] = len(history)
+        metrics["best_val_total"] = best[0]
+        metrics["seconds_per_epoch"] = float(frame["seconds"].median())
+        write_metrics(out, metrics)
+        return TrainResult(out, frame, metrics)
+
+    def _views(self, graphs: Sequence[NeuralGraph], generator: torch.Generator) -> GraphBatch:
+        cfg = self.config
+        views = [make_view(g, generator, cfg.noise, cfg.edge_dropout) for g in graphs]
+        return GraphBatch.from_graphs(views).to(self.device)
+
+    def _losses(
+        self,
+        encoder: Encoder,
+        head: PropertyHead,
+        graphs: Sequence[NeuralGraph],
+        y: Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, Tensor]:
+        cfg = self.config
+        z1 = encoder(self._views(graphs, generator))
+        z2 = encoder(self._views(graphs, generator))
+        y = y.to(self.device)
+        contrastive = info_nce(z1, z2, cfg.temperature)
+        prop = 0.5 * (masked_mse(head(z1), y) + masked_mse(head(z2), y))
+        total = cfg.contrastive_weight * contrastive + (1 - cfg.contrastive_weight) * prop
+        return {"total": total, "contrastive": contrastive, "property": prop}
+
+    @torch.no_grad()
+    def _evaluate(
+        self, encoder: Encoder, head: PropertyHead, graphs: Sequence[NeuralGraph], y: Tensor
+    ) -> dict[str, float]:
+        """Validation losses on fixed views (the same every epoch)."""
+        encoder.eval()
+        head.eval()
+        generator = torch.Generator().manual_seed(self.config.seed + 1)
+        sums = {"total": 0.0, "contrastive": 0.0, "property": 0.0}
+        count = 0
+        size = self.config.batch_size
+        for at in range(0, len(graphs) - 1, size):
+            chunk = list(range(at, min(at + size, len(graphs))))
+            if len(chunk) < 2:
+                continue
+            losses = self._losses(encoder, head, [graphs[k] for k in chunk], y[chunk], generator)
+            for k in sums:
+                sums[k] += float(losses[k]) * len(chunk)
+            count += len(chunk)
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def _test_metrics(
+        self,
+        encoder: Encoder,
+        head: PropertyHead,
+        graphs: Sequence[NeuralGraph],
+        true: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+    ) -> dict[str, Any]:
+        with torch.no_grad():
+            predicted = head(embed_graphs(encoder, graphs)).numpy() * std + mean
+        return {
+            "test_models": len(graphs),
+            "properties": {
+                name: regression_metrics(true[:, k], predicted[:, k])
+                for k, name in enumerate(self.config.properties)
+            },
+        }
+
+
+def train(
+    zoo: str | Path | Zoo,
+    config: TrainConfig,
+    out: str | Path,
+    progress: bool | None = None,
+    workers: int = 1,
+) -> TrainResult:
+    """Train ``config.encoder`` on a zoo and write the run directory ``out``.
+
+    Example:
+        >>> from weightspace.train import TrainConfig, train
+        >>> result = train("zoos/tiny", TrainConfig(encoder="gnn", epochs=5), "runs/gnn")
+        >>> result.metrics["properties"]["test_accuracy"]["kendall"]  # doctest: +SKIP
+    """
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
+    return Trainer(config, progress=progress, workers=workers).fit(zoo, out)
