@@ -1,4 +1,5 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -70,6 +71,29 @@ def test_batch_of_mixed_architectures_matches_single_graphs(examples64, encoder6
         alone = torch.cat([encoder64(ws.GraphBatch.from_graphs([g])) for g in graphs])
     assert together.shape == (len(graphs), encoder64.out_dim)
     torch.testing.assert_close(together, alone, atol=1e-10, rtol=0)
+
+
+def test_edge_order_does_not_matter(examples64, encoder64):
+    ex = examples64["vit"]
+    batch = ws.GraphBatch.from_graphs([_prepared(ex.module, ex.inputs)])
+    perm = torch.randperm(batch.edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    shuffled = replace(
+        batch,
+        edge_index=batch.edge_index[:, perm],
+        edge_features=batch.edge_features[perm],
+        edge_batch=batch.edge_batch[perm],
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(encoder64(shuffled), encoder64(batch), atol=1e-10, rtol=0)
+
+
+def test_graph_without_edges(examples64, encoder64):
+    ex = examples64["mlp"]
+    bare = Featurizer(max_block_edges=1)(ws.to_graph(ex.module, ex.inputs))
+    assert bare.num_edges == 0
+    with torch.no_grad():
+        out = encoder64(ws.GraphBatch.from_graphs([bare, _prepared(ex.module, ex.inputs)]))
+    assert out.shape == (2, encoder64.out_dim) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -44,7 +44,7 @@ def test_exactly_invariant_to_symmetries(family, examples64, encoder64):
         return _embed(encoder64, [_graph(module, ex.inputs)])
 
     assert_invariant(
-        embed, ex.module, ex.inputs, trials=2, atol=1e-9, generator=torch.Generator().manual_seed(7)
+        embed, ex.module, ex.inputs, atol=1e-9, generator=torch.Generator().manual_seed(7)
     )
 
 
@@ -92,20 +92,33 @@ def test_batch_independent_with_single_node_layer(encoder64, graphs64):
         )
 
 
-def test_masked_attention_ignores_padding(encoder64):
-    attention = encoder64.intra[0].attention
-    x = torch.randn(2, 5, 64, dtype=torch.float64)
+def test_graphs_with_dropped_blocks(examples64, encoder64, graphs64):
+    ex = examples64["mlp"]
+    sparse = Featurizer(max_block_edges=1000)(ws.to_graph(ex.module, ex.inputs))
+    assert sparse.num_edges < graphs64["mlp"].num_edges
+    graphs = [sparse, graphs64["vgg"]]
+    together = _embed(encoder64, graphs)
+    assert torch.isfinite(together).all()
+    torch.testing.assert_close(together[:1], _embed(encoder64, [sparse]), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masked_attention_ignores_padding(dtype):
+    encoder = _encoder(dtype)
+    attention = encoder.intra[0].attention
+    x = torch.randn(2, 5, 64, dtype=dtype)
     mask = torch.tensor([[True, True, False, False, False], [True] * 5])
     noisy = x.clone()
-    noisy[0, 2:] = 1e3 * torch.randn(3, 64, dtype=torch.float64)
+    noisy[0, 2:] = 1e3 * torch.randn(3, 64, dtype=dtype)
     with torch.no_grad():
         clean, dirty = attention(x, mask), attention(noisy, mask)
         alone = attention(x[:1, :1], mask[:1, :1])
+        # a 1-token layer attends to itself only: the output is its projected value
+        value = F.linear(x[:1, :1], attention.qkv.weight[128:], attention.qkv.bias[128:])
+        expected = attention.out(value)
     assert torch.equal(clean[0, :2], dirty[0, :2])
     assert not alone.isnan().any()
-    # a 1-token layer attends to itself only: the output is the projected value
-    value = F.linear(x[:1, :1], attention.qkv.weight[128:], attention.qkv.bias[128:])
-    torch.testing.assert_close(alone, attention.out(value), rtol=0, atol=1e-12)
+    torch.testing.assert_close(alone, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

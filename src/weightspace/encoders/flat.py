@@ -17,6 +17,7 @@ from ._flat import flat_weights
 from ._registry import register_encoder
 
 MIN_STD = 1e-6  # standard deviations are clamped to this, so constant inputs map to 0
+STD_FLOOR = 0.1  # ... and to this fraction of the mean std over positions
 
 
 def build_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float) -> nn.Sequential:
@@ -58,10 +59,16 @@ class Standardize(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> Standardize:
-        """Set mean and std (clamped to ``MIN_STD``) from ``x`` ``[n, dim]``."""
+        """Set mean and std from ``x`` ``[n, dim]``.
+
+        Stds are clamped to ``STD_FLOOR`` times their mean over positions (and ``MIN_STD``):
+        a position that is almost always padding in training must not blow up a network
+        that has a value there.
+        """
         x = x.double()
+        std = x.std(0, correction=0)
         self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0, correction=0).clamp(min=MIN_STD))
+        self.std.copy_(std.clamp(min=max(MIN_STD, STD_FLOOR * float(std.mean()))))
         return self
 
     def forward(self, x: Tensor) -> Tensor:
@@ -87,15 +94,26 @@ class PCA(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> PCA:
-        """Exact SVD of the centred ``x`` ``[n, dim]``, computed in float64.
+        """Exact principal directions of the centred ``x`` ``[n, dim]``, in float64.
 
+        With fewer vectors than dimensions (the usual case: hundreds of networks, thousands
+        of weights) the directions come from the eigenvectors of the ``[n, n]`` Gram matrix,
+        which is much cheaper than an SVD of ``x`` and gives the same directions.
         Each component's sign is fixed so that its largest-magnitude entry is positive.
         """
         x = x.double()
         mean = x.mean(0)
-        _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)  # vt [min(n, dim), dim]
-        tol = s.max().clamp(min=0) * max(x.shape) * torch.finfo(x.dtype).eps
-        vt = vt[s > tol][: self.components.shape[0]]  # drop null-space directions
+        centred = x - mean
+        if centred.shape[0] < centred.shape[1]:
+            eigenvalues, u = torch.linalg.eigh(centred @ centred.T)  # ascending, u [n, n]
+            k = self.components.shape[0]
+            s = eigenvalues.clamp(min=0).sqrt().flip(0)
+            top = u.flip(1)[:, :k]  # [n, k], largest first
+            vt = (centred.T @ top / s[:k].clamp(min=torch.finfo(x.dtype).tiny)).T  # [k, dim]
+        else:
+            _, s, vt = torch.linalg.svd(centred, full_matrices=False)  # vt [dim, dim]
+        tol = s.max().clamp(min=0) * max(x.shape) * torch.finfo(x.dtype).eps ** 0.5
+        vt = vt[s[: len(vt)] > tol][: self.components.shape[0]]  # drop null-space directions
         vt = vt * vt.gather(1, vt.abs().argmax(1, keepdim=True)).sign()  # peak [k, 1] > 0
         self.mean.copy_(mean)
         self.components.zero_()

@@ -2,18 +2,21 @@
 
 Every neuron is a node and every weight connection an edge, so a message-passing network
 whose updates only read node features, edge features and the graph's connectivity is
-equivariant to hidden-neuron permutations by construction; a sum/mean/max readout then
-makes the embedding invariant. Rescalings are removed beforehand by the
+equivariant to hidden-neuron permutations by construction; a mean/max readout then makes
+the embedding invariant. Rescalings are removed beforehand by the
 :class:`~weightspace.graph.Featurizer`'s canonicalisation.
 
-All per-edge work is done at width ``edge_dim``: node states are projected to ``edge_dim``
-on the nodes first, then gathered, combined with the edge state and scattered back, so a
-layer costs ``O(N * hidden^2 + E * edge_dim^2)``.
+All per-edge work is done at width ``edge_dim``: node states are projected to a few
+``edge_dim``-wide terms on the nodes first, then gathered, combined with the edge state and
+scattered back, so a layer costs ``O(N * hidden^2 + E * edge_dim^2)``. Graphs are processed
+in chunks of whole graphs small enough for their per-edge tensors to stay in cache (graphs
+are independent, so chunking does not change any embedding).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +30,7 @@ _WEIGHT_DIM = EDGE_FEATURE_DIM - 1
 _STD_EPS = 1e-6  # keeps sqrt smooth (and float error small) where a variance is ~0
 _MIN_SCALE = 1e-2  # floor of fitted feature scales, so unseen values are not blown up
 _N_AGGREGATES = 4  # mean, std, sum / sqrt(degree), mean * log(1 + degree)
+_CHUNK_COST = 16_384  # edges + nodes per chunk: keeps [E, 3 * edge_dim] tensors in cache
 
 
 def _symlog(x: Tensor) -> Tensor:
@@ -39,22 +43,61 @@ def _scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
     return values.new_zeros(size, values.shape[1]).index_add_(0, index, values)
 
 
-class _Aggregator(nn.Module):
-    """Messages of one direction, summarised at their target nodes PNA-style."""
+class _Chunk(NamedTuple):
+    """Consecutive whole graphs of a batch, with node ids local to the chunk."""
 
-    def __init__(self, edge_dim: int) -> None:
-        super().__init__()
-        self.edge_dim = edge_dim
+    node_features: Tensor  # [n, F]
+    edge_features: Tensor  # [e, 1 + K]
+    src: Tensor  # [e]
+    dst: Tensor  # [e]
+    graph: Tensor  # [n] graph of each node, local to the chunk
+    num_graphs: int
 
-    def forward(self, messages: Tensor, target: Tensor, degree: Tensor) -> Tensor:
-        """``messages`` [E, d] at ``target`` [E] -> [N, 4 d] with ``degree`` [N, 1]."""
-        n = degree.shape[0]
-        sums = _scatter_sum(torch.cat([messages, messages * messages], dim=1), target, n)
-        total, squares = sums.split(self.edge_dim, dim=1)  # [N, d] each
-        safe = degree.clamp(min=1)
-        mean = total / safe
-        std = ((squares / safe - mean * mean).clamp(min=0) + _STD_EPS).sqrt()
-        return torch.cat([mean, std, total / safe.sqrt(), mean * torch.log1p(degree)], dim=1)
+
+def _chunks(batch: GraphBatch, max_cost: int) -> Iterator[_Chunk]:
+    """Split ``batch`` into runs of whole graphs of at most ``max_cost`` edges + nodes each.
+
+    A graph bigger than ``max_cost`` is a chunk of its own. Edges of a graph are contiguous,
+    as :meth:`GraphBatch.from_graphs` lays them out.
+    """
+    n_graphs = batch.num_graphs
+    edge_counts = torch.bincount(batch.edge_batch, minlength=n_graphs)
+    edge_ptr = [0, *edge_counts.cumsum(0).tolist()]
+    node_ptr = batch.ptr.tolist()
+    bounds = [0]
+    for g in range(1, n_graphs):
+        start = bounds[-1]
+        if edge_ptr[g + 1] - edge_ptr[start] + node_ptr[g + 1] - node_ptr[start] > max_cost:
+            bounds.append(g)
+    bounds.append(n_graphs)
+    for g0, g1 in zip(bounds[:-1], bounds[1:]):
+        n0, n1, e0, e1 = node_ptr[g0], node_ptr[g1], edge_ptr[g0], edge_ptr[g1]
+        src, dst = batch.edge_index[:, e0:e1] - n0
+        yield _Chunk(
+            node_features=batch.node_features[n0:n1],
+            edge_features=batch.edge_features[e0:e1],
+            src=src,
+            dst=dst,
+            graph=batch.batch[n0:n1] - g0,
+            num_graphs=g1 - g0,
+        )
+
+
+class _Incidence(NamedTuple):
+    """Where messages go and how each node's degree scales their aggregates."""
+
+    targets: Tensor  # [2E]: dst of the forward messages, then n + src of the backward ones
+    inv_degree: Tensor  # [2n, 1] 1 / max(degree, 1); rows n: are the out-degrees
+    inv_sqrt_degree: Tensor  # [2n, 1]
+    log_degree: Tensor  # [2n, 1] log(1 + degree)
+
+
+def _incidence(src: Tensor, dst: Tensor, n: int, like: Tensor) -> _Incidence:
+    """Message targets and degree scalers of a graph with ``n`` nodes, in ``like``'s dtype."""
+    targets = torch.cat([dst, src + n])
+    degree = _scatter_sum(like.new_ones(len(targets), 1), targets, 2 * n)  # [2n, 1]
+    safe = degree.clamp(min=1)
+    return _Incidence(targets, 1 / safe, safe.rsqrt(), torch.log1p(degree))
 
 
 class _Layer(nn.Module):
@@ -63,38 +106,44 @@ class _Layer(nn.Module):
     def __init__(self, hidden: int, edge_dim: int, dropout: float, update_edges: bool) -> None:
         super().__init__()
         self.edge_dim = edge_dim
-        self.update_edges = update_edges
-        n_edge_terms = 3 if update_edges else 2
-        # node projections: forward message (at src), backward message (at dst),
-        # and for the edge update the src and dst terms
-        self.node_proj = nn.Linear(hidden, (2 if update_edges else 1) * 2 * edge_dim)
-        self.edge_proj = nn.Linear(edge_dim, n_edge_terms * edge_dim, bias=False)
-        self.aggregate = _Aggregator(edge_dim)
-        self.norm = nn.LayerNorm(hidden + 2 * _N_AGGREGATES * edge_dim)
+        # per edge, ``edge_dim`` columns each: forward message, backward message and, except
+        # in the last layer, the edge update
+        width = (3 if update_edges else 2) * edge_dim
+        self.node_proj = nn.Linear(hidden, 2 * width)  # its src term and its dst term
+        self.edge_proj = nn.Linear(edge_dim, width, bias=False)
+        in_dim = hidden + 2 * _N_AGGREGATES * edge_dim
         self.update = nn.Sequential(
-            nn.Linear(hidden + 2 * _N_AGGREGATES * edge_dim, hidden),
-            nn.SiLU(),
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, hidden),
         )
-        self.act = nn.SiLU()
 
     def forward(
-        self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor
+        self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, inc: _Incidence
     ) -> tuple[Tensor, Tensor]:
-        """Node states ``h`` [N, hidden] and edge states ``e`` [E, d] after one round."""
-        d = self.edge_dim
-        at_src, at_dst = self.node_proj(h).chunk(2, dim=1)  # [N, d or 2d] each
-        g_src, g_dst = at_src[src], at_dst[dst]  # [E, d or 2d] each
-        e_terms = self.edge_proj(e)  # [E, 2d or 3d]
-        forward_msg = self.act(g_src[:, :d] + e_terms[:, :d])  # src -> dst
-        backward_msg = self.act(g_dst[:, :d] + e_terms[:, d : 2 * d])  # dst -> src
-        incoming = self.aggregate(forward_msg, dst, deg_in)  # [N, 4d]
-        outgoing = self.aggregate(backward_msg, src, deg_out)  # [N, 4d]
-        h = h + self.update(self.norm(torch.cat([h, incoming, outgoing], dim=1)))
-        if self.update_edges:
-            e = e + self.act(e_terms[:, 2 * d :] + g_src[:, d:] + g_dst[:, d:])
+        """Node states ``h`` [n, hidden] and edge states ``e`` [E, d] after one round."""
+        at_src, at_dst = self.node_proj(h).chunk(2, dim=1)  # [n, width] each
+        z = at_src[src]  # [E, width]
+        z += at_dst[dst]
+        z = z.addmm_(e, self.edge_proj.weight.t()).relu_()
+        messages = self._aggregate(z[:, : 2 * self.edge_dim], inc, h.shape[0])  # [n, 8d]
+        h = h + self.update(torch.cat([h, messages], dim=1))
+        if z.shape[1] > 2 * self.edge_dim:
+            e = e + z[:, 2 * self.edge_dim :]
         return h, e
+
+    def _aggregate(self, messages: Tensor, inc: _Incidence, n: int) -> Tensor:
+        """Mean, std, scaled sum and degree-amplified mean of both directions: [n, 8d]."""
+        d = self.edge_dim
+        stacked = messages.view(-1, 2, d).transpose(0, 1).reshape(-1, d)  # [2E, d]
+        sums = _scatter_sum(torch.cat([stacked, stacked * stacked], dim=1), inc.targets, 2 * n)
+        total, squares = sums.split(d, dim=1)  # [2n, d] each
+        mean = total * inc.inv_degree
+        std = ((squares * inc.inv_degree - mean * mean).clamp(min=0) + _STD_EPS).sqrt()
+        both = torch.cat([mean, std, total * inc.inv_sqrt_degree, mean * inc.log_degree], 1)
+        return both.view(2, n, -1).transpose(0, 1).reshape(n, -1)
 
 
 @register_encoder("gnn")
@@ -102,11 +151,12 @@ class GNNEncoder(Encoder):
     """Permutation-invariant embeddings by message passing over the neural graph.
 
     Nodes start from their prepared features, edges from their type and weight values.
-    Each layer passes messages along every edge in both directions (separate parameters,
-    so output neurons inform hidden ones and vice versa), aggregates them at each node
-    with mean, standard deviation, a degree-normalised sum and a log-degree-scaled mean,
-    updates nodes with a residual MLP and then edges from their two end nodes. The
-    graph embedding is an MLP of the mean and max of the final node states.
+    Each layer passes a message along every edge in both directions (separate parameters,
+    so output neurons inform hidden ones and vice versa), each computed from the edge state
+    and its two end nodes; messages are aggregated at each node with mean, standard
+    deviation, a degree-normalised sum and a log-degree-scaled mean; nodes are updated by a
+    residual MLP and edges from the same per-edge terms. The graph embedding is an MLP of
+    the mean and max of the final node states.
 
     Args:
         hidden: node state width.
@@ -146,7 +196,7 @@ class GNNEncoder(Encoder):
         self.readout = nn.Sequential(
             nn.LayerNorm(2 * hidden),
             nn.Linear(2 * hidden, hidden),
-            nn.SiLU(),
+            nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, out_dim),
         )
@@ -177,29 +227,30 @@ class GNNEncoder(Encoder):
     def forward(self, batch: GraphBatch) -> Tensor:
         """Embed every graph of ``batch``: ``[B, out_dim]``."""
         check_prepared(batch, self.name)
+        pooled = [self._pool_chunk(chunk) for chunk in _chunks(batch, _CHUNK_COST)]
+        return self.readout(torch.cat(pooled))
+
+    def _pool_chunk(self, chunk: _Chunk) -> Tensor:
+        """Message passing over one chunk; per-graph mean and max node states [G, 2 hidden]."""
         dtype = self.node_in.weight.dtype
-        src, dst = batch.edge_index
-        n = batch.num_nodes
-        x = (_symlog(batch.node_features.to(dtype)) - self.node_mean) / self.node_std
-        h = self.node_in(x)  # [N, hidden]
-        ef = batch.edge_features.to(dtype)
+        x = (_symlog(chunk.node_features.to(dtype)) - self.node_mean) / self.node_std
+        h = self.node_in(x)  # [n, hidden]
+        ef = chunk.edge_features.to(dtype)
         code = ef[:, 0].long()
-        weights = ef[:, 1:] / self.weight_rms[code]  # [E, 9], unit RMS per edge type and column
+        weights = ef[:, 1:] / self.weight_rms[code]  # [E, 9] unit RMS per edge type and column
         e = self.edge_type(code) + self.edge_in(weights)  # [E, d]
-        ones = h.new_ones(src.shape[0], 1)
-        deg_in = _scatter_sum(ones, dst, n)  # [N, 1]
-        deg_out = _scatter_sum(ones, src, n)  # [N, 1]
+        inc = _incidence(chunk.src, chunk.dst, h.shape[0], h)
         for layer in self.layers:
-            h, e = layer(h, e, src, dst, deg_in, deg_out)
-        return self.readout(torch.cat(_graph_pool(h, batch.batch, batch.num_graphs), dim=1))
+            h, e = layer(h, e, chunk.src, chunk.dst, inc)
+        return _graph_pool(h, chunk.graph, chunk.num_graphs)
 
 
-def _graph_pool(h: Tensor, graph: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
-    """Per-graph mean and max of node states ``h`` [N, C] -> two [B, C]."""
+def _graph_pool(h: Tensor, graph: Tensor, n_graphs: int) -> Tensor:
+    """Per-graph mean and max of node states ``h`` [n, C]: [G, 2C]."""
     counts = _scatter_sum(h.new_ones(h.shape[0], 1), graph, n_graphs).clamp(min=1)
     mean = _scatter_sum(h, graph, n_graphs) / counts
     index = graph.unsqueeze(1).expand_as(h)
     peak = h.new_zeros(n_graphs, h.shape[1]).scatter_reduce_(
         0, index, h, reduce="amax", include_self=False
     )
-    return mean, peak
+    return torch.cat([mean, peak], dim=1)

@@ -220,6 +220,8 @@ class WeightNetEncoder(Encoder):
         max_depth: int = 64,
     ) -> None:
         super().__init__()
+        if max_depth < 1:
+            raise ValueError(f"max_depth must be >= 1, got {max_depth}")
         self.out_dim = out_dim
         self.max_depth = max_depth
         self.edge_in = nn.Linear(len(EDGE_TYPES) + _WEIGHT_COLUMNS, d_model)

@@ -1,0 +1,52 @@
+"""How much work each experiment preset does (zoo, training length, seeds, evaluation)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from ..exceptions import WeightspaceError
+
+
+class ExperimentError(WeightspaceError, ValueError):
+    """An unknown experiment preset or a bad experiment argument."""
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """One experiment preset.
+
+    Attributes:
+        zoo_preset: the zoo preset trained (or reused) for the study.
+        epochs: maximum training epochs per encoder and seed.
+        patience: early-stopping patience.
+        seeds: number of seeds (splits, initialisations and views change with the seed).
+        robustness_models: test models transformed for the symmetry-robustness section.
+        robustness_copies: transformed copies per model and transform.
+    """
+
+    zoo_preset: str
+    epochs: int
+    patience: int
+    seeds: int = 3
+    robustness_models: int = 12
+    robustness_copies: int = 2
+
+
+STUDIES = {
+    "tiny": StudySettings("tiny", epochs=4, patience=4, robustness_models=6),
+    "standard": StudySettings("standard", epochs=12, patience=4),
+    "mnist-mlp": StudySettings("mnist-mlp", epochs=12, patience=4),
+    "mnist-cnn": StudySettings("mnist-cnn", epochs=12, patience=4),
+}
+
+
+def study_settings(preset: str) -> StudySettings:
+    """The settings of a named experiment preset."""
+    if preset not in STUDIES:
+        close = difflib.get_close_matches(preset, list(STUDIES), n=2)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ExperimentError(
+            f"unknown experiment preset {preset!r}{hint}; expected one of {sorted(STUDIES)}"
+        )
+    return STUDIES[preset]
