@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine with Python >= 3.10 and pip:
-#   make run    create .venv, install, run the main job
+#   make run    create .venv, install, run the study on the standard preset (report in
+#               runs/standard/report.md; PRESET=tiny for a 2-minute version)
 #   make test   create .venv, install, run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -7,6 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # MNIST for zoo builds (the project ships the loader, never the data).
 export WEIGHTSPACE_DATA ?= $(abspath ../shared/data)
+PRESET ?= standard
 
 .PHONY: install run test lint bench clean
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: install
-	$(BIN)/weightspace demo
+	$(BIN)/weightspace experiment --preset $(PRESET) --out runs/$(PRESET)
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -33,6 +35,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/graph.py
 	$(BIN)/python bench/zoo_build.py
+	$(BIN)/python bench/encoders.py --zoo zoos/standard
 
 clean:
 	rm -rf $(VENV) .pytest_cache

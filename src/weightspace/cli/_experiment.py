@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", required=True, choices=sorted(STUDIES), help="experiment preset")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--zoo", help="zoo directory to build or reuse (default zoos/<preset>)")
+    p.add_argument(
+        "--zoo", help="an existing zoo to use as is, or where to build it (default zoos/<preset>)"
+    )
     p.add_argument("--encoders", help="comma-separated encoder names (default: all)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--data-dir", help="folder with the MNIST files (or WEIGHTSPACE_DATA)")

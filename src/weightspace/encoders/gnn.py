@@ -106,6 +106,7 @@ class _Layer(nn.Module):
     def __init__(self, hidden: int, edge_dim: int, dropout: float, update_edges: bool) -> None:
         super().__init__()
         self.edge_dim = edge_dim
+        self.update_edges = update_edges
         # per edge, ``edge_dim`` columns each: forward message, backward message and, except
         # in the last layer, the edge update
         width = (3 if update_edges else 2) * edge_dim
@@ -130,7 +131,7 @@ class _Layer(nn.Module):
         z = z.addmm_(e, self.edge_proj.weight.t()).relu_()
         messages = self._aggregate(z[:, : 2 * self.edge_dim], inc, h.shape[0])  # [n, 8d]
         h = h + self.update(torch.cat([h, messages], dim=1))
-        if z.shape[1] > 2 * self.edge_dim:
+        if self.update_edges:
             e = e + z[:, 2 * self.edge_dim :]
         return h, e
 

@@ -27,7 +27,7 @@ from ..tasks import clustering_metrics, retrieval_metrics, symmetry_robustness
 from ..train import PROPERTIES, Split, Trainer, TrainConfig, featurizer_of, load_run
 from ..train import prepared_graphs, resolve_device, split_by_run
 from ..zoo.build import build_zoo
-from ..zoo.store import Zoo
+from ..zoo.store import CATALOG_FILE, Zoo
 from ._settings import ExperimentError, StudySettings, study_settings
 
 TRANSFORMS = ("permutation", "rescaling", "both")
@@ -168,7 +168,8 @@ def run_experiment(
     Args:
         preset: experiment preset (see ``STUDIES``): tiny, standard, mnist-mlp, mnist-cnn.
         out: output directory (runs of every encoder and seed go to ``out/runs``).
-        zoo_dir: the zoo to build or reuse (default ``zoos/<zoo preset>``).
+        zoo_dir: an existing zoo to use as it is, or where to build one (default
+            ``zoos/<zoo preset>``, built or completed there).
         encoders: encoders to compare (default: all registered).
         seeds: number of seeds (default: the preset's, 3).
         data_dir: MNIST folder for presets that need it.
@@ -197,8 +198,9 @@ def run_experiment(
     started = time.perf_counter()
 
     with clock.stage("zoo"):
-        build_zoo(settings.zoo_preset, zoo_path, workers=workers, data_dir=data_dir,
-                  progress=progress)
+        if zoo_dir is None or not (zoo_path / CATALOG_FILE).is_file():
+            build_zoo(settings.zoo_preset, zoo_path, workers=workers, data_dir=data_dir,
+                      progress=progress)  # resumes an interrupted build, no-op when complete
         zoo = Zoo.open(zoo_path)
         catalog = zoo.catalog
         print(f"  {len(zoo)} models in {zoo_path}", flush=True)

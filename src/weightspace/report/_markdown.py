@@ -240,7 +240,9 @@ def _symmetry(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks
     encoders = encoders_of(results, "symmetry")
     blocks: Blocks = [
         "Embeddings of each test model and of a transformed copy that computes the same "
-        "function. Distances are relative to the mean norm of the test embeddings."
+        "function. Distances are relative to the mean norm of the test embeddings. Every "
+        "encoder reads graphs brought to their canonical scale by the featurizer, so rescaled "
+        "copies reach all encoders (baselines included) as the same input, up to rounding."
     ]
     for transform in ("permutation", "rescaling", "both"):
         blocks += [

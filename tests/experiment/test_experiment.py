@@ -1,0 +1,108 @@
+"""The tiny study end to end: results.json and report.md must tell the same numbers."""
+
+import json
+import re
+
+import pytest
+
+from weightspace.cli import main
+from weightspace.experiment import ExperimentError, aggregate, run_experiment
+from weightspace.report import format_stat
+from weightspace.report._markdown import _LABELS
+
+METRIC_OF_LABEL = {label: metric for metric, label in _LABELS.items()}
+
+
+@pytest.fixture(scope="module")
+def study(small_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    report = run_experiment("tiny", out, zoo_dir=small_zoo, workers=1, progress=False)
+    return out, report, json.loads((out / "results.json").read_text())
+
+
+def tables_by_heading(markdown):
+    """{heading: [table, ...]}, each table a list of {column: cell} rows."""
+    tables, heading, current = {}, None, None
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            heading, current = line.lstrip("#").strip(), None
+        elif line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current is None:
+                current = {"header": cells, "rows": []}
+                tables.setdefault(heading, []).append(current)
+            elif not set("".join(cells)) <= set("-: "):
+                current["rows"].append(dict(zip(current["header"], cells)))
+        else:
+            current = None
+    return tables
+
+
+def check_table(table, stats_by_encoder):
+    """Every metric cell of the table equals format_stat of results.json."""
+    checked = 0
+    for row in table["rows"]:
+        for label, cell in row.items():
+            if label in METRIC_OF_LABEL:
+                assert cell == format_stat(stats_by_encoder[row["Encoder"]][METRIC_OF_LABEL[label]])
+                checked += 1
+    return checked
+
+
+def test_report_tables_match_results_json(study):
+    out, report, results = study
+    tables = tables_by_heading(report.read_text())
+    encoders = results["experiment"]["encoders"]
+    assert len(encoders) == 7 and results["experiment"]["seeds"] == [0, 1, 2]
+    checked = 0
+    retrieval = results["retrieval"]
+    arch = {e: retrieval[e]["architecture"] for e in encoders}
+    exact = {e: retrieval[e]["task_dataset_architecture"] for e in encoders}
+    checked += check_table(tables["Relevant = same architecture"][0], arch)
+    checked += check_table(tables["Relevant = same task, dataset and architecture"][0], exact)
+    for prop in ("test_accuracy", "robustness", "generalization_gap"):
+        heading = next(h for h in tables if h.endswith(prop))
+        checked += check_table(tables[heading][0], {e: results["properties"][e][prop]
+                                                    for e in encoders})
+    for transform in ("permutation", "rescaling", "both"):
+        checked += check_table(tables[transform][0], {e: results["symmetry"][e][transform]
+                                                      for e in encoders})
+    heading = next(h for h in tables if h.startswith("7."))
+    checked += check_table(tables[heading][0], results["clustering"])
+    assert checked == 7 * (4 + 7 + 3 * 6 + 3 * 4 + 2)
+
+
+def test_every_figure_exists_and_the_html_inlines_them(study):
+    out, report, _ = study
+    figures = re.findall(r"\]\((figures/[^)]+\.png)\)", report.read_text())
+    assert len(figures) >= 10
+    for figure in figures:
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(figures)
+
+
+def test_results_hold_seed_values_and_stage_times(study):
+    _, _, results = study
+    stat = results["properties"]["gnn"]["test_accuracy"]["kendall"]
+    assert len(stat["values"]) == 3
+    assert {"zoo", "graphs", "total"} <= set(results["stage_seconds"])
+    assert results["dataset"]["models"] == results["experiment"]["n_models"]
+    assert results["transfer"] is None
+    # the equivariant encoders are exactly invariant; the flat MLP is not
+    assert results["symmetry"]["gnn"]["both"]["min_cosine"]["mean"] > 1 - 1e-6
+    assert results["symmetry"]["mlp"]["permutation"]["min_cosine"]["mean"] < 0.999
+
+
+def test_aggregate_gives_mean_std_and_values():
+    out = aggregate([{"a": {"x": 1.0}}, {"a": {"x": 3.0}}, {"a": {"x": float("nan")}}])
+    assert out == {"a": {"x": {"mean": 2.0, "std": 1.0, "values": [1.0, 3.0, None]}}}
+
+
+def test_bad_arguments(tmp_path, capsys):
+    with pytest.raises(ExperimentError, match="did you mean 'tiny'"):
+        run_experiment("tinny", tmp_path)
+    with pytest.raises(ExperimentError, match=r"unknown encoder\(s\) \['gnm'\]"):
+        run_experiment("tiny", tmp_path, encoders=["gnm"])
+    assert main(["experiment", "--preset", "tiny", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert "--seeds must be an int >= 1" in capsys.readouterr().err
