@@ -279,3 +279,14 @@ def test_html_has_headings_and_inline_images(report):
     assert page.count("data:image/png;base64,") == len(paths["figures"])
     assert "<table>" in page and "figures/" not in page
     assert "0.610 ± 0.010" in page
+
+
+def test_conclusions_report_ties_without_a_winner():
+    from weightspace.report._conclusions import write_conclusions
+
+    results = make_results()
+    for encoder in results["retrieval"]:
+        results["retrieval"][encoder]["architecture"]["recall@1"] = stat(1.0, 1.0)
+    lines = write_conclusions(results)
+    line = next(x for x in lines if x.startswith("**retrieval recall@1"))
+    assert "a tie at 1.000 between" in line and "wins" not in line

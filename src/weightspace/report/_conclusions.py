@@ -8,6 +8,8 @@ from typing import Any
 
 from ._stats import Stat, encoders_of, is_ours, lower_is_better, property_names, rank
 
+TIE = 5e-4  # means closer than this print the same to three decimals: a tie
+
 
 @dataclass(frozen=True)
 class Headline:
@@ -76,7 +78,8 @@ def headline_metrics(results: Mapping[str, Any]) -> list[Headline]:
 def write_conclusions(results: Mapping[str, Any]) -> list[str]:
     """One markdown sentence group per headline metric, then a tally of wins.
 
-    Metrics where every encoder is NaN are skipped. A gap counts as real only when it
+    Metrics where every encoder is NaN are skipped; when several encoders share the best
+    value to three decimals the metric is reported as a tie and counted for nobody. A gap counts as real only when it
     exceeds the larger of the two encoders' stds across seeds ("within seed noise"
     otherwise). When a baseline wins, the sentence says by how much it beats the best of
     our encoders.
@@ -99,6 +102,13 @@ def write_conclusions(results: Mapping[str, Any]) -> list[str]:
         head = f"**{headline.label}** ({direction}): "
         if len(ranking) == 1:
             lines.append(head + f"only {winner} has a value ({mean:.3f} ± {std:.3f}).")
+            continue
+        tied = [name for name, m, _ in ranking if abs(m - mean) < TIE]
+        if len(tied) > 1:
+            lines.append(
+                head + f"a tie at {mean:.3f} between {', '.join(tied)} (equal to three "
+                "decimals); no encoder wins."
+            )
             continue
         runner, runner_mean, runner_std = ranking[1]
         gap = abs(mean - runner_mean)
@@ -124,7 +134,7 @@ def write_conclusions(results: Mapping[str, Any]) -> list[str]:
     if decided:
         lines.insert(
             0,
-            f"Of {decided} headline metrics compared across encoders, our encoders win "
+            f"Of {decided} headline metrics with a single winner, our encoders win "
             f"{ours_wins} ({ours_clear} beyond seed noise) and baselines win {baseline_wins} "
             f"({baseline_clear} beyond seed noise).",
         )
