@@ -126,8 +126,10 @@ class _Layer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Node states ``h`` [n, hidden] and edge states ``e`` [E, d] after one round."""
         at_src, at_dst = self.node_proj(h).chunk(2, dim=1)  # [n, width] each
-        z = at_src[src]  # [E, width]
-        z += at_dst[dst]
+        # index_select, not at_src[src]: its backward is a fast index_add instead of an
+        # accumulating index_put (3x slower on CPU)
+        z = at_src.index_select(0, src)  # [E, width]
+        z += at_dst.index_select(0, dst)
         z = z.addmm_(e, self.edge_proj.weight.t()).relu_()
         messages = self._aggregate(z[:, : 2 * self.edge_dim], inc, h.shape[0])  # [n, 8d]
         h = h + self.update(torch.cat([h, messages], dim=1))
