@@ -32,7 +32,7 @@ from _results import write_result
 from tabulate import tabulate
 
 import weightspace as ws
-from weightspace.train import Trainer, TrainConfig, embed_graphs, featurizer_of, prepared_graphs
+from weightspace.train import TrainConfig, Trainer, embed_graphs, featurizer_of, prepared_graphs
 from weightspace.train._data import cache_dir, split_by_run
 
 TARGET_GNN_MODELS_PER_SECOND = 200.0
@@ -51,8 +51,9 @@ def embedding_rate(name: str, graphs: list, train_graphs: list, repeat: int) -> 
     torch.manual_seed(0)
     encoder = ws.create_encoder(name)
     start = time.perf_counter()
-    encoder.fit(ws.GraphBatch.from_graphs(train_graphs[i : i + 64])
-                for i in range(0, len(train_graphs), 64))
+    encoder.fit(
+        ws.GraphBatch.from_graphs(train_graphs[i : i + 64]) for i in range(0, len(train_graphs), 64)
+    )
     fit_seconds = time.perf_counter() - start
     times = []
     for _ in range(repeat):
@@ -60,16 +61,21 @@ def embedding_rate(name: str, graphs: list, train_graphs: list, repeat: int) -> 
         embed_graphs(encoder, graphs)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    return {"fit_seconds": fit_seconds, "embed_seconds": seconds,
-            "models_per_second": len(graphs) / seconds}
+    return {
+        "fit_seconds": fit_seconds,
+        "embed_seconds": seconds,
+        "models_per_second": len(graphs) / seconds,
+    }
 
 
 def epoch_seconds(name: str, zoo: ws.Zoo, graphs: dict, epochs: int) -> dict:
     config = TrainConfig(encoder=name, epochs=epochs, patience=epochs)
     with tempfile.TemporaryDirectory() as tmp:
         result = Trainer(config, progress=False).fit(zoo, Path(tmp) / "run", graphs=graphs)
-    return {"seconds_per_epoch": float(result.history["seconds"].median()),
-            "epochs": len(result.history)}
+    return {
+        "seconds_per_epoch": float(result.history["seconds"].median()),
+        "epochs": len(result.history),
+    }
 
 
 def main() -> None:
@@ -88,8 +94,10 @@ def main() -> None:
     split = split_by_run(zoo.catalog, 0.15, 0.15, seed=0)
     train_graphs = [by_id[i] for i in split.train]
     edges = [g.num_edges for g in graphs]
-    print(f"{len(graphs)} models, {statistics.mean(edges):,.0f} edges per prepared graph on "
-          f"average; graphs prepared in {prepare_seconds:.1f} s with {args.workers} workers")
+    print(
+        f"{len(graphs)} models, {statistics.mean(edges):,.0f} edges per prepared graph on "
+        f"average; graphs prepared in {prepare_seconds:.1f} s with {args.workers} workers"
+    )
 
     rows, results = [], {}
     for name in args.encoders.split(","):
@@ -97,24 +105,54 @@ def main() -> None:
         train = epoch_seconds(name, zoo, by_id, args.epochs)
         end_to_end = len(graphs) / (prepare_seconds + embed["embed_seconds"])
         results[name] = {**embed, **train, "end_to_end_models_per_second": end_to_end}
-        rows.append((name, embed["models_per_second"], end_to_end, embed["fit_seconds"],
-                     train["seconds_per_epoch"]))
-        print(f"  {name}: {embed['models_per_second']:.0f} models/s, "
-              f"{train['seconds_per_epoch']:.1f} s/epoch", flush=True)
-    print(tabulate(rows, headers=("encoder", "embed models/s (cached graphs)",
-                                  "models/s incl. graph building", "fit s", "train s/epoch"),
-                   floatfmt=".1f"))
+        rows.append(
+            (
+                name,
+                embed["models_per_second"],
+                end_to_end,
+                embed["fit_seconds"],
+                train["seconds_per_epoch"],
+            )
+        )
+        print(
+            f"  {name}: {embed['models_per_second']:.0f} models/s, "
+            f"{train['seconds_per_epoch']:.1f} s/epoch",
+            flush=True,
+        )
+    print(
+        tabulate(
+            rows,
+            headers=(
+                "encoder",
+                "embed models/s (cached graphs)",
+                "models/s incl. graph building",
+                "fit s",
+                "train s/epoch",
+            ),
+            floatfmt=".1f",
+        )
+    )
     gnn_rate = results.get("gnn", {}).get("models_per_second")
     if gnn_rate is not None:
         verdict = "met" if gnn_rate >= TARGET_GNN_MODELS_PER_SECOND else "MISSED"
-        print(f"target >= {TARGET_GNN_MODELS_PER_SECOND:.0f} models/s with gnn: {verdict} "
-              f"({gnn_rate:.0f})")
-    write_result(args.out, "encoders", {
-        "zoo": str(zoo.root), "models": len(graphs), "torch_threads": torch.get_num_threads(),
-        "mean_edges": statistics.mean(edges), "prepare_seconds": prepare_seconds,
-        "prepare_workers": args.workers, "encoders": results,
-        "target_gnn_models_per_second": TARGET_GNN_MODELS_PER_SECOND,
-    })
+        print(
+            f"target >= {TARGET_GNN_MODELS_PER_SECOND:.0f} models/s with gnn: {verdict} "
+            f"({gnn_rate:.0f})"
+        )
+    write_result(
+        args.out,
+        "encoders",
+        {
+            "zoo": str(zoo.root),
+            "models": len(graphs),
+            "torch_threads": torch.get_num_threads(),
+            "mean_edges": statistics.mean(edges),
+            "prepare_seconds": prepare_seconds,
+            "prepare_workers": args.workers,
+            "encoders": results,
+            "target_gnn_models_per_second": TARGET_GNN_MODELS_PER_SECOND,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """weightspace: learn from the trained weights of neural networks."""
 
 from . import symmetry
+from .embedder import Embedder
+from .encoders import create_encoder, list_encoders
 from .exceptions import (
     GraphError,
     InvalidWeightsError,
@@ -8,8 +10,6 @@ from .exceptions import (
     UnsupportedModuleError,
     WeightspaceError,
 )
-from .embedder import Embedder
-from .encoders import create_encoder, list_encoders
 from .graph import GraphBatch, NeuralGraph, to_graph
 from .zoo.store import Zoo
 

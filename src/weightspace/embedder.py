@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ from .checkpoints import load_model
 from .graph import NeuralGraph, is_prepared, to_graph
 from .train import LoadedRun, embed_graphs, load_run
 
-ModelLike = Union[nn.Module, NeuralGraph, str, Path]
+ModelLike = nn.Module | NeuralGraph | str | Path
 
 
 class Embedder:

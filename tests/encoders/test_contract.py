@@ -100,8 +100,14 @@ def test_declared_permutation_symmetry_holds(name, graphs64, examples64):
         with torch.no_grad():
             return encoder(ws.GraphBatch.from_graphs([graph]))
 
-    assert_invariant(embed, example.module, example.inputs, atol=1e-9, trials=2,
-                     generator=torch.Generator().manual_seed(0))
+    assert_invariant(
+        embed,
+        example.module,
+        example.inputs,
+        atol=1e-9,
+        trials=2,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 @pytest.mark.parametrize("name", list_encoders())

@@ -62,11 +62,13 @@ def test_report_tables_match_results_json(study):
     checked += check_table(tables["Relevant = same task, dataset and architecture"][0], exact)
     for prop in ("test_accuracy", "robustness", "generalization_gap"):
         heading = next(h for h in tables if h.endswith(prop))
-        checked += check_table(tables[heading][0], {e: results["properties"][e][prop]
-                                                    for e in encoders})
+        checked += check_table(
+            tables[heading][0], {e: results["properties"][e][prop] for e in encoders}
+        )
     for transform in ("permutation", "rescaling", "both"):
-        checked += check_table(tables[transform][0], {e: results["symmetry"][e][transform]
-                                                      for e in encoders})
+        checked += check_table(
+            tables[transform][0], {e: results["symmetry"][e][transform] for e in encoders}
+        )
     heading = next(h for h in tables if h.startswith("7."))
     checked += check_table(tables[heading][0], results["clustering"])
     assert checked == 7 * (4 + 7 + 3 * 6 + 3 * 4 + 2)

@@ -63,7 +63,10 @@ def test_split_keeps_runs_together_and_is_seeded(small_zoo):
 def test_run_directory_is_self_describing(gnn_run):
     run = gnn_run.run_dir
     assert {p.name for p in run.iterdir()} >= {
-        "config.json", "encoder.safetensors", "history.csv", "metrics.json"
+        "config.json",
+        "encoder.safetensors",
+        "history.csv",
+        "metrics.json",
     }
     config = json.loads((run / "config.json").read_text())
     assert config["encoder"] == "gnn" and config["library_version"] == ws.__version__
@@ -71,8 +74,14 @@ def test_run_directory_is_self_describing(gnn_run):
     assert len(config["featurizer"]["fingerprint"]) == 12
     history = pd.read_csv(run / "history.csv")
     assert list(history.columns) == [
-        "epoch", "train_total", "train_contrastive", "train_property",
-        "val_total", "val_contrastive", "val_property", "seconds",
+        "epoch",
+        "train_total",
+        "train_contrastive",
+        "train_property",
+        "val_total",
+        "val_contrastive",
+        "val_property",
+        "seconds",
     ]
     lam = FAST.contrastive_weight
     mixed = lam * history["val_contrastive"] + (1 - lam) * history["val_property"]
@@ -142,8 +151,19 @@ def test_corrupt_run_directories(gnn_run, tmp_path):
 
 def test_cli_train_predict_embed(small_zoo, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--zoo", str(small_zoo), "--encoder", "statnn", "--out", str(run),
-                 "--set", "epochs=1"])
+    code = main(
+        [
+            "train",
+            "--zoo",
+            str(small_zoo),
+            "--encoder",
+            "statnn",
+            "--out",
+            str(run),
+            "--set",
+            "epochs=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "test split:" in out and "Kendall" in out
     files = sorted(str(p) for p in (small_zoo / "models").glob("*.safetensors"))[:2]

@@ -67,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EMBED_EXAMPLES,
         formatter_class=raw,
     )
-    e.add_argument("--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')")
+    e.add_argument(
+        "--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')"
+    )
     e.add_argument("models", nargs="+", metavar="MODEL_FILE", help="model files")
     e.add_argument("--out", required=True, help="output file: .npy or .csv")
     e.set_defaults(run=run_embed)
@@ -79,7 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=PREDICT_EXAMPLES,
         formatter_class=raw,
     )
-    q.add_argument("--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')")
+    q.add_argument(
+        "--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')"
+    )
     q.add_argument("models", nargs="+", metavar="MODEL_FILE", help="model files")
     q.set_defaults(run=run_predict)
 
@@ -93,11 +97,18 @@ def run_train(args: argparse.Namespace) -> int:
         (name, m["n"], m["mae"], m["rmse"], m["r2"], m["spearman"], m["kendall"])
         for name, m in result.metrics["properties"].items()
     ]
-    print(f"trained {config.encoder} on {len(zoo)} models for {result.metrics['epochs_run']} "
-          f"epochs ({result.metrics['seconds_per_epoch']:.1f} s/epoch)")
+    print(
+        f"trained {config.encoder} on {len(zoo)} models for {result.metrics['epochs_run']} "
+        f"epochs ({result.metrics['seconds_per_epoch']:.1f} s/epoch)"
+    )
     print("test split:")
-    print(tabulate(rows, headers=("property", "n", "MAE", "RMSE", "R2", "Spearman", "Kendall"),
-                   floatfmt=".3f"))
+    print(
+        tabulate(
+            rows,
+            headers=("property", "n", "MAE", "RMSE", "R2", "Spearman", "Kendall"),
+            floatfmt=".3f",
+        )
+    )
     print(f"run written to {args.out}")
     return 0
 

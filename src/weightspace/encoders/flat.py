@@ -52,6 +52,9 @@ class Standardize(nn.Module):
         dim: vector width.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -86,6 +89,9 @@ class PCA(nn.Module):
         dim: input vector width.
         out_dim: number of components.
     """
+
+    mean: Tensor
+    components: Tensor
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()

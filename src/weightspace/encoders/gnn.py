@@ -170,6 +170,9 @@ class GNNEncoder(Encoder):
     """
 
     symmetry = "permutation"
+    node_mean: Tensor
+    node_std: Tensor
+    weight_rms: Tensor
 
     def __init__(
         self,

@@ -24,8 +24,17 @@ from ..encoders import list_encoders
 from ..graph import Featurizer, NeuralGraph, to_graph
 from ..symmetry import permute, rescale
 from ..tasks import clustering_metrics, retrieval_metrics, symmetry_robustness
-from ..train import PROPERTIES, Split, Trainer, TrainConfig, featurizer_of, load_run
-from ..train import prepared_graphs, resolve_device, split_by_run
+from ..train import (
+    PROPERTIES,
+    Split,
+    TrainConfig,
+    Trainer,
+    featurizer_of,
+    load_run,
+    prepared_graphs,
+    resolve_device,
+    split_by_run,
+)
 from ..zoo.build import build_zoo
 from ..zoo.store import CATALOG_FILE, Zoo
 from ._settings import ExperimentError, StudySettings, study_settings
@@ -88,11 +97,15 @@ def _evaluate_run(
     by_exact = retrieval_metrics(z, exact, RETRIEVAL_KS)
     metrics: dict[str, Any] = {
         "retrieval": {
-            "architecture": {k: by_family[k] for k in
-                             [f"recall@{k}" for k in RETRIEVAL_KS] + ["mrr"]},
-            "task_dataset_architecture": {k: by_exact[k] for k in
-                                          [f"precision@{k}" for k in RETRIEVAL_KS]
-                                          + [f"f1@{k}" for k in RETRIEVAL_KS] + ["map"]},
+            "architecture": {
+                k: by_family[k] for k in [f"recall@{k}" for k in RETRIEVAL_KS] + ["mrr"]
+            },
+            "task_dataset_architecture": {
+                k: by_exact[k]
+                for k in [f"precision@{k}" for k in RETRIEVAL_KS]
+                + [f"f1@{k}" for k in RETRIEVAL_KS]
+                + ["map"]
+            },
         },
         "clustering": clustering_metrics(z, rows["family"].tolist()),
     }
@@ -111,8 +124,11 @@ def _stat(values: Sequence[float]) -> dict[str, Any]:
     finite = array[np.isfinite(array)]
     mean = float(finite.mean()) if len(finite) else None
     std = float(finite.std()) if len(finite) else None
-    return {"mean": mean, "std": std,
-            "values": [None if not math.isfinite(v) else float(v) for v in array]}
+    return {
+        "mean": mean,
+        "std": std,
+        "values": [None if not math.isfinite(v) else float(v) for v in array],
+    }
 
 
 def aggregate(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -199,29 +215,32 @@ def run_experiment(
 
     with clock.stage("zoo"):
         if zoo_dir is None or not (zoo_path / CATALOG_FILE).is_file():
-            build_zoo(settings.zoo_preset, zoo_path, workers=workers, data_dir=data_dir,
-                      progress=progress)  # resumes an interrupted build, no-op when complete
+            build_zoo(
+                settings.zoo_preset, zoo_path, workers=workers, data_dir=data_dir, progress=progress
+            )  # resumes an interrupted build, no-op when complete
         zoo = Zoo.open(zoo_path)
         catalog = zoo.catalog
         print(f"  {len(zoo)} models in {zoo_path}", flush=True)
     base = TrainConfig(epochs=settings.epochs, patience=settings.patience)
     featurizer = featurizer_of(base)
     with clock.stage("graphs"):
-        graphs = dict(zip(zoo.ids(), prepared_graphs(zoo, featurizer, workers=workers,
-                                                      progress=progress)))
+        graphs = dict(
+            zip(zoo.ids(), prepared_graphs(zoo, featurizer, workers=workers, progress=progress))
+        )
 
     per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    first: dict[str, Any] = {"history": {}, "predictions": {}, "embedding_map": {},
-                             "encoders": {}}
-    split0 = None
-    for seed in range(n_seeds):
-        split = split_by_run(catalog, base.val_fraction, base.test_fraction, seed)
-        split0 = split0 or split
+    first: dict[str, Any] = {"history": {}, "predictions": {}, "embedding_map": {}, "encoders": {}}
+    splits = [
+        split_by_run(catalog, base.val_fraction, base.test_fraction, seed)
+        for seed in range(n_seeds)
+    ]
+    for seed, split in enumerate(splits):
         rng = np.random.default_rng(seed)
         robust_ids = list(rng.permutation(split.test)[: settings.robustness_models])
         with clock.stage(f"symmetry views seed {seed}"):
-            copies = _symmetric_copies(zoo, robust_ids, featurizer,
-                                       settings.robustness_copies, seed)
+            copies = _symmetric_copies(
+                zoo, robust_ids, featurizer, settings.robustness_copies, seed
+            )
         for name in names:
             with clock.stage(f"train+evaluate {name} seed {seed}"):
                 config = base.replace(encoder=name, seed=seed)
@@ -253,10 +272,13 @@ def run_experiment(
             "zoo": str(zoo_path),
         },
         "stage_seconds": {},
-        "dataset": _dataset_section(zoo, split0),
+        "dataset": _dataset_section(zoo, splits[0]),
         "hyperparameters": {
-            "training": {k: v for k, v in base.to_dict().items()
-                         if k not in ("encoder", "encoder_kwargs", "seed")},
+            "training": {
+                k: v
+                for k, v in base.to_dict().items()
+                if k not in ("encoder", "encoder_kwargs", "seed")
+            },
             "encoders": first["encoders"],
         },
         "retrieval": {n: a["retrieval"] for n, a in aggregated.items()},
@@ -296,9 +318,14 @@ def _record_first_seed(
     predicted = embedder.predict([graphs[i] for i in split.test])
     first["predictions"][name] = {
         p: {"true": rows[p].tolist(), "predicted": predicted[p].tolist()}
-        for p in embedder.properties if p in PROPERTIES
+        for p in embedder.properties
+        if p in PROPERTIES
     }
-    xy = PCA(n_components=2, random_state=0).fit_transform(z) if len(z) > 2 else np.zeros((len(z), 2))
+    xy = (
+        PCA(n_components=2, random_state=0).fit_transform(z)
+        if len(z) > 2
+        else np.zeros((len(z), 2))
+    )
     first["embedding_map"][name] = {
         "x": xy[:, 0].tolist(),
         "y": xy[:, 1].tolist(),

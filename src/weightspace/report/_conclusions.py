@@ -79,10 +79,10 @@ def write_conclusions(results: Mapping[str, Any]) -> list[str]:
     """One markdown sentence group per headline metric, then a tally of wins.
 
     Metrics where every encoder is NaN are skipped; when several encoders share the best
-    value to three decimals the metric is reported as a tie and counted for nobody. A gap counts as real only when it
-    exceeds the larger of the two encoders' stds across seeds ("within seed noise"
-    otherwise). When a baseline wins, the sentence says by how much it beats the best of
-    our encoders.
+    value to three decimals the metric is reported as a tie and counted for nobody. A gap
+    counts as real only when it exceeds the larger of the two encoders' stds across seeds
+    ("within seed noise" otherwise). When a baseline wins, the sentence says by how much
+    it beats the best of our encoders.
 
     Args:
         results: the experiment results (see the results.json schema).

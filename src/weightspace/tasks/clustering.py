@@ -13,12 +13,12 @@ def clustering_metrics(embeddings: np.ndarray, labels: Sequence[object]) -> dict
 
     Both need at least two labels and fewer labels than models; NaN otherwise.
     """
-    labels = np.asarray([str(x) for x in labels])
-    n_labels = len(set(labels))
-    if n_labels < 2 or n_labels >= len(labels):
+    names = np.asarray([str(x) for x in labels])
+    n_labels = len(set(names))
+    if n_labels < 2 or n_labels >= len(names):
         return {"silhouette": float("nan"), "davies_bouldin": float("nan")}
     z = np.asarray(embeddings, dtype=np.float64)
     return {
-        "silhouette": float(silhouette_score(z, labels, metric="cosine")),
-        "davies_bouldin": float(davies_bouldin_score(z, labels)),
+        "silhouette": float(silhouette_score(z, names, metric="cosine")),
+        "davies_bouldin": float(davies_bouldin_score(z, names)),
     }

@@ -17,8 +17,15 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, flo
     t, p = true[keep], predicted[keep]
     if len(t) == 0:
         nan = float("nan")
-        return {"n": 0, "mae": nan, "mse": nan, "rmse": nan, "r2": nan, "spearman": nan,
-                "kendall": nan}
+        return {
+            "n": 0,
+            "mae": nan,
+            "mse": nan,
+            "rmse": nan,
+            "r2": nan,
+            "spearman": nan,
+            "kendall": nan,
+        }
     err = p - t
     mse = float(np.mean(err**2))
     variance = float(np.var(t))

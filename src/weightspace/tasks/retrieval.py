@@ -41,9 +41,9 @@ def retrieval_metrics(
     Returns:
         The metrics, plus ``queries`` (how many counted).
     """
-    labels = np.asarray([str(x) for x in labels])
+    names = np.asarray([str(x) for x in labels])
     order = similarity_ranking(embeddings)
-    relevant = labels[order] == labels[:, None]  # [n, n - 1], ranked
+    relevant = names[order] == names[:, None]  # [n, n - 1], ranked
     n_relevant = relevant.sum(1)
     keep = n_relevant > 0
     relevant, n_relevant = relevant[keep], n_relevant[keep]
@@ -57,8 +57,11 @@ def retrieval_metrics(
         precision = found / k
         recall_fraction = found / n_relevant
         denominator = precision + recall_fraction
-        f1 = np.where(denominator > 0, 2 * precision * recall_fraction / np.where(
-            denominator > 0, denominator, 1), 0.0)
+        f1 = np.where(
+            denominator > 0,
+            2 * precision * recall_fraction / np.where(denominator > 0, denominator, 1),
+            0.0,
+        )
         out[f"recall@{k}"] = float(np.mean(found > 0))
         out[f"precision@{k}"] = float(np.mean(precision))
         out[f"f1@{k}"] = float(np.mean(f1))

@@ -83,7 +83,8 @@ class TrainConfig:
         )
         _check(0 <= self.edge_dropout < 1, "edge_dropout", "a float in [0, 1)", self.edge_dropout)
         _check(
-            0 < self.val_fraction and 0 < self.test_fraction
+            0 < self.val_fraction
+            and 0 < self.test_fraction
             and self.val_fraction + self.test_fraction < 1,
             "val_fraction/test_fraction",
             "positive fractions with a sum below 1",

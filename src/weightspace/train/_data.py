@@ -150,7 +150,9 @@ def split_by_run(
     order = pd.DataFrame({"arch": runs.values, "key": rng.random(len(runs))}, index=runs.index)
     names = list(order.sort_values(["arch", "key"]).index)
     u = (rng.random() + np.arange(len(names)) * 0.6180339887498949) % 1.0
-    sides = np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train"))
+    sides = np.where(
+        u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train")
+    )
     for needed in ("test", "val"):  # tiny zoos: every split gets at least one run
         if needed not in sides:
             sides[np.flatnonzero(sides == "train")[0]] = needed

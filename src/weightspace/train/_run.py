@@ -66,14 +66,14 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_run(
-    path: Path, config: dict[str, Any], encoder: Encoder, head: PropertyHead
-) -> None:
+def save_run(path: Path, config: dict[str, Any], encoder: Encoder, head: PropertyHead) -> None:
     """Write ``config.json`` and ``encoder.safetensors`` (the weights last, atomically)."""
     from .. import __version__
 
     path.mkdir(parents=True, exist_ok=True)
-    _write_json(path / CONFIG_FILE, {**config, "format": RUN_FORMAT, "library_version": __version__})
+    _write_json(
+        path / CONFIG_FILE, {**config, "format": RUN_FORMAT, "library_version": __version__}
+    )
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}

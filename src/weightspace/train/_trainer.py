@@ -84,9 +84,7 @@ class Trainer:
         workers: processes used to build missing graphs.
     """
 
-    def __init__(
-        self, config: TrainConfig, progress: bool | None = None, workers: int = 1
-    ) -> None:
+    def __init__(self, config: TrainConfig, progress: bool | None = None, workers: int = 1) -> None:
         self.config = config
         self.progress = progress_enabled() if progress is None else progress
         self.workers = workers
@@ -147,8 +145,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed)
         y_train, y_val = standardised(split.train), standardised(split.val)
         val_graphs = [graphs[i] for i in split.val]
-        bar = tqdm(range(cfg.epochs), desc=f"train {cfg.encoder}", unit="epoch",
-                   disable=not self.progress)
+        bar = tqdm(
+            range(cfg.epochs), desc=f"train {cfg.encoder}", unit="epoch", disable=not self.progress
+        )
         for epoch in bar:
             start = time.perf_counter()
             encoder.train()
@@ -168,15 +167,22 @@ class Trainer:
                 train_losses.append({k: float(v.detach()) for k, v in losses.items()})
             val = self._evaluate(encoder, head, val_graphs, y_val)
             row = {"epoch": epoch + 1}
-            row.update({f"train_{k}": float(np.mean([t[k] for t in train_losses]))
-                        for k in ("total", "contrastive", "property")})
+            row.update(
+                {
+                    f"train_{k}": float(np.mean([t[k] for t in train_losses]))
+                    for k in ("total", "contrastive", "property")
+                }
+            )
             row.update({f"val_{k}": v for k, v in val.items()})
             row["seconds"] = time.perf_counter() - start
             history.append(row)
             bar.set_postfix(train=f"{row['train_total']:.3f}", val=f"{row['val_total']:.3f}")
             if row["val_total"] < best[0] - 1e-6:
-                best = (row["val_total"], copy.deepcopy(encoder.state_dict()),
-                        copy.deepcopy(head.state_dict()))
+                best = (
+                    row["val_total"],
+                    copy.deepcopy(encoder.state_dict()),
+                    copy.deepcopy(head.state_dict()),
+                )
                 stale = 0
             else:
                 stale += 1
@@ -207,8 +213,14 @@ class Trainer:
         save_run(out, config_json, encoder, head)
         frame = pd.DataFrame(history)
         frame.to_csv(out / HISTORY_FILE, index=False)
-        metrics = self._test_metrics(encoder, head, [graphs[i] for i in split.test],
-                                     targets.loc[split.test].to_numpy(), mean, std)
+        metrics = self._test_metrics(
+            encoder,
+            head,
+            [graphs[i] for i in split.test],
+            targets.loc[split.test].to_numpy(),
+            mean,
+            std,
+        )
         metrics["epochs_run"] = len(history)
         metrics["best_val_total"] = best[0]
         metrics["seconds_per_epoch"] = float(frame["seconds"].median())
