@@ -16,6 +16,7 @@ def make_view(
     generator: torch.Generator,
     noise: float = 0.01,
     edge_dropout: float = 0.1,
+    permute: bool = True,
 ) -> NeuralGraph:
     """A random view of the same network.
 
@@ -29,8 +30,10 @@ def make_view(
         generator: source of randomness.
         noise: relative noise scale.
         edge_dropout: probability of dropping each weight edge.
+        permute: apply the permutation (skip it for encoders that are exactly invariant
+            to permutations: it cannot change what they compute, only cost time).
     """
-    view = permute_graph(graph, sample_permutation(graph, generator))
+    view = permute_graph(graph, sample_permutation(graph, generator)) if permute else graph
     parametric = torch.isin(view.edge_type, torch.tensor(PARAMETRIC_EDGE_CODES))
     edge_features = view.edge_features
     if noise > 0 and bool(parametric.any()):

@@ -26,6 +26,8 @@ class TrainConfig:
     weight noise of ``noise`` times each graph's weight std, and ``edge_dropout`` of the
     weight edges. Rescaling views need no sampling: the featurizer brings every network to
     its canonical scale, so a rescaled copy has the same input (exactly, up to rounding).
+    Likewise the permutation is skipped for encoders declared exactly permutation-invariant
+    (``symmetry == "permutation"``): it would not change their output.
 
     Attributes:
         encoder: registry name of the encoder.

@@ -227,9 +227,12 @@ class Trainer:
         write_metrics(out, metrics)
         return TrainResult(out, frame, metrics)
 
-    def _views(self, graphs: Sequence[NeuralGraph], generator: torch.Generator) -> GraphBatch:
+    def _views(
+        self, encoder: Encoder, graphs: Sequence[NeuralGraph], generator: torch.Generator
+    ) -> GraphBatch:
         cfg = self.config
-        views = [make_view(g, generator, cfg.noise, cfg.edge_dropout) for g in graphs]
+        permute = encoder.symmetry != "permutation"  # invariant encoders: a no-op, skipped
+        views = [make_view(g, generator, cfg.noise, cfg.edge_dropout, permute) for g in graphs]
         return GraphBatch.from_graphs(views).to(self.device)
 
     def _losses(
@@ -241,8 +244,8 @@ class Trainer:
         generator: torch.Generator,
     ) -> dict[str, Tensor]:
         cfg = self.config
-        z1 = encoder(self._views(graphs, generator))
-        z2 = encoder(self._views(graphs, generator))
+        z1 = encoder(self._views(encoder, graphs, generator))
+        z2 = encoder(self._views(encoder, graphs, generator))
         y = y.to(self.device)
         contrastive = info_nce(z1, z2, cfg.temperature)
         prop = 0.5 * (masked_mse(head(z1), y) + masked_mse(head(z2), y))
