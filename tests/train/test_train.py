@@ -138,6 +138,11 @@ def test_corrupt_run_directories(gnn_run, tmp_path):
         load_run(tmp_path / "missing")
     broken = tmp_path / "broken"
     shutil.copytree(gnn_run.run_dir, broken)
+    import safetensors.torch
+
+    safetensors.torch.save_file({"encoder.x": torch.zeros(2)}, broken / "encoder.safetensors")
+    with pytest.raises(RunError, match=r"does not match config.json \(missing: .*unexpected: x"):
+        load_run(broken)
     (broken / "encoder.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(RunError, match="encoder.safetensors: corrupt"):
         load_run(broken)

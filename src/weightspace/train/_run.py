@@ -140,12 +140,36 @@ def load_run(path: str | Path) -> LoadedRun:
     try:
         encoder = create_encoder(config["encoder"], **config["encoder_config"])
         head = PropertyHead(encoder.out_dim, config["head_hidden"], len(config["properties"]))
-        encoder.load_state_dict(_strip(state, "encoder."))
-        head.load_state_dict(_strip(state, "head."))
-    except (RuntimeError, TypeError, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunError(f"{weights}: does not match {CONFIG_FILE} ({first})") from None
+    except (TypeError, KeyError, ValueError) as err:
+        raise RunError(f"{path / CONFIG_FILE}: cannot rebuild the encoder ({err})") from None
+    for module, prefix in ((encoder, "encoder."), (head, "head.")):
+        part = _strip(state, prefix)
+        problem = _state_mismatch(module, part)
+        if problem:
+            raise RunError(
+                f"{weights}: does not match {CONFIG_FILE} ({problem}); the run was written "
+                "by another version of the encoder, retrain it"
+            )
+        module.load_state_dict(part)
     return LoadedRun(path, config, encoder.eval(), head.eval(), featurizer)
+
+
+def _state_mismatch(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What differs between a module's tensors and a saved state (None when they match)."""
+    own = module.state_dict()
+    problems = []
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in own if k in state and own[k].shape != state[k].shape)
+    for label, names in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("other shape", reshaped),
+    ):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            problems.append(f"{label}: {', '.join(names[:3])}{more}")
+    return "; ".join(problems) or None
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
