@@ -1,0 +1,219 @@
+"""Target tasks held out of a digits zoo's training, and the zoo models that fit them.
+
+Every target is built from :func:`~weightspace.zoo.datasets.load_dataset` outputs by a small
+pure function; none is a new data file:
+
+- ``digits-rotated``: the digits images rotated by 90 degrees counter-clockwise.
+- ``digits-shifted``: the digits images moved 2 pixels right and 2 pixels down; the pixels
+  that enter are background (the smallest standardised value) and the ones that leave are
+  cut off.
+- ``digits-0to4``: only the examples of classes 0-4. The output layer keeps its 10 units,
+  so every digits model fits without a new head; fine-tuning learns to leave 5-9 unused.
+- ``mnist``: MNIST's 28x28 images average-pooled to the 8x8 of digits
+  (``adaptive_avg_pool2d``), then standardised with one mean and std of the pooled train
+  split, so the digits models fit it. It needs the MNIST files (``data_dir`` or
+  ``$WEIGHTSPACE_DATA``); :func:`available_targets` leaves it out when they are missing.
+
+The digits targets keep the digits split of ``seed`` and its standardisation. Pass the zoo's
+seed (0 unless the zoo was built with ``--seed``): then no target test image was in the
+training set of any zoo model, in any form.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..exceptions import WeightspaceError
+from ..zoo.datasets import DatasetNotFoundError, TaskData, find_mnist, load_dataset
+
+__all__ = [
+    "TARGET_TASKS",
+    "SHIFT_PIXELS",
+    "TargetTask",
+    "UnknownTargetError",
+    "available_targets",
+    "fits",
+    "fitting_ids",
+    "input_shape_of",
+    "load_target",
+]
+
+SHIFT_PIXELS = 2
+"""How far ``digits-shifted`` moves the images, right and down."""
+
+
+class UnknownTargetError(WeightspaceError, ValueError):
+    """A target task name that is not in :data:`TARGET_TASKS`."""
+
+
+@dataclass(frozen=True)
+class TargetTask:
+    """A target task: a source data set and the pure function that derives the target.
+
+    Attributes:
+        name: The target's name, a key of :data:`TARGET_TASKS`.
+        source: The :func:`load_dataset` name it is derived from.
+        description: One line for listings.
+        derive: Maps the source :class:`TaskData` to the target's; never modifies it.
+    """
+
+    name: str
+    source: str
+    description: str
+    derive: Callable[[TaskData], TaskData]
+
+
+def _map_images(data: TaskData, name: str, fn: Callable[[Tensor], Tensor]) -> TaskData:
+    return replace(data, name=name, x_train=fn(data.x_train), x_test=fn(data.x_test))
+
+
+def rotate(data: TaskData) -> TaskData:
+    """Rotates every image by 90 degrees counter-clockwise (``torch.rot90``)."""
+    return _map_images(data, "digits-rotated", lambda x: torch.rot90(x, 1, dims=(-2, -1)))
+
+
+def shift(data: TaskData) -> TaskData:
+    """Moves every image :data:`SHIFT_PIXELS` right and down, filling with background."""
+    k = SHIFT_PIXELS
+    background = data.x_train.amin()  # pixels are standardised with one mean/std: 0 -> min
+
+    def moved(x: Tensor) -> Tensor:
+        out = torch.full_like(x, float(background))
+        out[..., k:, k:] = x[..., :-k, :-k]
+        return out
+
+    return _map_images(data, "digits-shifted", moved)
+
+
+def first_five_classes(data: TaskData) -> TaskData:
+    """Keeps the examples of classes 0-4; the label space stays 10 wide."""
+    train, test = data.y_train < 5, data.y_test < 5
+    return replace(
+        data,
+        name="digits-0to4",
+        x_train=data.x_train[train],
+        y_train=data.y_train[train],
+        x_test=data.x_test[test],
+        y_test=data.y_test[test],
+    )
+
+
+def pool_to_digits(data: TaskData) -> TaskData:
+    """Average-pools images to 8x8 and standardises them with the pooled train split."""
+    train = F.adaptive_avg_pool2d(data.x_train, 8)  # [N, 1, 8, 8]
+    test = F.adaptive_avg_pool2d(data.x_test, 8)
+    mean, std = train.mean(), train.std()
+    return replace(
+        data,
+        name="mnist",
+        x_train=(train - mean) / std,
+        x_test=(test - mean) / std,
+        input_shape=(data.input_shape[0], 8, 8),
+    )
+
+
+TARGET_TASKS: dict[str, TargetTask] = {
+    t.name: t
+    for t in (
+        TargetTask("digits-rotated", "digits", "digits rotated by 90 degrees", rotate),
+        TargetTask(
+            "digits-shifted", "digits", f"digits shifted {SHIFT_PIXELS} pixels right and down", shift
+        ),
+        TargetTask("digits-0to4", "digits", "digits of classes 0-4 (10 outputs)", first_five_classes),
+        TargetTask("mnist", "mnist", "MNIST pooled to 8x8", pool_to_digits),
+    )
+}
+"""The target tasks by name."""
+
+
+def _check_name(name: str) -> TargetTask:
+    if name not in TARGET_TASKS:
+        close = difflib.get_close_matches(str(name), list(TARGET_TASKS), n=2)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise UnknownTargetError(
+            f"Unknown target task {name!r}. Expected one of {sorted(TARGET_TASKS)}.{hint}"
+        )
+    return TARGET_TASKS[name]
+
+
+def load_target(
+    name: str, seed: int = 0, data_dir: str | os.PathLike[str] | None = None
+) -> TaskData:
+    """Loads a target task.
+
+    Args:
+        name: A key of :data:`TARGET_TASKS`.
+        seed: The split seed of the source data set (the zoo's seed; MNIST ignores it).
+        data_dir: Where to find MNIST (see :func:`~weightspace.zoo.datasets.find_mnist`).
+
+    Returns:
+        The target's :class:`TaskData`, named after the target; cached, so treat its tensors
+        as read-only.
+
+    Raises:
+        UnknownTargetError: If ``name`` is not a target task; the message lists them.
+        DatasetNotFoundError: If ``name`` is ``mnist`` and the MNIST files are missing.
+    """
+    task = _check_name(name)
+    return _load(task.name, seed, None if data_dir is None else str(data_dir))
+
+
+@functools.lru_cache(maxsize=16)
+def _load(name: str, seed: int, data_dir: str | None) -> TaskData:
+    task = TARGET_TASKS[name]
+    return task.derive(load_dataset(task.source, seed, data_dir))
+
+
+def available_targets(data_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """The target names whose data is here: all of them, less ``mnist`` without its files."""
+    names = list(TARGET_TASKS)
+    try:
+        find_mnist(data_dir)
+    except DatasetNotFoundError:
+        names.remove("mnist")
+    return names
+
+
+def input_shape_of(spec: dict) -> tuple[int, ...] | None:
+    """The input shape a zoo architecture reads (None for token models)."""
+    if spec["family"] == "mlp":
+        return (int(spec["in_features"]),)
+    if "image_size" in spec:
+        size = int(spec["image_size"])
+        return (int(spec["in_channels"]), size, size)
+    return None
+
+
+def fits(spec: dict, data: TaskData) -> bool:
+    """Whether a zoo architecture reads the target's inputs and has its output width.
+
+    MLPs read flattened images, the other image families ``[C, H, W]``; token models never
+    fit an image target. Architectures with another output width are not candidates.
+    """
+    shape = input_shape_of(spec)
+    if shape is None or data.task != "classification" or data.type != "vision":
+        return False
+    wanted = (math.prod(data.input_shape),) if spec["family"] == "mlp" else data.input_shape
+    return shape == tuple(wanted) and int(spec["num_classes"]) == data.num_outputs
+
+
+def fitting_ids(catalog: pd.DataFrame, data: TaskData) -> list[str]:
+    """The ids of a zoo catalog's models that fit ``data``, in catalog order."""
+    keep = [fits(json.loads(spec), data) for spec in catalog["spec"]]
+    return [str(i) for i in catalog["id"][keep]]
+
+
+def target_names(names: Sequence[str]) -> list[str]:
+    """Checks target names, returning them as a list."""
+    return [_check_name(name).name for name in names]

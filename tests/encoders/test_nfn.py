@@ -1,0 +1,60 @@
+"""The NFN peer adapter: the package's NP layers on matrices read back from prepared graphs."""
+
+import pytest
+import torch
+
+import weightspace as ws
+from weightspace.encoders.nfn import dense_layers
+from weightspace.graph import Featurizer
+from weightspace.testing import assert_invariant
+from weightspace.zoo.families import build_model
+
+pytest.importorskip("nfn")
+
+SPEC = {"family": "mlp", "in_features": 12, "hidden": [6, 5], "num_classes": 3}
+WIDTHS = (12, 6, 5, 3)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    return [build_model(SPEC).eval().double() for _ in range(3)]
+
+
+def test_dense_layers_are_the_canonical_weights(nets):
+    canonical = ws.symmetry.canonicalize(nets[0])
+    graph = Featurizer()(ws.to_graph(nets[0]))
+    weights, biases = dense_layers(ws.GraphBatch.from_graphs([graph]), WIDTHS)
+    linears = [m for m in canonical.modules() if isinstance(m, torch.nn.Linear)]
+    for w, b, layer in zip(weights, biases, linears):
+        torch.testing.assert_close(w[0, 0], layer.weight, rtol=0, atol=1e-12)
+        torch.testing.assert_close(b[0, 0], layer.bias, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["np", "hnp"])
+def test_nfn_is_exactly_invariant_and_batch_independent(nets, variant):
+    torch.manual_seed(0)
+    encoder = ws.create_encoder("nfn", variant=variant, widths=WIDTHS).double().eval()
+    featurize = Featurizer()
+    x = torch.randn(8, 12, dtype=torch.float64)
+
+    def embed(module):
+        graph = featurize(ws.to_graph(module, x))
+        return encoder(ws.GraphBatch.from_graphs([graph]))
+
+    with torch.no_grad():
+        assert_invariant(embed, nets[0], x, atol=1e-9, generator=torch.Generator().manual_seed(0))
+        graphs = [featurize(ws.to_graph(n)) for n in nets]
+        together = encoder(ws.GraphBatch.from_graphs(graphs))
+        alone = torch.cat([encoder(ws.GraphBatch.from_graphs([g])) for g in graphs])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-10)
+    assert together.shape == (3, encoder.out_dim)
+
+
+def test_other_architectures_are_refused(examples64):
+    encoder = ws.create_encoder("nfn", widths=WIDTHS).double()
+    graph = Featurizer()(ws.to_graph(examples64["mlp"].module, examples64["mlp"].inputs))
+    with pytest.raises(ws.GraphError, match=r"built for MLPs with layer widths \(12, 6, 5, 3\)"):
+        encoder(ws.GraphBatch.from_graphs([graph]))
+    with pytest.raises(ws.encoders.EncoderConfigError, match="variant"):
+        ws.create_encoder("nfn", variant="xyz")
