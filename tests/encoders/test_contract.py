@@ -9,9 +9,9 @@ import torch
 import weightspace as ws
 from weightspace.encoders import (
     EncoderConfigError,
-    encoder_class,
     UnknownEncoderError,
     create_encoder,
+    encoder_class,
     list_encoders,
 )
 from weightspace.graph import Featurizer

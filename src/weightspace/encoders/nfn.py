@@ -77,8 +77,8 @@ def dense_layers(batch: GraphBatch, widths: Sequence[int]) -> tuple[list[Tensor]
     node_layer = layer_of_block[batch.node_block]
     for i in range(n_layers):
         on = linear & (edge_layer == i)
-        g = batch.edge_batch[on]
-        weights[i][g, 0, local[dst[on]], local[src[on]]] = batch.edge_features[on, 1].to(dtype)
+        graph = batch.edge_batch[on]
+        weights[i][graph, 0, local[dst[on]], local[src[on]]] = batch.edge_features[on, 1].to(dtype)
         nodes = node_layer == i
         biases[i][batch.batch[nodes], 0, local[nodes]] = batch.node_features[nodes, BIAS]
     return weights, biases

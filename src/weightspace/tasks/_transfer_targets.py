@@ -47,6 +47,7 @@ __all__ = [
     "fitting_ids",
     "input_shape_of",
     "load_target",
+    "target_names",
 ]
 
 SHIFT_PIXELS = 2
@@ -211,7 +212,7 @@ def fits(spec: dict, data: TaskData) -> bool:
 def fitting_ids(catalog: pd.DataFrame, data: TaskData) -> list[str]:
     """The ids of a zoo catalog's models that fit ``data``, in catalog order."""
     keep = [fits(json.loads(spec), data) for spec in catalog["spec"]]
-    return [str(i) for i in catalog["id"][keep]]
+    return [str(i) for i in catalog.loc[keep, "id"]]
 
 
 def target_names(names: Sequence[str]) -> list[str]:
