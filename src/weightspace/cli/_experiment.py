@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--encoders", help="comma-separated encoder names (default: all)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
+    p.add_argument("--epochs", type=int, help="maximum training epochs (default: the preset's)")
     p.add_argument("--data-dir", help="folder with the MNIST files (or WEIGHTSPACE_DATA)")
     p.add_argument("--workers", type=int, default=2, help="processes for zoo and graphs")
     p.set_defaults(run=run)
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         zoo_dir=args.zoo,
         encoders=encoders,
         seeds=args.seeds,
+        epochs=args.epochs,
         data_dir=args.data_dir,
         workers=args.workers,
         command=" ".join(["weightspace", *map(shlex.quote, sys.argv[1:])]),

@@ -174,6 +174,7 @@ def run_experiment(
     zoo_dir: str | Path | None = None,
     encoders: Sequence[str] | None = None,
     seeds: int | None = None,
+    epochs: int | None = None,
     data_dir: str | None = None,
     workers: int = 2,
     progress: bool | None = None,
@@ -188,6 +189,7 @@ def run_experiment(
             ``zoos/<zoo preset>``, built or completed there).
         encoders: encoders to compare (default: all registered).
         seeds: number of seeds (default: the preset's, 3).
+        epochs: maximum training epochs per encoder and seed (default: the preset's).
         data_dir: MNIST folder for presets that need it.
         workers: processes for zoo building and graph preparation.
         progress: progress bars (default: on a terminal).
@@ -221,7 +223,9 @@ def run_experiment(
         zoo = Zoo.open(zoo_path)
         catalog = zoo.catalog
         print(f"  {len(zoo)} models in {zoo_path}", flush=True)
-    base = TrainConfig(epochs=settings.epochs, patience=settings.patience)
+    base = TrainConfig(
+        epochs=settings.epochs if epochs is None else epochs, patience=settings.patience
+    )
     featurizer = featurizer_of(base)
     with clock.stage("graphs"):
         graphs = dict(

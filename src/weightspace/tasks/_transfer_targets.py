@@ -41,6 +41,7 @@ __all__ = [
     "TARGET_TASKS",
     "SHIFT_PIXELS",
     "TargetTask",
+    "TransferError",
     "UnknownTargetError",
     "available_targets",
     "fits",
@@ -54,7 +55,11 @@ SHIFT_PIXELS = 2
 """How far ``digits-shifted`` moves the images, right and down."""
 
 
-class UnknownTargetError(WeightspaceError, ValueError):
+class TransferError(WeightspaceError, ValueError):
+    """A transfer-selection setting or input that cannot be used."""
+
+
+class UnknownTargetError(TransferError):
     """A target task name that is not in :data:`TARGET_TASKS`."""
 
 
@@ -129,9 +134,14 @@ TARGET_TASKS: dict[str, TargetTask] = {
     for t in (
         TargetTask("digits-rotated", "digits", "digits rotated by 90 degrees", rotate),
         TargetTask(
-            "digits-shifted", "digits", f"digits shifted {SHIFT_PIXELS} pixels right and down", shift
+            "digits-shifted",
+            "digits",
+            f"digits shifted {SHIFT_PIXELS} pixels right and down",
+            shift,
         ),
-        TargetTask("digits-0to4", "digits", "digits of classes 0-4 (10 outputs)", first_five_classes),
+        TargetTask(
+            "digits-0to4", "digits", "digits of classes 0-4 (10 outputs)", first_five_classes
+        ),
         TargetTask("mnist", "mnist", "MNIST pooled to 8x8", pool_to_digits),
     )
 }

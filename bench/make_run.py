@@ -1,0 +1,67 @@
+"""Benchmark: the end-to-end study that ``make run`` runs, timed from an empty directory.
+
+Builds the standard zoo from scratch in a temporary directory (MNIST from
+``WEIGHTSPACE_DATA``), trains every encoder on 3 seeds, evaluates and writes the report,
+exactly as ``make run`` does after installing; records the total and every stage's time
+against the 20-minute target.
+
+Usage:
+    WEIGHTSPACE_DATA=../shared/data python bench/make_run.py [--preset standard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import write_result
+
+TARGET_SECONDS = {"standard": 1200.0, "tiny": 120.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="standard")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out, zoo = Path(tmp) / "study", Path(tmp) / "zoo"
+        command = [
+            sys.executable,
+            "-m",
+            "weightspace",
+            "experiment",
+            "--preset",
+            args.preset,
+            "--out",
+            str(out),
+            "--zoo",
+            str(zoo),
+        ]
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        seconds = time.perf_counter() - start
+        stages = json.loads((out / "results.json").read_text())["stage_seconds"]
+    target = TARGET_SECONDS.get(args.preset)
+    print(
+        f"{args.preset} study: {seconds:.0f} s (target {target:.0f} s: "
+        f"{'met' if target and seconds <= target else 'NOT met'})"
+    )
+    write_result(
+        "bench/results/make_run.json",
+        "make_run",
+        {
+            "preset": args.preset,
+            "seconds": seconds,
+            "target_seconds": target,
+            "stage_seconds": stages,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

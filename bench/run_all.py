@@ -1,0 +1,283 @@
+"""Run every benchmark and write ``docs/benchmarks.md`` from their results.
+
+Each benchmark is a script in ``bench/`` that writes ``bench/results/<name>.json`` (with the
+date, machine and versions). This script runs them one after another (each in its own
+process) and then generates ``docs/benchmarks.md``: one table of every target with the
+measured value and its ratio to the target, then a section per benchmark.
+
+The full run takes about an hour on a 2-core machine (two zoo builds and two studies).
+
+Usage:
+    WEIGHTSPACE_DATA=../shared/data python bench/run_all.py
+    python bench/run_all.py --only graph,encoders     # a subset, then the docs
+    python bench/run_all.py --docs-only               # regenerate the docs from results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tabulate import tabulate
+
+BENCH = Path(__file__).parent
+RESULTS = BENCH / "results"
+DOCS = BENCH.parent / "docs" / "benchmarks.md"
+STANDARD_ZOO = "zoos/standard"
+
+# name -> command line arguments; order matters: encoders and search read the standard zoo
+BENCHMARKS: dict[str, list[str]] = {
+    "graph": [],
+    "zoo_build": [],
+    "encoders": ["--zoo", STANDARD_ZOO],
+    "search": [],
+    "quality": [],
+    "make_run": [],
+}
+
+
+def run(names: list[str]) -> None:
+    for name in names:
+        print(f"== bench/{name}.py", flush=True)
+        subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *BENCHMARKS[name]], check=True)
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _target_row(what: str, value: float, target: float, unit: str, higher_better: bool) -> list:
+    ratio = value / target if higher_better else target / value
+    met = value >= target if higher_better else value <= target
+    comparison = ">=" if higher_better else "<="
+    return [
+        what,
+        f"{value:,.3g} {unit}",
+        f"{comparison} {target:,.3g} {unit}",
+        f"{ratio:.2f}x",
+        "met" if met else "NOT met",
+    ]
+
+
+def _graph_rows(r: dict) -> list[list]:
+    rows = []
+    targets = r["targets"]
+    for net in r["results"]:
+        rows.append(
+            _target_row(
+                f"graph conversion, {net['network']}",
+                net["params_per_s"] / 1e6,
+                targets["params_per_s"] / 1e6,
+                "M params/s",
+                True,
+            )
+        )
+        rows.append(
+            _target_row(
+                f"graph peak memory / weights, {net['network']}",
+                net["memory_ratio"],
+                targets["memory_ratio"],
+                "x",
+                False,
+            )
+        )
+    return rows
+
+
+def _zoo_rows(r: dict) -> list[list]:
+    return [
+        _target_row(
+            f"zoo build, {r['preset']} ({r['models']} models, {r['workers']} workers)",
+            r["seconds"],
+            r["target_seconds"],
+            "s",
+            False,
+        )
+    ]
+
+
+def _encoder_rows(r: dict) -> list[list]:
+    gnn = r["encoders"]["gnn"]["models_per_second"]
+    return [
+        _target_row(
+            "gnn embedding throughput (cached graphs)",
+            gnn,
+            r["target_gnn_models_per_second"],
+            "models/s",
+            True,
+        )
+    ]
+
+
+def _search_rows(r: dict) -> list[list]:
+    return [
+        _target_row(
+            f"search p95 latency, {row['backend']}, {row['size']:,} models",
+            row["p95_ms"],
+            r["target_p95_ms"],
+            "ms",
+            False,
+        )
+        for row in r["latency"]
+        if row["size"] == max(x["size"] for x in r["latency"])
+    ]
+
+
+def _quality_rows(r: dict) -> list[list]:
+    rows = []
+    for name, verdict in r["targets"].items():
+        value = next(v for k, v in verdict.items() if k != "met")
+        rows.append(
+            [name.replace("_", " "), f"{value:.3f}", "", "", "met" if verdict["met"] else "NOT met"]
+        )
+    return rows
+
+
+def _make_run_rows(r: dict) -> list[list]:
+    return [
+        _target_row(
+            f"end-to-end study ({r['preset']}, from an empty directory)",
+            r["seconds"],
+            r["target_seconds"],
+            "s",
+            False,
+        )
+    ]
+
+
+SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
+    "graph": _graph_rows,
+    "zoo_build": _zoo_rows,
+    "encoders": _encoder_rows,
+    "search": _search_rows,
+    "quality": _quality_rows,
+    "make_run": _make_run_rows,
+}
+
+
+def _details(name: str, r: dict) -> list[str]:
+    """A per-benchmark section: when and where it ran, then its main table."""
+    lines = [
+        f"## {name}",
+        "",
+        f"Measured {r['date']} on {r['machine']['cpus']} CPUs "
+        f"({r['machine']['platform']}), Python {r['versions']['python']}, "
+        f"torch {r['versions']['torch']}. Source: `bench/{name}.py`, raw numbers in "
+        f"`bench/results/{name}.json`.",
+        "",
+    ]
+    if name == "encoders":
+        rows = [
+            [
+                n,
+                f"{e['models_per_second']:.0f}",
+                f"{e['end_to_end_models_per_second']:.0f}",
+                f"{e['seconds_per_epoch']:.1f}",
+            ]
+            for n, e in r["encoders"].items()
+        ]
+        lines.append(
+            tabulate(
+                rows,
+                headers=(
+                    "encoder",
+                    "embed models/s (cached graphs)",
+                    "models/s incl. graph building",
+                    "train s/epoch",
+                ),
+                tablefmt="github",
+            )
+        )
+    elif name == "quality":
+        rows = [
+            [n]
+            + [
+                f"{e[k]['mean']:.3f} ± {e[k]['std']:.3f}"
+                for k in ("accuracy_kendall", "accuracy_r2", "gap_kendall", "gap_r2")
+            ]
+            + [f"{e['seconds_per_epoch']:.1f}", f"{e['models_per_second']:.0f}"]
+            for n, e in r["encoders"].items()
+        ]
+        lines.append(
+            f"Preset `{r['preset']}`, {r['models']} models, {r['seeds']} seeds, "
+            f"up to {r['epochs']} epochs, identical splits for every encoder.\n"
+        )
+        lines.append(
+            tabulate(
+                rows,
+                headers=(
+                    "encoder",
+                    "accuracy Kendall τ",
+                    "accuracy R²",
+                    "gap Kendall τ",
+                    "gap R²",
+                    "s/epoch",
+                    "embed models/s",
+                ),
+                tablefmt="github",
+            )
+        )
+    elif name == "zoo_build":
+        group = r["group"]
+        lines.append(
+            f"vmap group training vs one network at a time: "
+            f"{group['models_per_min']['vmap']:,.0f} vs "
+            f"{group['models_per_min']['sequential']:,.0f} models/min "
+            f"({group['speedup']:.1f}x)."
+        )
+    elif name == "make_run":
+        rows = [[stage, f"{s:.1f}"] for stage, s in r["stage_seconds"].items()]
+        lines.append(tabulate(rows, headers=("stage", "seconds"), tablefmt="github"))
+    return lines + [""]
+
+
+def write_docs() -> None:
+    rows, sections = [], []
+    for name, summary in SUMMARIES.items():
+        result = _load(name)
+        if result is None:
+            rows.append([f"bench/{name}.py", "not run", "", "", ""])
+            continue
+        rows += summary(result)
+        sections += _details(name, result)
+    text = [
+        "# Benchmarks",
+        "",
+        "Generated by `python bench/run_all.py` from `bench/results/*.json`; every number "
+        "below was measured by the benchmark named in its section. Medians of repeated "
+        "runs where a benchmark repeats.",
+        "",
+        tabulate(
+            rows,
+            headers=("measurement", "value", "target", "ratio to target", "verdict"),
+            tablefmt="github",
+        ),
+        "",
+        *sections,
+    ]
+    DOCS.parent.mkdir(exist_ok=True)
+    DOCS.write_text("\n".join(text))
+    print(f"wrote {DOCS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help=f"comma-separated subset of {list(BENCHMARKS)}")
+    parser.add_argument("--docs-only", action="store_true", help="only regenerate the docs")
+    args = parser.parse_args()
+    if not args.docs_only:
+        names = args.only.split(",") if args.only else list(BENCHMARKS)
+        unknown = sorted(set(names) - set(BENCHMARKS))
+        if unknown:
+            parser.error(f"unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
+        run(names)
+    write_docs()
+
+
+if __name__ == "__main__":
+    main()

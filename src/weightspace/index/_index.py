@@ -1,0 +1,515 @@
+"""The on-disk embedding index of a model collection: build, add, open and search.
+
+An index is a directory::
+
+    IDX/
+      index.json              format, encoder name and config, a hash of the encoder weights,
+                              run path, library version, featurizer fingerprint, dimension,
+                              count, metric, backend, the files below
+      embeddings-<g>.npy      [count, dim] float32, L2-normalised (inner product = cosine)
+      ids-<g>.json            model ids, one per row of the embeddings
+      metadata-<g>.json       the catalog rows of those models (pandas "table" JSON) plus
+                              the zoo each came from
+      hnsw-<g>.faiss          only for large collections built with FAISS: the HNSW graph
+
+Writes are atomic: every data file of generation ``g`` is written to a temporary file and
+renamed, then ``index.json`` (naming the new files) is replaced in one rename, so a reader
+or an interrupted write only ever sees a complete generation.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..embedder import Embedder, ModelLike
+from ..exceptions import WeightspaceError
+from ..train import LoadedRun, load_run
+from ..train._run import WEIGHTS_FILE
+from ..zoo.store import Zoo, _write_atomically
+from ._backends import (
+    HNSW_THRESHOLD,
+    FaissSearch,
+    VectorSearch,
+    create_search,
+    faiss_available,
+    normalize,
+)
+from ._embed import embed_zoo
+from ._where import Expression, where_mask
+
+INDEX_FORMAT = 1
+INFO_FILE = "index.json"
+RESULT_COLUMNS = ("family", "architecture", "task", "dataset", "test_accuracy")
+_REQUIRED = (
+    "format",
+    "encoder",
+    "encoder_config",
+    "encoder_weights_sha256",
+    "run",
+    "featurizer_fingerprint",
+    "dim",
+    "count",
+    "metric",
+    "files",
+)
+
+
+class IndexFileError(WeightspaceError, ValueError):
+    """An index directory is missing, incomplete or corrupt."""
+
+
+class IndexNotFoundError(IndexFileError, FileNotFoundError):
+    """There is no index at the given path."""
+
+
+class IndexMismatchError(WeightspaceError, ValueError):
+    """A run cannot be used with an index built by another encoder or featurizer."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _weights_hash(run: LoadedRun) -> str:
+    digest = hashlib.sha256()
+    with open(run.path / WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run_description(run: LoadedRun) -> dict[str, Any]:
+    """What an index records about the run that embedded it."""
+    return {
+        "encoder": run.config["encoder"],
+        "encoder_config": run.config["encoder_config"],
+        "encoder_weights_sha256": _weights_hash(run),
+        "run": str(run.path.resolve()),
+        "featurizer_fingerprint": run.featurizer.fingerprint,
+        "dim": int(run.encoder.out_dim),
+    }
+
+
+def _as_run(run: str | Path | LoadedRun | Embedder) -> LoadedRun:
+    if isinstance(run, Embedder):
+        return run.run
+    if isinstance(run, LoadedRun):
+        return run
+    return load_run(run)
+
+
+def _check_run(path: Path, info: dict[str, Any], run: LoadedRun) -> None:
+    """Refuse a run whose embeddings would not be comparable with the index's."""
+    own = _run_description(run)
+    labels = {
+        "encoder": "encoder",
+        "encoder_config": "encoder settings",
+        "featurizer_fingerprint": "featurizer",
+        "encoder_weights_sha256": "encoder weights",
+        "dim": "dimension",
+    }
+    differs = []
+    for key, label in labels.items():
+        if own[key] != info[key]:
+            if key == "encoder_weights_sha256":
+                differs.append("encoder weights (the run was retrained)")
+            elif key == "encoder_config":
+                differs.append(label)
+            else:
+                differs.append(f"{label} {info[key]} (index) vs {own[key]} (run)")
+    if differs:
+        raise IndexMismatchError(
+            f"{path}: built with the run {info['run']}, but the run {run.path} differs in "
+            f"{'; '.join(differs)}; rebuild the index with: weightspace index build --run "
+            f"{run.path} --zoo ZOO --out NEW_INDEX"
+        )
+
+
+class EmbeddingIndex:
+    """Embeddings of a model collection with their metadata, searchable by cosine similarity.
+
+    Use :func:`build_index` to make one and :meth:`open` to read one.
+
+    Attributes:
+        path: the index directory.
+        info: the parsed ``index.json``.
+        ids: model ids, in row order.
+        metadata: one catalog row per model (same order as ``ids``), plus ``zoo``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        info: dict[str, Any],
+        ids: list[str],
+        metadata: pd.DataFrame,
+        search: VectorSearch,
+    ) -> None:
+        self.path = path
+        self.info = info
+        self.ids = ids
+        self.metadata = metadata
+        self._search = search
+        self._run: LoadedRun | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, backend: str = "auto") -> EmbeddingIndex:
+        """Read an index directory.
+
+        Args:
+            path: the index directory.
+            backend: ``"auto"`` (FAISS when installed, else numpy), ``"faiss"`` or
+                ``"numpy"``. An HNSW graph saved with the index is used by FAISS; otherwise
+                the search is exact.
+
+        Raises:
+            IndexNotFoundError: no index at ``path``.
+            IndexFileError: a missing or corrupt file, named in the message.
+        """
+        path = Path(path)
+        info = _read_info(path)
+        embeddings = _read_embeddings(path, info)
+        ids, metadata = _read_rows(path, info)
+        hnsw_file = info["files"].get("hnsw")
+        use_faiss = backend == "faiss" or (backend == "auto" and faiss_available())
+        search: VectorSearch
+        if hnsw_file and use_faiss:
+            search = FaissSearch.read(path / hnsw_file, info["dim"])
+            if len(search) != info["count"]:
+                raise IndexFileError(
+                    f"{path / hnsw_file}: holds {len(search)} vectors, index.json says "
+                    f"{info['count']}; rebuild the index"
+                )
+        else:
+            search = create_search(embeddings, backend, hnsw_threshold=None)
+        return cls(path, info, ids, metadata, search)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingIndex({str(self.path)!r}, {len(self)} models, encoder "
+            f"{self.info['encoder']!r}, {self.backend})"
+        )
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        return int(self.info["dim"])
+
+    @property
+    def backend(self) -> str:
+        """The search structure in use: ``faiss-flat``, ``faiss-hnsw`` or ``numpy``."""
+        return self._search.kind
+
+    def embedder(self, run: str | Path | LoadedRun | Embedder | None = None) -> Embedder:
+        """The embedder of queries: the index's own run, or ``run`` if it matches.
+
+        Raises:
+            IndexMismatchError: ``run`` has another encoder, encoder weights or featurizer.
+            RunError: the run directory cannot be read.
+        """
+        if run is None and self._run is not None:
+            return Embedder(self._run)
+        loaded = _as_run(self.info["run"] if run is None else run)
+        _check_run(self.path, self.info, loaded)
+        if run is None:
+            self._run = loaded
+        return Embedder(loaded)
+
+    def candidates(self, where: str | Expression | None) -> np.ndarray | None:
+        """Row numbers satisfying a ``--where`` expression (None: every row)."""
+        if where is None:
+            return None
+        return np.flatnonzero(where_mask(self.metadata, where))
+
+    def search_vector(
+        self, vector: np.ndarray, k: int = 10, where: str | Expression | None = None
+    ) -> pd.DataFrame:
+        """The ``k`` models nearest to an embedding.
+
+        Args:
+            vector: ``[dim]`` embedding (normalised here).
+            k: number of neighbours.
+            where: a filter on the metadata (see :func:`where_mask`); the search is exact
+                among the models that satisfy it.
+
+        Returns:
+            One row per neighbour, best first: ``rank``, ``id``, ``similarity`` (cosine),
+            then :data:`RESULT_COLUMNS`.
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"The 'k' parameter of search must be an int >= 1. Got {k!r} instead.")
+        query = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))
+        if query.shape[1] != self.dim:
+            raise ValueError(
+                f"query embedding has dimension {query.shape[1]}, the index {self.dim}"
+            )
+        scores, rows = self._search.search(query, int(k), self.candidates(where))
+        found = rows[0] >= 0
+        rows, scores = rows[0][found], scores[0][found]
+        table = self.metadata.iloc[rows][[c for c in RESULT_COLUMNS if c in self.metadata]]
+        table.insert(0, "similarity", scores.astype(np.float64))
+        table.insert(0, "id", [self.ids[r] for r in rows])
+        table.insert(0, "rank", np.arange(1, len(rows) + 1))
+        return table.reset_index(drop=True)
+
+    def search(
+        self,
+        model: ModelLike,
+        k: int = 10,
+        where: str | Expression | None = None,
+        run: str | Path | LoadedRun | Embedder | None = None,
+    ) -> pd.DataFrame:
+        """The ``k`` models nearest to a network, a neural graph or a model file.
+
+        The query is embedded with the index's run (or ``run``, which must match it).
+        See :meth:`search_vector` for ``k``, ``where`` and the result.
+        """
+        vector = self.embedder(run).embed([model])[0]
+        return self.search_vector(vector, k=k, where=where)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise IndexNotFoundError(f"{path}: no such index directory")
+    info_path = path / INFO_FILE
+    if not info_path.is_file():
+        raise IndexNotFoundError(
+            f"{path}: not a weightspace index (no {INFO_FILE}); build one with "
+            "'weightspace index build'"
+        )
+    try:
+        info = json.loads(info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFileError(f"{info_path}: corrupt ({err}); rebuild the index") from None
+    missing = [k for k in _REQUIRED if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise IndexFileError(f"{info_path}: incomplete, missing {missing}; rebuild the index")
+    if info["format"] != INDEX_FORMAT:
+        raise IndexFileError(
+            f"{info_path}: index format {info['format']} but this version reads "
+            f"{INDEX_FORMAT}; rebuild the index with this version"
+        )
+    return info
+
+
+def _data_file(path: Path, info: dict[str, Any], kind: str) -> Path:
+    name = info["files"].get(kind) if isinstance(info["files"], dict) else None
+    if not isinstance(name, str) or not (path / name).is_file():
+        raise IndexFileError(
+            f"{path}: the {kind} file {name!r} named in {INFO_FILE} is missing; rebuild the index"
+        )
+    return path / name
+
+
+def _read_embeddings(path: Path, info: dict[str, Any]) -> np.ndarray:
+    file = _data_file(path, info, "embeddings")
+    try:
+        z = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise IndexFileError(
+            f"{file}: not a readable .npy array ({err}); rebuild the index"
+        ) from None
+    if z.shape != (info["count"], info["dim"]) or z.dtype != np.float32:
+        raise IndexFileError(
+            f"{file}: holds a {z.dtype} array of shape {z.shape}, {INFO_FILE} says float32 "
+            f"({info['count']}, {info['dim']}); rebuild the index"
+        )
+    return z
+
+
+def _read_rows(path: Path, info: dict[str, Any]) -> tuple[list[str], pd.DataFrame]:
+    ids_file = _data_file(path, info, "ids")
+    meta_file = _data_file(path, info, "metadata")
+    try:
+        ids = json.loads(ids_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFileError(f"{ids_file}: corrupt ({err}); rebuild the index") from None
+    try:
+        metadata = pd.read_json(io.StringIO(meta_file.read_text()), orient="table")
+    except (ValueError, KeyError, UnicodeDecodeError) as err:
+        raise IndexFileError(f"{meta_file}: corrupt ({err}); rebuild the index") from None
+    if not isinstance(ids, list) or len(ids) != info["count"]:
+        raise IndexFileError(
+            f"{ids_file}: expected a list of {info['count']} model ids; rebuild the index"
+        )
+    if "id" not in metadata or list(metadata["id"]) != ids:
+        raise IndexFileError(f"{meta_file}: rows do not match {ids_file.name}; rebuild the index")
+    return ids, metadata.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write(
+    path: Path,
+    info: dict[str, Any],
+    embeddings: np.ndarray,
+    ids: list[str],
+    metadata: pd.DataFrame,
+    search: VectorSearch,
+) -> None:
+    """Write a new generation of data files, then commit it by replacing ``index.json``."""
+    generation = int(info.get("generation", 0)) + 1
+    old_files = dict(info.get("files", {}))
+    files: dict[str, str | None] = {
+        "embeddings": f"embeddings-{generation}.npy",
+        "ids": f"ids-{generation}.json",
+        "metadata": f"metadata-{generation}.json",
+        "hnsw": None,
+    }
+    _write_atomically(path / str(files["embeddings"]), lambda f: np.save(f, embeddings))
+    _write_atomically(path / str(files["ids"]), lambda f: f.write(json.dumps(ids).encode()))
+    table = metadata.to_json(orient="table", index=False)
+    _write_atomically(path / str(files["metadata"]), lambda f: f.write(table.encode()))
+    if isinstance(search, FaissSearch) and search.hnsw:
+        files["hnsw"] = f"hnsw-{generation}.faiss"
+        payload = search.serialized()
+        _write_atomically(path / files["hnsw"], lambda f: f.write(payload))
+    info = {
+        **info,
+        "generation": generation,
+        "count": len(ids),
+        "backend": search.kind,
+        "files": files,
+        "updated": _now(),
+    }
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    _write_atomically(path / INFO_FILE, lambda f: f.write(text.encode()))
+    for name in old_files.values():
+        if name and name not in files.values():
+            (path / name).unlink(missing_ok=True)
+
+
+def _metadata_rows(zoo: Zoo, ids: Sequence[str]) -> pd.DataFrame:
+    catalog = zoo.catalog.set_index("id", drop=False)
+    rows = catalog.loc[list(ids)].reset_index(drop=True)
+    rows["zoo"] = pd.Series([str(zoo.root.resolve())] * len(rows), dtype=rows["id"].dtype)
+    return rows
+
+
+def build_index(
+    run: str | Path | LoadedRun | Embedder,
+    zoo: str | Path | Zoo,
+    out: str | Path,
+    *,
+    ids: Sequence[str] | None = None,
+    workers: int = 1,
+    executor: str = "local",
+    backend: str = "auto",
+    hnsw_threshold: int | None = HNSW_THRESHOLD,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> EmbeddingIndex:
+    """Embed the models of a zoo with a run's encoder and write a searchable index.
+
+    Args:
+        run: a run directory (from ``weightspace train``), a loaded run or an embedder.
+        zoo: the zoo (or its directory).
+        out: the index directory to write.
+        ids: which models (default: all).
+        workers: processes building missing graphs (or Ray tasks at once, for ``ray``).
+        executor: ``"local"`` or ``"ray"`` (optional extra); the embeddings are the same.
+        backend: search structure, ``"auto"`` (FAISS when installed), ``"faiss"`` or
+            ``"numpy"`` (exact).
+        hnsw_threshold: with FAISS, collections of at least this many models get an
+            approximate HNSW graph (None: always exact).
+        overwrite: replace an existing index at ``out``.
+        progress: show progress bars (default: on a terminal, off under CI).
+
+    Returns:
+        The index, ready to search.
+
+    Raises:
+        IndexFileError: ``out`` already holds an index and ``overwrite`` is False.
+    """
+    loaded = _as_run(run)
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
+    out = Path(out)
+    if (out / INFO_FILE).exists() and not overwrite:
+        raise IndexFileError(
+            f"{out}: already holds an index; add models with 'weightspace index add' or "
+            "rebuild with --overwrite"
+        )
+    ids = list(zoo.ids() if ids is None else ids)
+    embeddings = normalize(embed_zoo(loaded, zoo, ids, workers, executor, progress))
+    search = create_search(embeddings, backend, hnsw_threshold)
+    from .. import __version__
+
+    info = {
+        "format": INDEX_FORMAT,
+        "library_version": __version__,
+        **_run_description(loaded),
+        "metric": "cosine",
+        "hnsw_threshold": hnsw_threshold,
+        "zoos": [str(zoo.root.resolve())],
+        "created": _now(),
+    }
+    if overwrite and (out / INFO_FILE).exists():
+        info["generation"] = _read_info(out).get("generation", 0)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out, info, embeddings, ids, _metadata_rows(zoo, ids), search)
+    return EmbeddingIndex.open(out, backend)
+
+
+def add_to_index(
+    index: str | Path,
+    zoo: str | Path | Zoo,
+    *,
+    run: str | Path | LoadedRun | Embedder | None = None,
+    workers: int = 1,
+    executor: str = "local",
+    backend: str = "auto",
+    progress: bool | None = None,
+) -> int:
+    """Embed the zoo models an index does not hold yet and add them (by model id).
+
+    Args:
+        index: the index directory.
+        zoo: the zoo to take new models from.
+        run: the run to embed with (default: the one recorded in ``index.json``); it must
+            match the index's encoder, weights and featurizer.
+        workers, executor, progress: as for :func:`build_index`.
+        backend: the search structure to extend (see :func:`build_index`).
+
+    Returns:
+        The number of models added.
+
+    Raises:
+        IndexMismatchError: ``run`` does not match the index.
+    """
+    current = EmbeddingIndex.open(index, backend)
+    loaded = current.embedder(run).run
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
+    known = set(current.ids)
+    new_ids = [i for i in zoo.ids() if i not in known]
+    if not new_ids:
+        return 0
+    new = normalize(embed_zoo(loaded, zoo, new_ids, workers, executor, progress))
+    old = _read_embeddings(current.path, current.info)
+    embeddings = np.concatenate([old, new])
+    threshold = current.info.get("hnsw_threshold")
+    if isinstance(current._search, FaissSearch) and current._search.hnsw:
+        search: VectorSearch = current._search
+        search.add(new)
+    else:
+        search = create_search(embeddings, backend, threshold)
+    metadata = pd.concat([current.metadata, _metadata_rows(zoo, new_ids)], ignore_index=True)
+    zoos = list(dict.fromkeys([*current.info.get("zoos", []), str(zoo.root.resolve())]))
+    info = {**current.info, "zoos": zoos}
+    _write(current.path, info, embeddings, current.ids + new_ids, metadata, search)
+    return len(new_ids)
