@@ -35,7 +35,7 @@ class StudySettings:
 
 STUDIES = {
     "tiny": StudySettings("tiny", epochs=4, patience=4, robustness_models=6),
-    "standard": StudySettings("standard", epochs=6, patience=3),
+    "standard": StudySettings("standard", epochs=5, patience=3),
     "mnist-mlp": StudySettings("mnist-mlp", epochs=12, patience=4),
     "mnist-cnn": StudySettings("mnist-cnn", epochs=12, patience=4),
 }

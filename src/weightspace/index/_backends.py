@@ -69,15 +69,19 @@ class VectorSearch(Protocol):
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, positions)`` of the ``k`` largest entries per row, largest first.
 
-    Ties are broken by position, so results are deterministic.
+    Ties are broken by position (also at the k-th place), so results are deterministic.
     """
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else None
-    if part is None:
-        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    picked = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -picked), axis=1)
-    positions = np.take_along_axis(part, order, axis=1)
+    n = scores.shape[1]
+    k = min(k, n)
+    positions = np.empty((len(scores), k), dtype=np.int64)
+    for r, row in enumerate(scores):
+        if k < n:
+            threshold = row[np.argpartition(-row, k - 1)[:k]].min()
+            candidates = np.flatnonzero(row >= threshold)  # every tie at the k-th place
+        else:
+            candidates = np.arange(n)
+        order = np.lexsort((candidates, -row[candidates]))[:k]
+        positions[r] = candidates[order]
     return np.take_along_axis(scores, positions, axis=1), positions
 
 
@@ -161,12 +165,11 @@ class FaissSearch:
         return scores, ids.astype(np.int64)  # HNSW marks missing results with id -1
 
     def nbytes(self) -> int:
-        faiss = _faiss()
-        return int(faiss.serialize_index(self.index).nbytes)
+        return len(self.serialized())
 
-    def save(self, path: Path) -> None:
-        """Write the FAISS index (used for HNSW graphs, which are slow to rebuild)."""
-        _faiss().write_index(self.index, str(path))
+    def serialized(self) -> bytes:
+        """The FAISS index as bytes (saved for HNSW graphs, which are slow to rebuild)."""
+        return bytes(_faiss().serialize_index(self.index))
 
     @classmethod
     def read(cls, path: Path, dim: int) -> FaissSearch:

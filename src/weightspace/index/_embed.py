@@ -16,29 +16,39 @@ from ..train import LoadedRun, embed_graphs, load_run, prepared_graphs
 from ..zoo.store import Zoo
 
 EXECUTORS = ("local", "ray")
-CHUNK = 256
-"""Models per unit of work: a multiple of the embedding batch (64), so every executor
-embeds the same batches and gets the same embeddings."""
+RAY_CHUNK = 256
+"""Models per Ray task."""
+LOCAL_CHUNK = 2048
+"""Models whose graphs are held in memory at once by the local executor (their missing
+graphs are built by one pool of processes). Both chunk sizes are multiples of the embedding
+batch (64), so every executor embeds the same batches and gets the same embeddings."""
 
 
 class ExecutorError(WeightspaceError, RuntimeError):
-    """A bulk-embedding executor is unknown or unavailable."""
+    """The requested bulk-embedding executor is not available."""
 
 
-def _chunks(ids: Sequence[str]) -> list[list[str]]:
-    return [list(ids[k : k + CHUNK]) for k in range(0, len(ids), CHUNK)]
-
-
-def _embed_chunk(
-    run: LoadedRun, zoo: Zoo, ids: list[str], workers: int, progress: bool = False
-) -> np.ndarray:
-    graphs = prepared_graphs(zoo, run.featurizer, ids, workers=workers, progress=progress)
-    return embed_graphs(run.encoder, graphs).numpy()
+def _chunks(ids: Sequence[str], size: int) -> list[list[str]]:
+    return [list(ids[k : k + size]) for k in range(0, len(ids), size)]
 
 
 def _ray_task(run_dir: str, zoo_root: str, ids: list[str]) -> np.ndarray:
     torch.set_num_threads(1)
-    return _embed_chunk(load_run(run_dir), Zoo.open(zoo_root), ids, workers=1)
+    run = load_run(run_dir)
+    graphs = prepared_graphs(Zoo.open(zoo_root), run.featurizer, ids, progress=False)
+    return embed_graphs(run.encoder, graphs).numpy()
+
+
+def _local(
+    run: LoadedRun, zoo: Zoo, ids: list[str], workers: int, bar: tqdm
+) -> Iterator[np.ndarray]:
+    """Embeddings of consecutive slices of ``ids``, building missing graphs on the way."""
+    for chunk in _chunks(ids, LOCAL_CHUNK):
+        graphs = prepared_graphs(zoo, run.featurizer, chunk, workers, progress=not bar.disable)
+        for start in range(0, len(graphs), RAY_CHUNK):
+            part = graphs[start : start + RAY_CHUNK]
+            yield embed_graphs(run.encoder, part).numpy()
+            bar.update(len(part))
 
 
 def embed_zoo(
@@ -63,32 +73,31 @@ def embed_zoo(
         progress: show a progress bar (default: on a terminal, off under CI).
 
     Raises:
-        ExecutorError: an unknown executor, or ``ray`` without Ray installed.
+        ValueError: an unknown executor or a number of workers below 1.
+        ExecutorError: ``ray`` without Ray installed.
     """
     if executor not in EXECUTORS:
-        raise ExecutorError(
-            f"The 'backend' parameter must be one of {EXECUTORS}. Got {executor!r} instead."
+        raise ValueError(
+            f"The 'executor' parameter (--backend) must be one of {EXECUTORS}. Got {executor!r}."
         )
     if workers < 1:
         raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
-    chunks = _chunks(list(ids))
-    if not chunks:
+    ids = list(ids)
+    if not ids:
         return np.zeros((0, run.encoder.out_dim), dtype=np.float32)
     show = progress_enabled() if progress is None else progress
     bar = tqdm(total=len(ids), desc="embed", unit="model", disable=not show)
-    parts: list[np.ndarray | None] = [None] * len(chunks)
     try:
-        if executor == "ray":
-            for k, part in _execute_ray(run.path, zoo.root, chunks, workers):
-                parts[k] = part
-                bar.update(len(part))
-        else:
-            for k, chunk in enumerate(chunks):
-                parts[k] = _embed_chunk(run, zoo, chunk, workers, progress=show)
-                bar.update(len(chunk))
+        if executor == "local":
+            return np.concatenate(list(_local(run, zoo, ids, workers, bar)))
+        chunks = _chunks(ids, RAY_CHUNK)
+        parts: list[np.ndarray] = [np.empty(0)] * len(chunks)
+        for k, part in _execute_ray(run.path, zoo.root, chunks, workers):
+            parts[k] = part
+            bar.update(len(part))
+        return np.concatenate(parts)
     finally:
         bar.close()
-    return np.concatenate([p for p in parts if p is not None])
 
 
 def _execute_ray(

@@ -23,6 +23,7 @@ import datetime
 import hashlib
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import pandas as pd
 
 from ..embedder import Embedder, ModelLike
 from ..exceptions import WeightspaceError
-from ..train import LoadedRun, load_run
+from ..train import LoadedRun, RunError, load_run
 from ..train._run import WEIGHTS_FILE
 from ..zoo.store import Zoo, _write_atomically
 from ._backends import (
@@ -48,6 +49,7 @@ from ._where import Expression, where_mask
 
 INDEX_FORMAT = 1
 INFO_FILE = "index.json"
+_DATA_FILE = re.compile(r"(embeddings-\d+\.npy|ids-\d+\.json|metadata-\d+\.json|hnsw-\d+\.faiss)")
 RESULT_COLUMNS = ("family", "architecture", "task", "dataset", "test_accuracy")
 _REQUIRED = (
     "format",
@@ -119,18 +121,22 @@ def _check_run(path: Path, info: dict[str, Any], run: LoadedRun) -> None:
     }
     differs = []
     for key, label in labels.items():
-        if own[key] != info[key]:
-            if key == "encoder_weights_sha256":
-                differs.append("encoder weights (the run was retrained)")
-            elif key == "encoder_config":
-                differs.append(label)
-            else:
-                differs.append(f"{label} {info[key]} (index) vs {own[key]} (run)")
+        if own[key] == info[key]:
+            continue
+        if key == "encoder_weights_sha256":
+            differs.append("encoder weights (the run was retrained)")
+        elif key == "encoder_config":
+            theirs, ours = dict(info[key]), dict(own[key])
+            keys = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
+            details = ", ".join(f"{k}: {theirs.get(k)} vs {ours.get(k)}" for k in keys[:3])
+            differs.append(f"{label} ({details})")
+        else:
+            differs.append(f"{label} {info[key]} (index) vs {own[key]} (run)")
     if differs:
         raise IndexMismatchError(
             f"{path}: built with the run {info['run']}, but the run {run.path} differs in "
             f"{'; '.join(differs)}; rebuild the index with: weightspace index build --run "
-            f"{run.path} --zoo ZOO --out NEW_INDEX"
+            f"{run.path} --zoo ZOO --out {path} --overwrite"
         )
 
 
@@ -221,7 +227,15 @@ class EmbeddingIndex:
         """
         if run is None and self._run is not None:
             return Embedder(self._run)
-        loaded = _as_run(self.info["run"] if run is None else run)
+        try:
+            loaded = _as_run(self.info["run"] if run is None else run)
+        except RunError as err:
+            if run is not None:
+                raise
+            raise RunError(
+                f"{self.path}: cannot load the run the index was built with ({err}); pass a "
+                "matching run (--run)"
+            ) from None
         _check_run(self.path, self.info, loaded)
         if run is None:
             self._run = loaded
@@ -365,21 +379,20 @@ def _write(
 ) -> None:
     """Write a new generation of data files, then commit it by replacing ``index.json``."""
     generation = int(info.get("generation", 0)) + 1
-    old_files = dict(info.get("files", {}))
-    files: dict[str, str | None] = {
+    names = {
         "embeddings": f"embeddings-{generation}.npy",
         "ids": f"ids-{generation}.json",
         "metadata": f"metadata-{generation}.json",
-        "hnsw": None,
     }
-    _write_atomically(path / str(files["embeddings"]), lambda f: np.save(f, embeddings))
-    _write_atomically(path / str(files["ids"]), lambda f: f.write(json.dumps(ids).encode()))
+    _write_atomically(path / names["embeddings"], lambda f: np.save(f, embeddings))
+    _write_atomically(path / names["ids"], lambda f: f.write(json.dumps(ids).encode()))
     table = metadata.to_json(orient="table", index=False)
-    _write_atomically(path / str(files["metadata"]), lambda f: f.write(table.encode()))
+    _write_atomically(path / names["metadata"], lambda f: f.write(table.encode()))
+    files: dict[str, str | None] = {**names, "hnsw": None}
     if isinstance(search, FaissSearch) and search.hnsw:
         files["hnsw"] = f"hnsw-{generation}.faiss"
         payload = search.serialized()
-        _write_atomically(path / files["hnsw"], lambda f: f.write(payload))
+        _write_atomically(path / f"hnsw-{generation}.faiss", lambda f: f.write(payload))
     info = {
         **info,
         "generation": generation,
@@ -390,9 +403,18 @@ def _write(
     }
     text = json.dumps(info, indent=2, sort_keys=True) + "\n"
     _write_atomically(path / INFO_FILE, lambda f: f.write(text.encode()))
-    for name in old_files.values():
-        if name and name not in files.values():
-            (path / name).unlink(missing_ok=True)
+    for file in path.iterdir():  # earlier generations, and leftovers of interrupted writes
+        if _DATA_FILE.fullmatch(file.name) and file.name not in files.values():
+            file.unlink(missing_ok=True)
+
+
+def _previous_generation(path: Path) -> int:
+    """The generation of an index about to be overwritten (0 when unreadable or absent)."""
+    try:
+        generation = json.loads((path / INFO_FILE).read_text()).get("generation", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return generation if isinstance(generation, int) else 0
 
 
 def _metadata_rows(zoo: Zoo, ids: Sequence[str]) -> pd.DataFrame:
@@ -446,6 +468,9 @@ def build_index(
             "rebuild with --overwrite"
         )
     ids = list(zoo.ids() if ids is None else ids)
+    unknown = [i for i in ids if i not in zoo]
+    if unknown:
+        raise ValueError(f"The 'ids' parameter names models not in {zoo.root}: {unknown[:5]}")
     embeddings = normalize(embed_zoo(loaded, zoo, ids, workers, executor, progress))
     search = create_search(embeddings, backend, hnsw_threshold)
     from .. import __version__
@@ -459,8 +484,8 @@ def build_index(
         "zoos": [str(zoo.root.resolve())],
         "created": _now(),
     }
-    if overwrite and (out / INFO_FILE).exists():
-        info["generation"] = _read_info(out).get("generation", 0)
+    if overwrite:
+        info["generation"] = _previous_generation(out)
     out.mkdir(parents=True, exist_ok=True)
     _write(out, info, embeddings, ids, _metadata_rows(zoo, ids), search)
     return EmbeddingIndex.open(out, backend)

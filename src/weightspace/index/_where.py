@@ -159,7 +159,7 @@ class _Parser:
 
     def parse(self) -> Expression:
         if self.current.kind == "end":
-            raise WhereError("empty --where expression; e.g. \"task = 'digits'\"")
+            raise WhereError("empty --where expression; e.g. \"dataset = 'digits'\"")
         expression = self._or()
         if self.current.kind != "end":
             raise self._error("AND, OR or the end of the expression")
@@ -224,8 +224,8 @@ def parse_where(text: str) -> Expression:
         WhereError: naming the offending token and its position.
 
     Example:
-        >>> parse_where("task = 'digits' AND test_accuracy > 0.9")
-        And(left=Comparison(column='task', op='=', value='digits'), right=Comparison(column='test_accuracy', op='>', value=0.9))
+        >>> parse_where("dataset = 'digits' AND test_accuracy > 0.9")
+        And(left=Comparison(column='dataset', op='=', value='digits'), right=Comparison(column='test_accuracy', op='>', value=0.9))
     """  # noqa: E501
     if not isinstance(text, str):
         raise WhereError(f"a --where expression must be a string, got {type(text).__name__}")

@@ -6,6 +6,11 @@ assignment (``scipy.optimize.linear_sum_assignment``) on the summed inner produc
 parameters whose dimensions the group indexes, the other groups held fixed; sweeps over
 the groups repeat until no assignment improves. The graph's parameter bindings say which
 dimension of which parameter each group indexes, so no layer is named or guessed.
+
+The first sweep goes through the groups in the order of the network and uses only the
+parameters whose other dimensions are fixed or belong to groups matched before (a layer's
+incoming weights, say), so its result does not depend on how B's units happen to be
+ordered: permuted copies of one network are aligned to the same weights.
 """
 
 from __future__ import annotations
@@ -40,9 +45,28 @@ class _Slot:
     name: str
     dim: int
     index: Tensor  # [R, m]
+    others: frozenset[int]  # groups indexing the parameter's other dimensions
 
 
-def _slots_of_group(graph: NeuralGraph, rows: Tensor, names: list[str]) -> list[_Slot]:
+def _group_of(graph: NeuralGraph) -> Tensor:
+    """``[N]`` the permutation group of each node, -1 for nodes no group moves."""
+    group_of = torch.full((graph.num_nodes,), -1, dtype=torch.long)
+    for g, rows in enumerate(graph.perm_groups):
+        group_of[rows.reshape(-1)] = g
+    return group_of
+
+
+def _other_groups(dims: tuple[Tensor | None, ...], skip: int, group_of: Tensor) -> frozenset[int]:
+    found: set[int] = set()
+    for dim, nodes in enumerate(dims):
+        if nodes is not None and dim != skip:
+            found.update(int(g) for g in torch.unique(group_of[nodes]) if g >= 0)
+    return frozenset(found)
+
+
+def _slots_of_group(
+    graph: NeuralGraph, rows: Tensor, names: list[str], group_of: Tensor
+) -> list[_Slot]:
     n = graph.num_nodes
     n_rows, k = rows.shape
     row_of = torch.full((n,), -1, dtype=torch.long)
@@ -70,7 +94,8 @@ def _slots_of_group(graph: NeuralGraph, rows: Tensor, names: list[str]) -> list[
                     "rows are alike"
                 )
             index = position[torch.argsort(key, stable=True)].reshape(n_rows, -1)
-            slots.append(_Slot(name, dim, index))
+            others = _other_groups(graph.bindings[name].dims, dim, group_of)
+            slots.append(_Slot(name, dim, index, others))
     return slots
 
 
@@ -123,9 +148,10 @@ def weight_matching(
 ) -> Tensor:
     """The node permutation of ``model_b`` that brings its weights closest to ``model_a``'s.
 
-    Coordinate descent over the graph's permutation groups (in graph order), each solved
+    Coordinate descent over the graph's permutation groups (in network order), each solved
     exactly as a linear assignment maximising the summed inner products of every parameter
-    the group indexes, until a full sweep improves no group (or ``max_sweeps`` sweeps).
+    the group indexes, until a full sweep improves no group (or ``max_sweeps`` sweeps); the
+    first sweep only uses what earlier groups determine (see the module doc).
 
     Args:
         model_a: the reference network.
@@ -145,24 +171,45 @@ def weight_matching(
     _check_same_shapes(a, b)
     names = list(b)
     perm = torch.arange(graph.num_nodes)
-    groups = [(rows, _slots_of_group(graph, rows, names)) for rows in graph.perm_groups]
-    current = [np.arange(rows.shape[0]) for rows in graph.perm_groups]
+    group_of = _group_of(graph)
+    order = sorted(
+        range(len(graph.perm_groups)),
+        key=lambda g: int(graph.node_block[graph.perm_groups[g]].min()),
+    )
+    slots = {g: _slots_of_group(graph, graph.perm_groups[g], names, group_of) for g in order}
+    current = {g: np.arange(graph.perm_groups[g].shape[0]) for g in order}
+
+    def match(g: int, usable: list[_Slot]) -> tuple[np.ndarray, np.ndarray]:
+        size = graph.perm_groups[g].shape[0]
+        cost = torch.zeros(size, size, dtype=torch.float64)
+        for slot in usable:
+            b_other = _permuted(b[slot.name], graph.bindings[slot.name].dims, perm, slot.dim)
+            cost += _rows(a[slot.name], slot) @ _rows(b_other, slot).T  # [R, R]
+        matrix = cost.numpy()
+        return linear_sum_assignment(matrix, maximize=True)[1], matrix
+
+    def apply(g: int, choice: np.ndarray) -> None:
+        rows = graph.perm_groups[g]
+        current[g] = choice
+        perm[rows] = rows[torch.from_numpy(choice)]
+
+    matched: set[int] = set()
+    for g in order:  # first sweep: only what is already matched informs a group
+        usable = [s for s in slots[g] if s.others <= matched]
+        if usable:
+            apply(g, match(g, usable)[0])
+            matched.add(g)
     for _ in range(max_sweeps):
         improved = False
-        for g, (rows, slots) in enumerate(groups):
-            if not slots:
+        for g in order:
+            if not slots[g]:
                 continue
-            cost = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64)
-            for slot in slots:
-                b_other = _permuted(b[slot.name], graph.bindings[slot.name].dims, perm, slot.dim)
-                cost += _rows(a[slot.name], slot) @ _rows(b_other, slot).T  # [R, R]
-            matrix = cost.numpy()
-            _, choice = linear_sum_assignment(matrix, maximize=True)
-            new = matrix[np.arange(len(choice)), choice].sum()
-            old = matrix[np.arange(len(choice)), current[g]].sum()
+            choice, matrix = match(g, slots[g])
+            rows_index = np.arange(len(choice))
+            new = matrix[rows_index, choice].sum()
+            old = matrix[rows_index, current[g]].sum()
             if new > old + 1e-12 * max(1.0, abs(old)):
-                current[g] = choice
-                perm[rows] = rows[torch.from_numpy(choice)]
+                apply(g, choice)
                 improved = True
         if not improved:
             break

@@ -8,7 +8,7 @@ pure function; none is a new data file:
   that enter are background (the smallest standardised value) and the ones that leave are
   cut off.
 - ``digits-0to4``: only the examples of classes 0-4. The output layer keeps its 10 units,
-  so every digits model fits without a new head; fine-tuning learns to leave 5-9 unused.
+  so every digits model fits without a new head; a prediction of 5-9 counts as an error.
 - ``mnist``: MNIST's 28x28 images average-pooled to the 8x8 of digits
   (``adaptive_avg_pool2d``), then standardised with one mean and std of the pooled train
   split, so the digits models fit it. It needs the MNIST files (``data_dir`` or

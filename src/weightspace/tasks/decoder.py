@@ -188,8 +188,8 @@ class WeightDecoder:
                 f"WeightDecoder.fit needs networks of one architecture; the ids have "
                 f"{len(specs)} specs, e.g. {examples}"
             )
-        self.spec_: dict[str, Any] = json.loads(next(iter(specs)))
         modules = [zoo.load(i) for i in ids]
+        self.spec_: dict[str, Any] = getattr(modules[0], "spec", json.loads(next(iter(specs))))
         self._set_reference(modules[0])
         canonical = [self._canonical(m) for m in modules]
         flat = torch.stack([self._flat(m) for m in canonical])  # [n, P]
@@ -413,6 +413,11 @@ class WeightDecoder:
         dec.decoder_.eval()
         dec.encoder_ = None
         recorded = config["embedder"]
+        if recorded is None and embedder is not None:
+            raise DecoderError(
+                f"{directory}: the decoder was fitted with its own encoder, not a run's "
+                "embeddings; load it without an embedder"
+            )
         if recorded is None:
             dec.encoder_ = _mlp([len(dec.target_mean_), *reversed(dec.hidden), latent])
             dec.encoder_.load_state_dict(part("encoder."))

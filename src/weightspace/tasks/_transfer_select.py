@@ -1,0 +1,163 @@
+"""One target, one run: rank the zoo's candidates and fine-tune the top pick."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..embedder import Embedder
+from ..zoo.store import Zoo
+from ._transfer_rankers import (
+    LearnedRanker,
+    PredictedAccuracyRanker,
+    RandomRanker,
+    Ranker,
+    SourceAccuracyRanker,
+    ZooEmbeddings,
+    measure_outcomes,
+)
+from ._transfer_study import Bench, candidate_sample, check_positive, outcome_sample
+from ._transfer_targets import (
+    TransferError,
+    available_targets,
+    fitting_ids,
+    load_target,
+    target_names,
+)
+
+__all__ = ["RANKERS", "Selection", "select_model"]
+
+RANKERS = ("learned", "predicted_accuracy", "source_accuracy", "random")
+"""Ranker kinds of :func:`select_model`; in study results the run-based ones are ``kind:run``."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The ranking of one target's candidates and the fine-tuned result of the top pick.
+
+    Attributes:
+        target: The target task.
+        ranker: The ranker's kind, one of :data:`RANKERS`.
+        budget: Fine-tuning steps.
+        ranking: One row per candidate, best first: ``id``, ``score``, ``architecture``,
+            ``family``, ``n_params``, ``source_accuracy``.
+        results: ``(accuracy, loss)`` on the target test split after ``budget`` steps for
+            ``"top pick"``, ``"from scratch"`` (its architecture) and ``"random pick"``.
+        random_id: The random pick.
+        outcome_models: Zoo models fine-tuned to fit the learned ranker (0 for the others).
+        outcome_targets: The targets they were fine-tuned on (never ``target``).
+        seconds: Wall time of the whole selection.
+    """
+
+    target: str
+    ranker: str
+    budget: int
+    ranking: pd.DataFrame
+    results: dict[str, tuple[float, float]]
+    random_id: str
+    outcome_models: int
+    outcome_targets: list[str]
+    seconds: float
+
+
+def select_model(
+    run: str | Path | None,
+    zoo: Zoo | str | Path,
+    target: str,
+    budget: int,
+    seed: int = 0,
+    *,
+    ranker: str = "learned",
+    candidates: int | None = None,
+    outcome_models: int = 24,
+    split_seed: int = 0,
+    data_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> Selection:
+    """Ranks the zoo's candidates for one target, then fine-tunes the top pick.
+
+    The learned ranker is fitted on ``outcome_models`` zoo models fine-tuned for ``budget``
+    steps on every other available target; those models are not candidates.
+
+    Args:
+        run: The trained run (needed by ``learned`` and ``predicted_accuracy``).
+        zoo: The zoo (or its directory).
+        target: A key of :data:`TARGET_TASKS`.
+        budget: Fine-tuning steps, an int >= 1.
+        seed: Seeds the outcome sample, candidates, random pick and fine-tuning.
+        ranker: One of :data:`RANKERS`.
+        candidates: Rank a seeded sample of this many (default: every fitting model).
+        outcome_models: Models fine-tuned to fit the learned ranker.
+        split_seed: The zoo's seed (see :func:`load_target`).
+        data_dir: Where to find MNIST.
+        progress: Progress bars (default: on a terminal).
+
+    Returns:
+        The :class:`Selection`.
+
+    Raises:
+        UnknownTargetError: If ``target`` is unknown; the message lists the targets.
+        TransferError: On an unknown ranker, a missing run or no candidate.
+    """
+    started = time.perf_counter()
+    if ranker not in RANKERS:
+        raise TransferError(f"Unknown ranker {ranker!r}. Expected one of {list(RANKERS)}.")
+    check_positive("budget", budget)
+    check_positive("candidates", candidates, allow_none=True)
+    (target,) = target_names([target])
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
+    catalog = zoo.catalog
+    others = [t for t in available_targets(data_dir) if t != target] if ranker == "learned" else []
+    data = {t: load_target(t, split_seed, data_dir) for t in [target, *others]}
+    pools = {t: fitting_ids(catalog, d) for t, d in data.items()}
+    sample = outcome_sample(pools, outcome_models, seed) if others else []
+    cands = candidate_sample(pools[target], set(sample), candidates, seed, target)
+    chosen: Ranker
+    if ranker == "random":
+        chosen = RandomRanker(seed)
+    elif ranker == "source_accuracy":
+        chosen = SourceAccuracyRanker(catalog)
+    else:
+        if run is None:
+            raise TransferError(f"The {ranker!r} ranker needs a trained run (--run RUN).")
+        emb = ZooEmbeddings(Embedder.load(Path(run)), zoo, progress)
+        if ranker == "predicted_accuracy":
+            chosen = PredictedAccuracyRanker(emb)
+        else:
+            others_data = {t: data[t] for t in others}
+            outcomes = measure_outcomes(zoo, sample, others_data, [budget], seed, progress)
+            chosen = LearnedRanker(emb.embed, target, budget).fit(outcomes)
+    ordered = chosen.rank(cands)
+    scores = dict(zip(cands, chosen.scores(cands)))
+    rows = catalog.set_index("id").loc[ordered]
+    ranking = pd.DataFrame(
+        {
+            "id": ordered,
+            "score": [float(scores[i]) for i in ordered],
+            "architecture": rows["architecture"].to_numpy(),
+            "family": rows["family"].to_numpy(),
+            "n_params": rows["n_params"].to_numpy(),
+            "source_accuracy": rows["test_accuracy"].to_numpy(),
+        }
+    )
+    bench = Bench(zoo, data, [budget])
+    random_id = RandomRanker(seed).rank(cands)[0]
+    results = {
+        "top pick": bench.tuned(ordered[0], target, seed)[budget],
+        "from scratch": bench.scratch(ordered[0], target, seed)[budget],
+        "random pick": bench.tuned(random_id, target, seed)[budget],
+    }
+    return Selection(
+        target=target,
+        ranker=ranker,
+        budget=budget,
+        ranking=ranking,
+        results=results,
+        random_id=random_id,
+        outcome_models=len(sample),
+        outcome_targets=others,
+        seconds=time.perf_counter() - started,
+    )
