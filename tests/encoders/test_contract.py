@@ -19,7 +19,7 @@ from weightspace.testing import assert_invariant
 
 FAMILIES = ("mlp", "vgg", "resnet", "vit", "bert")
 # Encoders built for one fixed architecture (the nfn peer) have their own tests.
-MIXED = [n for n in list_encoders() if not getattr(encoder_class(n), "fixed_architecture", False)]
+MIXED = [n for n in list_encoders() if not encoder_class(n).fixed_architecture]
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--zoo", help="an existing zoo to use as is, or where to build it (default zoos/<preset>)"
     )
-    p.add_argument("--encoders", help="comma-separated encoder names (default: all)")
+    p.add_argument(
+        "--encoders", help="comma-separated encoder names (default: all but the nfn peer)"
+    )
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--epochs", type=int, help="maximum training epochs (default: the preset's)")
     p.add_argument("--data-dir", help="folder with the MNIST files (or WEIGHTSPACE_DATA)")

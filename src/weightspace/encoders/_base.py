@@ -21,12 +21,15 @@ class Encoder(nn.Module):
         name: the registry name (set by :func:`register_encoder`).
         symmetry: ``"permutation"`` when the embedding is exactly invariant to hidden-neuron
             permutations of the input network, else ``"none"``.
+        fixed_architecture: True for encoders that only read networks of one architecture
+            (the ``nfn`` peer); studies of mixed zoos leave them out by default.
         out_dim: embedding width D.
         config: the constructor's keyword arguments, defaults filled in.
     """
 
     name: ClassVar[str] = ""
     symmetry: ClassVar[str] = "none"
+    fixed_architecture: ClassVar[bool] = False
     out_dim: int
     config: dict[str, Any]
 

@@ -20,7 +20,7 @@ from sklearn.decomposition import PCA
 
 from ..checkpoints import load_model
 from ..embedder import Embedder
-from ..encoders import list_encoders
+from ..encoders import encoder_class, list_encoders
 from ..graph import Featurizer, NeuralGraph, to_graph
 from ..symmetry import permute, rescale
 from ..tasks import clustering_metrics, retrieval_metrics, symmetry_robustness
@@ -187,7 +187,8 @@ def run_experiment(
         out: output directory (runs of every encoder and seed go to ``out/runs``).
         zoo_dir: an existing zoo to use as it is, or where to build one (default
             ``zoos/<zoo preset>``, built or completed there).
-        encoders: encoders to compare (default: all registered).
+        encoders: encoders to compare (default: every registered encoder that reads any
+            architecture, i.e. all but the ``nfn`` peer).
         seeds: number of seeds (default: the preset's, 3).
         epochs: maximum training epochs per encoder and seed (default: the preset's).
         data_dir: MNIST folder for presets that need it.
@@ -202,7 +203,9 @@ def run_experiment(
     from ..report import write_report
 
     settings: StudySettings = study_settings(preset)
-    names = list(encoders) if encoders else list_encoders()
+    names = list(encoders) if encoders else [
+        n for n in list_encoders() if not encoder_class(n).fixed_architecture
+    ]
     unknown = sorted(set(names) - set(list_encoders()))
     if unknown:
         raise ExperimentError(f"unknown encoder(s) {unknown}; available: {list_encoders()}")
