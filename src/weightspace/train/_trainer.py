@@ -26,6 +26,7 @@ from ._data import DataError, Split, prepared_graphs, property_table, split_by_r
 from ._run import HISTORY_FILE, save_run, write_metrics
 
 EMBED_BATCH = 64
+LOSSES = ("total", "contrastive", "property")
 
 
 @dataclass
@@ -41,6 +42,14 @@ class TrainResult:
     run_dir: Path
     history: pd.DataFrame
     metrics: dict[str, Any]
+
+
+def _target_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std of training targets, ignoring NaN (0 and 1 when undefined)."""
+    mean = np.nanmean(values, axis=0)
+    std = np.nanstd(values, axis=0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return np.where(np.isfinite(mean), mean, 0.0), std
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,11 +130,7 @@ class Trainer:
             built = prepared_graphs(zoo, featurizer, ids, self.workers, self.progress)
             graphs = dict(zip(ids, built))
 
-        train_y = targets.loc[split.train].to_numpy()
-        mean = np.nanmean(train_y, axis=0)
-        std = np.nanstd(train_y, axis=0)
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
+        mean, std = _target_scale(targets.loc[split.train].to_numpy())
 
         def standardised(ids: Sequence[str]) -> Tensor:
             values = (targets.loc[list(ids)].to_numpy() - mean) / std
@@ -150,29 +155,10 @@ class Trainer:
         )
         for epoch in bar:
             start = time.perf_counter()
-            encoder.train()
-            head.train()
-            order = torch.randperm(len(train_graphs), generator=generator).tolist()
-            train_losses = []
-            for at in range(0, len(order) - 1, cfg.batch_size):
-                chunk = order[at : at + cfg.batch_size]
-                if len(chunk) < 2:
-                    continue
-                losses = self._losses(
-                    encoder, head, [train_graphs[k] for k in chunk], y_train[chunk], generator
-                )
-                optimizer.zero_grad()
-                losses["total"].backward()
-                optimizer.step()
-                train_losses.append({k: float(v.detach()) for k, v in losses.items()})
+            train = self._train_epoch(encoder, head, optimizer, train_graphs, y_train, generator)
             val = self._evaluate(encoder, head, val_graphs, y_val)
-            row = {"epoch": epoch + 1}
-            row.update(
-                {
-                    f"train_{k}": float(np.mean([t[k] for t in train_losses]))
-                    for k in ("total", "contrastive", "property")
-                }
-            )
+            row: dict[str, float] = {"epoch": epoch + 1}
+            row.update({f"train_{k}": v for k, v in train.items()})
             row.update({f"val_{k}": v for k, v in val.items()})
             row["seconds"] = time.perf_counter() - start
             history.append(row)
@@ -227,6 +213,31 @@ class Trainer:
         write_metrics(out, metrics)
         return TrainResult(out, frame, metrics)
 
+    def _train_epoch(
+        self,
+        encoder: Encoder,
+        head: PropertyHead,
+        optimizer: torch.optim.Optimizer,
+        graphs: Sequence[NeuralGraph],
+        y: Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        """One pass over shuffled training batches; the mean of each loss component."""
+        encoder.train()
+        head.train()
+        order = torch.randperm(len(graphs), generator=generator).tolist()
+        losses: list[dict[str, float]] = []
+        for at in range(0, len(order) - 1, self.config.batch_size):
+            chunk = order[at : at + self.config.batch_size]
+            if len(chunk) < 2:  # InfoNCE needs another network in the batch
+                continue
+            step = self._losses(encoder, head, [graphs[k] for k in chunk], y[chunk], generator)
+            optimizer.zero_grad()
+            step["total"].backward()
+            optimizer.step()
+            losses.append({k: float(v.detach()) for k, v in step.items()})
+        return {k: float(np.mean([loss[k] for loss in losses])) for k in LOSSES}
+
     def _views(
         self, encoder: Encoder, graphs: Sequence[NeuralGraph], generator: torch.Generator
     ) -> GraphBatch:
@@ -260,7 +271,7 @@ class Trainer:
         encoder.eval()
         head.eval()
         generator = torch.Generator().manual_seed(self.config.seed + 1)
-        sums = {"total": 0.0, "contrastive": 0.0, "property": 0.0}
+        sums = dict.fromkeys(LOSSES, 0.0)
         count = 0
         size = self.config.batch_size
         for at in range(0, len(graphs) - 1, size):
