@@ -84,9 +84,12 @@ class Embedder:
 
     def predict(self, models: ModelLike | Sequence[ModelLike]) -> pd.DataFrame:
         """Predicted properties, one row per model and one column per property."""
-        z = torch.from_numpy(self.embed(models))
+        return self.predict_from_embeddings(self.embed(models))
+
+    def predict_from_embeddings(self, z: np.ndarray) -> pd.DataFrame:
+        """Predicted properties of models whose embeddings ``z`` ``[n, dim]`` are known."""
         with torch.no_grad():
-            standardised = self.run.head(z).numpy()
+            standardised = self.run.head(torch.as_tensor(z, dtype=torch.float32)).numpy()
         mean = np.asarray(self.run.config["target_mean"])
         std = np.asarray(self.run.config["target_std"])
         return pd.DataFrame(standardised * std + mean, columns=self.properties)

@@ -290,6 +290,18 @@ def test_numpy_top_k_is_sorted_and_breaks_ties_by_position():
     assert search.search(normalize([[1, 0]]), k=3)[1].tolist() == [[0, 2, 4]]
 
 
+def test_numpy_subset_search_matches_brute_force():
+    rng = np.random.default_rng(2)
+    vectors, queries = normalize(rng.standard_normal((400, 16))), normalize(rng.random((3, 16)))
+    search = create_search(vectors, "numpy")
+    for size in (50, 350, 400):  # gathered rows, every row scored
+        subset = np.sort(rng.choice(400, size, replace=False))
+        _, ids = search.search(queries, 7, subset)
+        ranked = np.argsort(-(queries @ vectors[subset].T), axis=1, kind="stable")[:, :7]
+        assert ids.tolist() == subset[ranked].tolist()
+    assert search.search(queries, 7, np.array([], dtype=np.int64))[1].shape == (3, 0)
+
+
 def test_normalize_rejects_zero_and_nan_rows():
     with pytest.raises(SearchBackendError, match="zero or not finite"):
         normalize([[0.0, 0.0], [1.0, 0.0]])
@@ -307,8 +319,9 @@ def test_faiss_flat_and_numpy_give_identical_top_k():
     flat = create_search(vectors, "faiss", hnsw_threshold=None)
     exact = create_search(vectors, "numpy")
     assert (flat.kind, exact.kind) == ("faiss-flat", "numpy")
-    subset = np.sort(rng.choice(3000, 500, replace=False))
-    for candidates in (None, subset):
+    few = np.sort(rng.choice(3000, 500, replace=False))  # numpy gathers these rows
+    many = np.sort(rng.choice(3000, 2500, replace=False))  # numpy scores every row
+    for candidates in (None, few, many):
         s_faiss, i_faiss = flat.search(queries, 10, candidates)
         s_numpy, i_numpy = exact.search(queries, 10, candidates)
         np.testing.assert_array_equal(i_faiss, i_numpy)

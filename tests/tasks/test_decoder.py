@@ -93,6 +93,8 @@ def test_errors(tmp_path, zoo, mlp_ids, decoder):
         WeightDecoder(epochs=1).fit(zoo, mlp_ids[:1])
     with pytest.raises(DecoderError, match="'epochs' parameter"):
         WeightDecoder(epochs=0).fit(zoo, mlp_ids)
+    with pytest.raises(DecoderError, match="'val_fraction' parameter"):
+        WeightDecoder(val_fraction=1.0).fit(zoo, mlp_ids)
     with pytest.raises(DecoderError, match=r"shape \[d\] with d=32"):
         decoder.decode(np.zeros(5))
     with pytest.raises(DecoderError, match="not a decoder directory"):

@@ -9,6 +9,7 @@ from weightspace import Zoo
 from weightspace.checkpoints import load_model
 from weightspace.cli import _merge
 from weightspace.symmetry import permute
+from weightspace.tasks import merging
 from weightspace.tasks.decoder import DecoderError, WeightDecoder
 from weightspace.tasks.merging import (
     AlignmentError,
@@ -91,7 +92,7 @@ def test_aligning_another_network_preserves_its_function(examples32, family):
     assert distance_after < distance_before
 
 
-@pytest.mark.parametrize("family", ["mlp", "vgg", "resnet", "efficientnet"])
+@pytest.mark.parametrize("family", ["mlp", "vgg", "resnet"])
 def test_alignment_does_not_depend_on_the_order_of_b_units(examples32, family):
     example = examples32[family]
     torch.manual_seed(5)
@@ -149,8 +150,8 @@ def test_end_points_are_the_parents(parents, own_decoder, digits_mlp):
     # the parents is the decoder's reconstruction error, measured and reported, not asserted.
     embedded = interpolation_path(a, b, [0.0, 1.0], "embedding", own_decoder)
     z_a, z_b = own_decoder.encode([a, b])
-    assert _states_close(embedded[0], own_decoder.decode(z_a), 0.0)
-    assert _states_close(embedded[1], own_decoder.decode(z_b), 0.0)
+    assert _states_close(embedded[0], own_decoder.decode(z_a), 1e-6)
+    assert _states_close(embedded[1], own_decoder.decode(z_b), 1e-6)
     error = own_decoder.reconstruction_error([a, b])
     assert error.shape == (2,) and np.isfinite(error).all()
 
@@ -198,9 +199,17 @@ def test_merge_study_schema(merge_zoo, own_decoder):
     assert naive["accuracy"][0][0] == pytest.approx(catalog.loc[a, "test_accuracy"], abs=1e-6)
     assert naive["accuracy"][0][2] == pytest.approx(catalog.loc[b, "test_accuracy"], abs=1e-6)
     assert result["decoder"]["train_models"] == len(own_decoder.train_ids_)
+    assert result["decoder"]["val_mse"] > 0  # one of the four training runs is held out
+    assert 1 <= result["decoder"]["best_epoch"] <= own_decoder.epochs
 
 
-def test_merge_study_fits_a_decoder_outside_the_parents_runs(merge_zoo):
+class _QuickDecoder(WeightDecoder):
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "epochs": 3, "progress": False})
+
+
+def test_merge_study_fits_a_decoder_outside_the_parents_runs(merge_zoo, monkeypatch):
+    monkeypatch.setattr(merging, "WeightDecoder", _QuickDecoder)
     pairs = choose_pairs(merge_zoo.catalog, merge_zoo.ids(), n_pairs=2)
     held_out = merge_zoo.catalog.set_index("id").loc[[i for p in pairs for i in p], "run_id"]
     ids = decoder_training_ids(merge_zoo, pairs)
@@ -254,7 +263,7 @@ def test_cli_writes_and_evaluates_the_path(merge_zoo, tmp_path, capsys, monkeypa
 def test_cli_embedding_fits_then_reuses_a_decoder(merge_zoo, tmp_path, capsys, monkeypatch):
     (a, b), *_ = choose_pairs(merge_zoo.catalog, merge_zoo.ids(), n_pairs=2)
     files = [str(merge_zoo.path(a)), str(merge_zoo.path(b))]
-    argv = ["merge", *files, "--alphas", "0,1", "--method", "embedding"]
+    argv = ["merge", *files, "--alphas", "0,1", "--method", "embedding", "--decoder-epochs", "3"]
     decoder_dir = str(tmp_path / "decoder")
     for _ in range(2):
         code = _main_with_merge(
@@ -263,7 +272,7 @@ def test_cli_embedding_fits_then_reuses_a_decoder(merge_zoo, tmp_path, capsys, m
         assert code == 0
     printed = capsys.readouterr().out
     assert printed.count("fitted a decoder") == 1
-    assert WeightDecoder.load(decoder_dir).train_ids_
+    assert WeightDecoder.load(decoder_dir).epochs == 3
 
 
 def test_parse_alphas():

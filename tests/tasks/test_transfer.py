@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import weightspace as ws
 from weightspace import cli
 from weightspace.cli import _transfer
 from weightspace.tasks import _transfer_study
+from weightspace.tasks._transfer_targets import MNIST_TEST_EXAMPLES
 from weightspace.tasks.transfer import (
     TARGET_TASKS,
+    FineTuneJob,
     LearnedRanker,
     PredictedAccuracyRanker,
     RandomRanker,
@@ -25,6 +28,7 @@ from weightspace.tasks.transfer import (
     fits,
     fitting_ids,
     load_target,
+    run_jobs,
     scratch_model,
     transfer_study,
 )
@@ -79,7 +83,13 @@ def test_targets_transform_the_digits_as_intended():
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"MNIST is not at {SHARED_MNIST}")
 def test_mnist_target_is_pooled_to_the_digits_shape():
     mnist = load_target("mnist", 0, SHARED_MNIST)
-    assert mnist.input_shape == (1, 8, 8) and mnist.x_test.shape == (10000, 1, 8, 8)
+    assert mnist.input_shape == (1, 8, 8) and mnist.x_train.shape == (60000, 1, 8, 8)
+    assert mnist.x_test.shape == (MNIST_TEST_EXAMPLES, 1, 8, 8)
+    full = load_dataset("mnist", 0, SHARED_MNIST)
+    ink = torch.stack([full.x_train[:1000].mean((1, 2, 3)), mnist.x_train[:1000].mean((1, 2, 3))])
+    assert torch.corrcoef(ink)[0, 1] > 0.95  # the same images, in the same order
+    assert torch.equal(mnist.y_train, full.y_train)
+    assert set(mnist.y_test.tolist()) == set(range(10))
     assert abs(float(mnist.x_train.mean())) < 1e-4 and abs(float(mnist.x_train.std()) - 1) < 1e-3
 
 
@@ -154,6 +164,17 @@ def test_scratch_model_is_seeded_and_keeps_the_global_rng():
     assert not torch.equal(a.layers[0].weight, c.layers[0].weight)
 
 
+def test_jobs_give_the_same_curves_in_worker_processes(zoo, digits_ids):
+    jobs = [
+        FineTuneJob(str(zoo.path(digits_ids[0])), False, "digits-shifted", 1),
+        FineTuneJob.from_scratch(zoo.spec(digits_ids[0]), "digits-shifted", 1),
+    ]
+    here = run_jobs(jobs, [0, 4], workers=1, progress=False)
+    assert run_jobs(jobs, [0, 4], workers=2, progress=False) == here
+    model, data = zoo.load(digits_ids[0]), load_target("digits-shifted")
+    assert here[jobs[0]][4] == fine_tune(model, data, 4, seed=1)
+
+
 def _outcomes(ids, targets, budget=5, seed=0):
     rng = np.random.default_rng(seed)
     rows = [(i, t, budget, float(rng.random()), 1.0) for t in targets for i in ids]
@@ -176,6 +197,11 @@ def test_rankers_return_permutations_of_the_candidates(zoo, gnn_run, digits_ids)
         assert sorted(order) == sorted(cands)
         scores = dict(zip(cands, ranker.scores(cands)))
         assert all(scores[a] >= scores[b] for a, b in zip(order, order[1:]))
+    files = [zoo.path(i) for i in cands[:3]]  # the same numbers as the Embedder's own
+    embedder = ws.Embedder.load(gnn_run)
+    assert np.allclose(embeddings.embed(cands[:3]), embedder.embed(files), atol=1e-5)
+    predicted = embedder.predict(files)["test_accuracy"].to_numpy()
+    assert np.allclose(embeddings.predicted_accuracy(cands[:3]), predicted, atol=1e-5)
     assert RandomRanker(0).rank(cands) == RandomRanker(0).rank(cands)
     assert RandomRanker(0).rank(cands) != RandomRanker(1).rank(cands)
     with pytest.raises(TransferError, match="must not be empty"):
@@ -196,7 +222,7 @@ def test_learned_ranker_never_uses_the_held_out_targets_outcomes(zoo, gnn_run, d
         pd.concat([_outcomes(train_ids, ["digits-0to4", "digits-shifted"], seed=3), leaked])
     )
     assert not np.allclose(moved.scores(cands), clean.scores(cands))
-    with pytest.raises(TransferError, match="needs outcomes of other targets"):
+    with pytest.raises(TransferError, match="needs outcomes of at least 2 models on other targets"):
         LearnedRanker(embeddings.embed, "digits-rotated", 5).fit(leaked)
 
 
@@ -221,6 +247,7 @@ def test_study_follows_the_schema_and_reports_measured_numbers(
         candidates=4,
         outcome_models=4,
         random_picks=2,
+        workers=1,
         progress=False,
     )
     assert json.loads(json.dumps(study)) == study
@@ -253,6 +280,8 @@ def test_study_follows_the_schema_and_reports_measured_numbers(
 def test_study_needs_two_targets(gnn_run, small_zoo):
     with pytest.raises(TransferError, match="at least two targets"):
         transfer_study({"gnn": gnn_run}, small_zoo, ["digits-rotated"], budgets=(1,), seeds=(0,))
+    with pytest.raises(TransferError, match="'workers' parameter must be an int >= 1. Got 0"):
+        transfer_study({"gnn": gnn_run}, small_zoo, TWO_TARGETS, workers=0)
 
 
 def _main(monkeypatch, argv):
@@ -263,12 +292,13 @@ def _main(monkeypatch, argv):
 
 def test_cli_prints_the_ranking_and_the_result(monkeypatch, capsys, gnn_run, small_zoo, tmp_path):
     argv = ["transfer", "--run", str(gnn_run), "--zoo", str(small_zoo), "--task"]
-    options = ["--budget", "3", "--top", "3", "--outcome-models", "4", "--data-dir", str(tmp_path)]
+    options = ["--budget", "3", "--top", "3", "--outcome-models", "4", "--workers", "1"]
+    options += ["--data-dir", str(tmp_path)]  # no MNIST there: the digits targets only
     assert _main(monkeypatch, [*argv, "digits-shifted", *options]) == 0
     out = capsys.readouterr().out
     assert "ranked by learned" in out and "digits-rotated, digits-0to4" in out
-    table = out.split("rank")[1]
-    assert len([line for line in table.splitlines() if line[:1] in "123"]) >= 3
+    ranks = re.findall(r"^\s+(\d)\s+\S+-e\d+\s+-?\d\.\d{3}\s", out, flags=re.M)
+    assert ranks == ["1", "2", "3"]  # --top 3 rows: rank, id, score
     for start in ("top pick", "from scratch", "random pick", "vs random pick"):
         assert start in out
 
@@ -276,3 +306,5 @@ def test_cli_prints_the_ranking_and_the_result(monkeypatch, capsys, gnn_run, sma
     err = capsys.readouterr().err
     assert err.startswith("weightspace: error: Unknown target task 'digits-rotate'")
     assert all(name in err for name in TARGET_TASKS) and len(err.strip().splitlines()) == 1
+    assert _main(monkeypatch, [*argv, "digits-shifted", "--top", "0"]) == 2
+    assert "--top must be an int >= 1. Got 0" in capsys.readouterr().err

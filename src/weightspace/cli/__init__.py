@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..exceptions import WeightspaceError
-from . import _demo, _experiment, _inspect, _train, _zoo
+from . import _demo, _experiment, _index, _inspect, _merge, _train, _transfer, _zoo
 
-_COMMANDS = (_zoo, _train, _experiment, _inspect, _demo)
+_COMMANDS = (_zoo, _train, _index, _transfer, _merge, _experiment, _inspect, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

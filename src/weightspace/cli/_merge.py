@@ -66,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--decoder",
         help="decoder directory (method embedding); fitted on the zoo of A and B if empty",
     )
+    p.add_argument(
+        "--decoder-epochs",
+        type=int,
+        default=100,
+        help="epochs when a new decoder is fitted (default 100)",
+    )
     p.add_argument("--out", required=True, help="directory for the interpolated model files")
     p.add_argument("--dataset", choices=DATASETS, help="test data (default: from A's zoo)")
     p.add_argument("--data-dir", help="folder with the MNIST files (or set WEIGHTSPACE_DATA)")
@@ -138,7 +144,7 @@ def _decoder(args: argparse.Namespace, zoo: Zoo | None, ids: list[str | None]) -
             f"--decoder {directory}: the zoo {zoo.root} has {len(train_ids)} other models of "
             "this architecture to fit a decoder on; at least 2 are needed"
         )
-    decoder = WeightDecoder().fit(zoo, train_ids, embedder)
+    decoder = WeightDecoder(epochs=args.decoder_epochs).fit(zoo, train_ids, embedder)
     decoder.save(directory)
     print(f"fitted a decoder on {len(train_ids)} models; saved to {directory}")
     return decoder

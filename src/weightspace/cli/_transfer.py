@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="models fine-tuned on the other targets to fit the learned ranker (default 24)",
     )
     p.add_argument("--data-dir", help="MNIST folder or its parent (or set WEIGHTSPACE_DATA)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="processes fine-tuning (default 2, one thread each)"
+    )
     p.set_defaults(run=run)
 
 
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         outcome_models=args.outcome_models,
         data_dir=args.data_dir,
+        workers=args.workers,
     )
     ranking = selection.ranking
     print(

@@ -103,13 +103,18 @@ class NumpySearch:
     def search(
         self, queries: np.ndarray, k: int, subset: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        base = self._vectors if subset is None else self._vectors[subset]
-        if len(base) == 0:
+        if (subset is not None and len(subset) == 0) or len(self._vectors) == 0:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        scores, positions = _top_k(queries @ base.T, k)  # [q, n] -> [q, k]
+        if subset is None:
+            scores = queries @ self._vectors.T  # [q, n]
+        elif 4 * len(subset) < len(self._vectors):  # few candidates: gather their rows
+            scores = queries @ self._vectors[subset].T  # [q, len(subset)]
+        else:  # many: scoring every row is cheaper than copying the candidates
+            scores = (queries @ self._vectors.T)[:, subset]
+        top, positions = _top_k(scores, k)  # [q, k]
         ids = positions if subset is None else subset[positions]
-        return scores, ids.astype(np.int64)
+        return top, ids.astype(np.int64)
 
     def nbytes(self) -> int:
         return int(self._vectors.nbytes)

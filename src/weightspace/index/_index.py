@@ -8,8 +8,8 @@ An index is a directory::
                               count, metric, backend, the files below
       embeddings-<g>.npy      [count, dim] float32, L2-normalised (inner product = cosine)
       ids-<g>.json            model ids, one per row of the embeddings
-      metadata-<g>.json       the catalog rows of those models (pandas "table" JSON) plus
-                              the zoo each came from
+      metadata-<g>.json       the catalog rows of those models (column dtypes and values)
+                              plus the zoo each came from
       hnsw-<g>.faiss          only for large collections built with FAISS: the HNSW graph
 
 Writes are atomic: every data file of generation ``g`` is written to a temporary file and
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import json
 import re
 from collections.abc import Sequence
@@ -294,6 +293,31 @@ class EmbeddingIndex:
         return self.search_vector(vector, k=k, where=where)
 
 
+# ----------------------------------------------------------------------------- tables
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value for one table cell (numpy scalars unwrapped, missing values None)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+
+
+def _table_to_json(frame: pd.DataFrame) -> str:
+    """The table as JSON with its column dtypes; floats keep every digit (``repr``)."""
+    payload = {
+        "dtypes": {str(c): str(frame[c].dtype) for c in frame.columns},
+        "columns": {str(c): [_plain(v) for v in frame[c]] for c in frame.columns},
+    }
+    return json.dumps(payload)
+
+
+def _table_from_json(text: str) -> pd.DataFrame:
+    payload = json.loads(text)
+    dtypes, columns = payload["dtypes"], payload["columns"]
+    return pd.DataFrame({name: pd.Series(columns[name], dtype=dtypes[name]) for name in dtypes})
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -354,8 +378,8 @@ def _read_rows(path: Path, info: dict[str, Any]) -> tuple[list[str], pd.DataFram
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFileError(f"{ids_file}: corrupt ({err}); rebuild the index") from None
     try:
-        metadata = pd.read_json(io.StringIO(meta_file.read_text()), orient="table")
-    except (ValueError, KeyError, UnicodeDecodeError) as err:
+        metadata = _table_from_json(meta_file.read_text())
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise IndexFileError(f"{meta_file}: corrupt ({err}); rebuild the index") from None
     if not isinstance(ids, list) or len(ids) != info["count"]:
         raise IndexFileError(
@@ -386,7 +410,7 @@ def _write(
     }
     _write_atomically(path / names["embeddings"], lambda f: np.save(f, embeddings))
     _write_atomically(path / names["ids"], lambda f: f.write(json.dumps(ids).encode()))
-    table = metadata.to_json(orient="table", index=False)
+    table = _table_to_json(metadata)
     _write_atomically(path / names["metadata"], lambda f: f.write(table.encode()))
     files: dict[str, str | None] = {**names, "hnsw": None}
     if isinstance(search, FaissSearch) and search.hnsw:

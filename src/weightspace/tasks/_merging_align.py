@@ -15,6 +15,8 @@ ordered: permuted copies of one network are aligned to the same weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +115,22 @@ def _rows(tensor: Tensor, slot: _Slot) -> Tensor:
     return picked.reshape(slot.index.shape[0], -1)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread, then restore the caller's setting.
+
+    Weight matching and canonicalisation are many tiny tensor operations: waking a second
+    thread costs more than it saves, and on a busy machine each parallel region can wait
+    milliseconds for its threads (measured here: 30 ms instead of 0.2 ms per matmul).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _check_supported(graph: NeuralGraph) -> None:
     if graph.perm_blocks:
         raise AlignmentError(
@@ -166,6 +184,13 @@ def weight_matching(
         AlignmentError: different architectures, or attention head blocks.
     """
     _check_supported(graph)
+    with one_thread():
+        return _coordinate_descent(model_a, model_b, graph, max_sweeps)
+
+
+def _coordinate_descent(
+    model_a: nn.Module, model_b: nn.Module, graph: NeuralGraph, max_sweeps: int
+) -> Tensor:
     a = _float_parameters(model_a, graph)
     b = _float_parameters(model_b, graph)
     _check_same_shapes(a, b)

@@ -8,30 +8,57 @@ number of examples), the cross-entropy loss of zoo training, train mode while st
 (dropout on, BatchNorm on batch statistics) and eval mode for measuring. After the steps
 the network is measured on the whole target test split with the zoo's own evaluation
 (:mod:`weightspace.zoo.training`): accuracy and mean test loss.
+
+Fine-tuning runs on one thread: the zoo's small networks are overhead-bound (more threads
+only slow them down on a busy machine), and a result then does not depend on the machine's
+thread count. :func:`run_jobs` runs many fine-tuning runs (:class:`FineTuneJob`), in worker
+processes when asked, with the same results.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+import json
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from .._progress import progress_enabled
+from ..checkpoints import load_model
 from ..zoo.build import shape_for_family
 from ..zoo.datasets import TaskData
 from ..zoo.families import build_model
 from ..zoo.training import EVAL_BATCH, _loss, _score
-from ._transfer_targets import TransferError
+from ._transfer_targets import TransferError, load_target
 
-__all__ = ["BATCH_SIZE", "LR", "evaluate", "fine_tune", "fine_tune_curve", "scratch_model"]
+__all__ = [
+    "BATCH_SIZE",
+    "LR",
+    "Curve",
+    "FineTuneJob",
+    "evaluate",
+    "fine_tune",
+    "fine_tune_curve",
+    "run_jobs",
+    "scratch_model",
+]
 
 LR = 1e-3
 BATCH_SIZE = 64
 
+Curve = dict[int, tuple[float, float]]
+"""``{steps: (test accuracy, test loss)}`` of one fine-tuning run."""
 
-def _check_steps(name: str, value: object) -> int:
+
+def check_steps(name: str, value: object) -> int:
+    """Returns ``value`` if it is an int >= 0, else raises TransferError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise TransferError(f"The {name!r} parameter must be an int >= 0. Got {value!r} instead.")
     return value
@@ -79,13 +106,11 @@ def _batches(n: int, generator: torch.Generator) -> Iterator[Tensor]:
             yield order[start : start + size]
 
 
-def fine_tune_curve(
-    module: nn.Module, data: TaskData, budgets: Sequence[int], seed: int
-) -> dict[int, tuple[float, float]]:
+def fine_tune_curve(module: nn.Module, data: TaskData, budgets: Sequence[int], seed: int) -> Curve:
     """Fine-tunes a copy of ``module`` and measures it after each budget of steps.
 
-    One run of ``max(budgets)`` steps; the measurement after ``k`` steps is the same as
-    that of :func:`fine_tune` with ``steps=k`` and the same seed.
+    One run of ``max(budgets)`` steps on one thread (restored after); the measurement after
+    ``k`` steps is the same as that of :func:`fine_tune` with ``steps=k`` and the same seed.
 
     Args:
         module: The network to start from; it is not modified.
@@ -97,27 +122,34 @@ def fine_tune_curve(
         ``{steps: (test accuracy, test loss)}`` for each budget.
 
     Raises:
-        TransferError: If a budget is not an int >= 0.
+        TransferError: If there is no budget or one is not an int >= 0.
     """
-    wanted = sorted({_check_steps("budgets", b) for b in budgets})
+    wanted = sorted({check_steps("budgets", b) for b in budgets})
+    if not wanted:
+        raise TransferError("The 'budgets' parameter must name at least one step count.")
     data = _shaped(module, data)
     model = copy.deepcopy(module).requires_grad_(True)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     batches = _batches(len(data.x_train), torch.Generator().manual_seed(seed))
-    results: dict[int, tuple[float, float]] = {}
+    results: Curve = {}
     done = 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # dropout masks
-        for budget in wanted:
-            model.train()
-            for _ in range(budget - done):
-                idx = next(batches)
-                loss = _loss(model(data.x_train[idx]), data.y_train[idx], data.task).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            done = budget
-            results[budget] = evaluate(model, data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout masks
+            for budget in wanted:
+                model.train()
+                for _ in range(budget - done):
+                    idx = next(batches)
+                    loss = _loss(model(data.x_train[idx]), data.y_train[idx], data.task).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                done = budget
+                results[budget] = evaluate(model, data)
+    finally:
+        torch.set_num_threads(threads)
     return results
 
 
@@ -138,7 +170,7 @@ def fine_tune(module: nn.Module, data: TaskData, steps: int, seed: int) -> tuple
     Raises:
         TransferError: If ``steps`` is not an int >= 0.
     """
-    steps = _check_steps("steps", steps)
+    steps = check_steps("steps", steps)
     return fine_tune_curve(module, data, [steps], seed)[steps]
 
 
@@ -147,3 +179,78 @@ def scratch_model(spec: dict[str, Any], seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(spec)
+
+
+@dataclass(frozen=True)
+class FineTuneJob:
+    """One fine-tuning run on a target task.
+
+    Attributes:
+        start: A model file (``.safetensors`` or ``.pt2``), or with ``scratch`` an
+            architecture spec as JSON.
+        scratch: Start from ``scratch_model(spec, seed)`` instead of a file.
+        target: The target task name.
+        seed: The fine-tuning (and scratch initialisation) seed.
+    """
+
+    start: str
+    scratch: bool
+    target: str
+    seed: int
+
+    @classmethod
+    def from_scratch(cls, spec: str | dict[str, Any], target: str, seed: int) -> FineTuneJob:
+        """A job that fine-tunes ``spec`` freshly initialised (specs compare as sorted JSON)."""
+        spec = json.loads(spec) if isinstance(spec, str) else spec
+        return cls(json.dumps(spec, sort_keys=True), True, target, seed)
+
+
+def _run_job(payload: tuple[FineTuneJob, list[int], int, str | None]) -> Curve:
+    job, budgets, split_seed, data_dir = payload
+    if job.scratch:
+        module = scratch_model(json.loads(job.start), job.seed)
+    else:
+        module, _ = load_model(job.start)
+    data = load_target(job.target, split_seed, data_dir)
+    return fine_tune_curve(module, data, budgets, job.seed)
+
+
+def run_jobs(
+    jobs: Iterable[FineTuneJob],
+    budgets: Sequence[int],
+    *,
+    split_seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    progress: bool | None = None,
+) -> dict[FineTuneJob, Curve]:
+    """Runs fine-tuning jobs (each once) and measures each after every budget.
+
+    Args:
+        jobs: The runs; duplicates run once.
+        budgets: Step counts to measure after (one run of the largest).
+        split_seed: The targets' split seed (see :func:`load_target`).
+        data_dir: Where to find MNIST.
+        workers: Processes running jobs; 1 runs them here. The results are the same.
+        progress: Show a progress bar (default: on a terminal).
+
+    Returns:
+        The curve of every job.
+    """
+    unique = list(dict.fromkeys(jobs))
+    directory = None if data_dir is None else str(data_dir)
+    payloads = [(job, list(budgets), split_seed, directory) for job in unique]
+    show = progress_enabled() if progress is None else progress
+    curves: list[Curve] = []
+    with tqdm(total=len(unique), desc="fine-tuning", unit="run", disable=not show) as bar:
+        if workers > 1 and len(unique) > 1:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(workers, len(unique)), mp_context=context) as pool:
+                for curve in pool.map(_run_job, payloads):
+                    curves.append(curve)
+                    bar.update()
+        else:
+            for payload in payloads:
+                curves.append(_run_job(payload))
+                bar.update()
+    return dict(zip(unique, curves))

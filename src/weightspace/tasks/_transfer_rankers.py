@@ -7,7 +7,9 @@ them best first, ties kept in the candidates' order:
   embedding dimensions) from a run's embeddings to the accuracy measured after fine-tuning
   zoo models on the *other* target tasks for the same budget (leave-one-target-out: the
   outcomes of the held-out target are dropped before fitting). Outcomes are z-scored within
-  each training target first, so a target's difficulty does not enter the fit.
+  each training target, so a target's difficulty does not enter the fit, and averaged per
+  model: the regression target is a model's mean standardised outcome, one row per model,
+  and the ridge penalty is chosen by leave-one-model-out cross-validation.
 - :class:`PredictedAccuracyRanker`: the run's predicted test accuracy on the model's own
   source task (:meth:`Embedder.predict`).
 - :class:`SourceAccuracyRanker`: the source test accuracy measured in the zoo catalog.
@@ -16,21 +18,20 @@ them best first, ties kept in the candidates' order:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from tqdm import tqdm
 
-from .._progress import progress_enabled
 from ..embedder import Embedder
 from ..train import prepared_graphs
-from ..zoo.datasets import TaskData
 from ..zoo.store import Zoo
-from ._transfer_finetune import fine_tune_curve
+from ._transfer_finetune import FineTuneJob, run_jobs
 from ._transfer_targets import TransferError
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
     "measure_outcomes",
 ]
 
-RIDGE_ALPHAS = tuple(np.logspace(-2, 4, 13))
+RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 15))
 """Ridge penalties tried by leave-one-out cross-validation (``RidgeCV``)."""
 
 OUTCOME_COLUMNS = ("id", "target", "budget", "accuracy", "loss")
@@ -132,25 +133,27 @@ class ZooEmbeddings:
         self._z: dict[str, np.ndarray] = {}
         self._accuracy: dict[str, float] = {}
 
+    def _compute(self, ids: Sequence[str]) -> None:
+        """Embeds the models not seen yet and predicts their accuracy from the same pass."""
+        missing = [i for i in dict.fromkeys(ids) if i not in self._z]
+        if not missing:
+            return
+        graphs = prepared_graphs(
+            self.zoo, self.embedder.run.featurizer, missing, progress=self.progress
+        )
+        z = self.embedder.embed(graphs)  # [n, d]
+        accuracy = self.embedder.predict_from_embeddings(z)["test_accuracy"].to_numpy()
+        self._z.update(zip(missing, z))
+        self._accuracy.update(zip(missing, accuracy.astype(float)))
+
     def embed(self, ids: Sequence[str]) -> np.ndarray:
         """Embeddings ``[len(ids), dim]``."""
-        missing = [i for i in dict.fromkeys(ids) if i not in self._z]
-        if missing:
-            graphs = prepared_graphs(
-                self.zoo, self.embedder.run.featurizer, missing, progress=self.progress
-            )
-            self._z.update(zip(missing, self.embedder.embed(graphs)))
+        self._compute(ids)
         return np.stack([self._z[i] for i in ids])
 
     def predicted_accuracy(self, ids: Sequence[str]) -> np.ndarray:
-        """Predicted source test accuracy ``[len(ids)]``."""
-        missing = [i for i in dict.fromkeys(ids) if i not in self._accuracy]
-        if missing:
-            graphs = prepared_graphs(
-                self.zoo, self.embedder.run.featurizer, missing, progress=self.progress
-            )
-            predicted = self.embedder.predict(graphs)["test_accuracy"]
-            self._accuracy.update(zip(missing, predicted.astype(float)))
+        """Predicted source test accuracy ``[len(ids)]`` (as :meth:`Embedder.predict`)."""
+        self._compute(ids)
         return np.array([self._accuracy[i] for i in ids])
 
 
@@ -202,21 +205,22 @@ class LearnedRanker(Ranker):
             self.
 
         Raises:
-            TransferError: If no outcome of another target at this budget remains.
+            TransferError: If fewer than 2 models have outcomes of another target at this
+                budget.
         """
         rows = outcomes[(outcomes["target"] != self.held_out) & (outcomes["budget"] == self.budget)]
-        if len(rows) < 2:
+        if rows["id"].nunique() < 2:
             raise TransferError(
-                f"LearnedRanker for {self.held_out!r} needs outcomes of other targets at "
-                f"budget {self.budget}; got {len(rows)} row(s). Measure outcomes on at least "
-                "one more target."
+                f"LearnedRanker for {self.held_out!r} needs outcomes of at least 2 models on "
+                f"other targets at budget {self.budget}; got {rows['id'].nunique()}. Measure "
+                "outcomes on another target or of more models."
             )
         grouped = rows.groupby("target")["accuracy"]
-        spread = grouped.transform("std").fillna(0.0).to_numpy()
-        y = (rows["accuracy"] - grouped.transform("mean")).to_numpy()
-        y = y / np.where(spread > 0, spread, 1.0)
+        spread = grouped.transform("std").fillna(0.0)
+        z = (rows["accuracy"] - grouped.transform("mean")) / spread.where(spread > 0, 1.0)
+        y = z.groupby(rows["id"]).mean()  # one row per model: LOO-CV leaves whole models out
         self.model_: Pipeline = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
-        self.model_.fit(self.embed(list(rows["id"])), y)
+        self.model_.fit(self.embed(list(y.index)), y.to_numpy())
         self.training_targets_ = sorted(rows["target"].unique())
         return self
 
@@ -229,9 +233,13 @@ class LearnedRanker(Ranker):
 def measure_outcomes(
     zoo: Zoo,
     ids: Sequence[str],
-    targets: Mapping[str, TaskData],
+    targets: Sequence[str],
     budgets: Sequence[int],
     seed: int,
+    *,
+    split_seed: int = 0,
+    data_dir: str | Path | None = None,
+    workers: int = 1,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """Fine-tunes zoo models on target tasks and records accuracy after each budget.
@@ -239,25 +247,29 @@ def measure_outcomes(
     Args:
         zoo: The zoo.
         ids: The models to fine-tune (each must fit every target).
-        targets: Target data by name.
+        targets: Target task names.
         budgets: Step counts to measure after (one fine-tuning run of the largest).
         seed: The fine-tuning seed.
+        split_seed: The targets' split seed (see :func:`load_target`).
+        data_dir: Where to find MNIST.
+        workers: Processes fine-tuning (see :func:`run_jobs`).
         progress: Show a progress bar (default: on a terminal).
 
     Returns:
         One row per model, target and budget, with columns :data:`OUTCOME_COLUMNS`.
     """
-    show = progress_enabled() if progress is None else progress
-    rows = []
-    with tqdm(
-        total=len(ids) * len(targets), desc="outcomes", unit="fine-tune", disable=not show
-    ) as bar:
-        for model_id in ids:
-            module = zoo.load(model_id)
-            for name, data in targets.items():
-                for budget, (accuracy, loss) in fine_tune_curve(
-                    module, data, budgets, seed
-                ).items():
-                    rows.append((model_id, name, budget, accuracy, loss))
-                bar.update()
+    jobs = {(i, t): FineTuneJob(str(zoo.path(i)), False, t, seed) for i in ids for t in targets}
+    curves = run_jobs(
+        jobs.values(),
+        budgets,
+        split_seed=split_seed,
+        data_dir=data_dir,
+        workers=workers,
+        progress=progress,
+    )
+    rows = [
+        (model_id, target, budget, accuracy, loss)
+        for (model_id, target), job in jobs.items()
+        for budget, (accuracy, loss) in curves[job].items()
+    ]
     return pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -75,6 +76,7 @@ def select_model(
     outcome_models: int = 24,
     split_seed: int = 0,
     data_dir: str | Path | None = None,
+    workers: int = 2,
     progress: bool | None = None,
 ) -> Selection:
     """Ranks the zoo's candidates for one target, then fine-tunes the top pick.
@@ -93,6 +95,7 @@ def select_model(
         outcome_models: Models fine-tuned to fit the learned ranker.
         split_seed: The zoo's seed (see :func:`load_target`).
         data_dir: Where to find MNIST.
+        workers: Processes fine-tuning (the results do not depend on it).
         progress: Progress bars (default: on a terminal).
 
     Returns:
@@ -107,12 +110,20 @@ def select_model(
         raise TransferError(f"Unknown ranker {ranker!r}. Expected one of {list(RANKERS)}.")
     check_positive("budget", budget)
     check_positive("candidates", candidates, allow_none=True)
+    check_positive("workers", workers)
     (target,) = target_names([target])
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
     catalog = zoo.catalog
     others = [t for t in available_targets(data_dir) if t != target] if ranker == "learned" else []
-    data = {t: load_target(t, split_seed, data_dir) for t in [target, *others]}
-    pools = {t: fitting_ids(catalog, d) for t, d in data.items()}
+    pools = {
+        t: fitting_ids(catalog, load_target(t, split_seed, data_dir)) for t in [target, *others]
+    }
+    options: dict[str, Any] = {
+        "split_seed": split_seed,
+        "data_dir": data_dir,
+        "workers": workers,
+        "progress": progress,
+    }
     sample = outcome_sample(pools, outcome_models, seed) if others else []
     cands = candidate_sample(pools[target], set(sample), candidates, seed, target)
     chosen: Ranker
@@ -127,8 +138,7 @@ def select_model(
         if ranker == "predicted_accuracy":
             chosen = PredictedAccuracyRanker(emb)
         else:
-            others_data = {t: data[t] for t in others}
-            outcomes = measure_outcomes(zoo, sample, others_data, [budget], seed, progress)
+            outcomes = measure_outcomes(zoo, sample, others, [budget], seed, **options)
             chosen = LearnedRanker(emb.embed, target, budget).fit(outcomes)
     ordered = chosen.rank(cands)
     scores = dict(zip(cands, chosen.scores(cands)))
@@ -143,12 +153,15 @@ def select_model(
             "source_accuracy": rows["test_accuracy"].to_numpy(),
         }
     )
-    bench = Bench(zoo, data, [budget])
     random_id = RandomRanker(seed).rank(cands)[0]
+    bench = Bench(zoo)
+    top_job, scratch_job = bench.jobs([ordered[0]], target, seed)
+    random_job = bench.jobs([random_id], target, seed)[0]
+    bench.run([top_job, scratch_job, random_job], [budget], **options)
     results = {
-        "top pick": bench.tuned(ordered[0], target, seed)[budget],
-        "from scratch": bench.scratch(ordered[0], target, seed)[budget],
-        "random pick": bench.tuned(random_id, target, seed)[budget],
+        "top pick": bench.curves[top_job][budget],
+        "from scratch": bench.curves[scratch_job][budget],
+        "random pick": bench.curves[random_job][budget],
     }
     return Selection(
         target=target,

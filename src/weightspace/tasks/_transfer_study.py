@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -12,9 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..embedder import Embedder
-from ..zoo.datasets import TaskData
 from ..zoo.store import Zoo
-from ._transfer_finetune import BATCH_SIZE, LR, fine_tune_curve, scratch_model
+from ._transfer_finetune import BATCH_SIZE, LR, Curve, FineTuneJob, check_steps, run_jobs
 from ._transfer_rankers import (
     LearnedRanker,
     PredictedAccuracyRanker,
@@ -33,55 +31,51 @@ from ._transfer_targets import (
 
 __all__ = ["transfer_study"]
 
-Curve = dict[int, tuple[float, float]]
-
 
 class Bench:
-    """Fine-tuning results of zoo models and of their architectures from scratch, cached.
+    """Plans the fine-tuning runs of picks and of their architectures from scratch, runs
+    them, and reads their accuracy.
 
     Args:
-        zoo: The zoo.
-        data: Target data by name.
-        budgets: Step counts measured in every fine-tuning run.
+        zoo: The zoo the picks come from.
     """
 
-    def __init__(self, zoo: Zoo, data: Mapping[str, TaskData], budgets: Sequence[int]) -> None:
-        self.zoo, self.data, self.budgets = zoo, data, list(budgets)
+    def __init__(self, zoo: Zoo) -> None:
+        self.zoo = zoo
         catalog = zoo.catalog.set_index("id")
         self._spec, self._architecture = catalog["spec"], catalog["architecture"]
-        self._curves: dict[tuple[str, str, str, int], Curve] = {}
+        self.curves: dict[FineTuneJob, Curve] = {}
 
     def architecture(self, model_id: str) -> str:
         """The catalog architecture name of a model."""
         return str(self._architecture[model_id])
 
-    def tuned(self, model_id: str, target: str, seed: int) -> Curve:
-        """The zoo model fine-tuned on ``target`` with ``seed``: ``{budget: (acc, loss)}``."""
-        key = ("zoo", model_id, target, seed)
-        if key not in self._curves:
-            module = self.zoo.load(model_id)
-            self._curves[key] = fine_tune_curve(module, self.data[target], self.budgets, seed)
-        return self._curves[key]
+    def jobs(self, ids: Sequence[str], target: str, seed: int) -> list[FineTuneJob]:
+        """The fine-tuning runs of ``ids`` and of their architectures from scratch."""
+        tuned = [FineTuneJob(str(self.zoo.path(i)), False, target, seed) for i in ids]
+        scratch = [FineTuneJob.from_scratch(self._spec[i], target, seed) for i in ids]
+        return tuned + scratch
 
-    def scratch(self, model_id: str, target: str, seed: int) -> Curve:
-        """The model's architecture initialised under ``seed``, fine-tuned alike."""
-        spec = self._spec[model_id]
-        key = ("scratch", spec, target, seed)
-        if key not in self._curves:
-            module = scratch_model(json.loads(spec), seed)
-            self._curves[key] = fine_tune_curve(module, self.data[target], self.budgets, seed)
-        return self._curves[key]
+    def run(self, jobs: Sequence[FineTuneJob], budgets: Sequence[int], **options: Any) -> None:
+        """Runs the jobs not run yet (``options`` go to :func:`run_jobs`)."""
+        todo = [job for job in jobs if job not in self.curves]
+        self.curves.update(run_jobs(todo, budgets, **options))
 
-    @property
-    def runs(self) -> int:
-        """How many fine-tuning runs were made."""
-        return len(self._curves)
+    def accuracy(
+        self, ids: Sequence[str], target: str, seed: int, budget: int
+    ) -> tuple[float, float]:
+        """Mean fine-tuned and from-scratch accuracy of ``ids`` after ``budget`` steps."""
+        jobs = self.jobs(ids, target, seed)
+        accuracy = np.array([self.curves[job][budget][0] for job in jobs]).reshape(2, -1)
+        tuned, scratch = accuracy.mean(axis=1)
+        return float(tuned), float(scratch)
 
 
 def outcome_sample(pools: Mapping[str, list[str]], size: int, seed: int) -> list[str]:
     """``size`` random models that fit every target (fewer when fewer do)."""
-    lists = list(pools.values())
-    common = [i for i in lists[0] if all(i in set(pool) for pool in lists[1:])]
+    first, *others = [list(pool) for pool in pools.values()]
+    sets = [set(pool) for pool in others]
+    common = [i for i in first if all(i in pool for pool in sets)]
     picked = np.random.default_rng(seed).permutation(len(common))[:size]
     return [common[i] for i in sorted(picked)]
 
@@ -123,10 +117,11 @@ def transfer_study(
     seeds: Sequence[int] = (0, 1, 2),
     *,
     candidates: int = 40,
-    outcome_models: int = 24,
-    random_picks: int = 3,
+    outcome_models: int = 16,
+    random_picks: int = 2,
     split_seed: int = 0,
     data_dir: str | Path | None = None,
+    workers: int = 2,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes each ranker's top pick on held-out targets and compares the results.
@@ -153,6 +148,8 @@ def transfer_study(
         random_picks: Random candidates averaged into the random reference.
         split_seed: The zoo's seed, which fixes the digits split (see :func:`load_target`).
         data_dir: Where to find MNIST.
+        workers: Processes fine-tuning; each run uses one thread, so the results do not
+            depend on it.
         progress: Progress bars (default: on a terminal).
 
     Returns:
@@ -165,9 +162,13 @@ def transfer_study(
         TransferError: On fewer than two targets, a bad setting, or no candidates.
     """
     started = time.perf_counter()
-    for name, value in (("candidates", candidates), ("outcome_models", outcome_models)):
+    for name, value in (
+        ("candidates", candidates),
+        ("outcome_models", outcome_models),
+        ("random_picks", random_picks),
+        ("workers", workers),
+    ):
         check_positive(name, value)
-    check_positive("random_picks", random_picks)
     if not runs:
         raise TransferError("The 'runs' parameter of transfer_study must name at least one run.")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
@@ -176,61 +177,84 @@ def transfer_study(
         raise TransferError(
             f"transfer_study needs at least two targets (leave-one-target-out). Got {names}."
         )
-    budgets = sorted({int(b) for b in budgets})
+    budgets = sorted({check_steps("budgets", b) for b in budgets})
+    if not budgets or not seeds:
+        raise TransferError("transfer_study needs at least one budget and one seed.")
     seeds = list(seeds)
-    data = {t: load_target(t, split_seed, data_dir) for t in names}
+    options: dict[str, Any] = {
+        "split_seed": split_seed,
+        "data_dir": data_dir,
+        "workers": workers,
+        "progress": progress,
+    }
     catalog = zoo.catalog
-    pools = {t: fitting_ids(catalog, d) for t, d in data.items()}
+    pools = {t: fitting_ids(catalog, load_target(t, split_seed, data_dir)) for t in names}
     sample = outcome_sample(pools, outcome_models, seeds[0])
     if len(sample) < 2:
         raise TransferError(f"Only {len(sample)} zoo model(s) fit every target; need 2.")
-    outcomes = measure_outcomes(zoo, sample, data, budgets, seeds[0], progress)
-    outcome_seconds = time.perf_counter() - started
+    outcomes = measure_outcomes(zoo, sample, names, budgets, seeds[0], **options)
+    seconds = {"outcomes": time.perf_counter() - started}
+
     embeddings = {
         run: ZooEmbeddings(Embedder.load(path), zoo, progress) for run, path in runs.items()
     }
-    bench = Bench(zoo, data, budgets)
     source = SourceAccuracyRanker(catalog)
-    metrics = ("accuracy", "gain_over_scratch", "gain_over_random")
-    values: dict[str, dict[str, dict[int, list[float]]]] = {}
-    cells, picks = [], []
+    bench = Bench(zoo)
+    cells, plans = [], []
     for target in names:
         for seed in seeds:
             cands = candidate_sample(pools[target], set(sample), candidates, seed, target)
             cells.append({"target": target, "seed": seed, "candidates": len(cands)})
-            random_ids = RandomRanker(seed).rank(cands)[:random_picks]
+            fixed = {
+                **{
+                    f"predicted_accuracy:{run}": PredictedAccuracyRanker(emb).rank(cands)[:1]
+                    for run, emb in embeddings.items()
+                },
+                "source_accuracy": source.rank(cands)[:1],
+                "random": RandomRanker(seed).rank(cands)[:random_picks],
+            }
             for budget in budgets:
-                tops = {"random": random_ids, "source_accuracy": source.rank(cands)[:1]}
-                for run, emb in embeddings.items():
-                    learned = LearnedRanker(emb.embed, target, budget, f"learned:{run}")
-                    predicted = PredictedAccuracyRanker(emb, f"predicted_accuracy:{run}")
-                    for fitted in (learned.fit(outcomes), predicted):
-                        tops[fitted.name] = fitted.rank(cands)[:1]
-                accuracy = {
-                    r: _mean_at(bench, ids, target, seed, budget) for r, ids in tops.items()
+                tops = {
+                    f"learned:{run}": LearnedRanker(emb.embed, target, budget)
+                    .fit(outcomes)
+                    .rank(cands)[:1]
+                    for run, emb in embeddings.items()
                 }
-                reference = accuracy["random"][0]
-                for ranker, ids in tops.items():
-                    tuned, scratch = accuracy[ranker]
-                    per = values.setdefault(ranker, {m: {} for m in metrics})
-                    per["accuracy"].setdefault(budget, []).append(tuned)
-                    per["gain_over_scratch"].setdefault(budget, []).append(tuned - scratch)
-                    per["gain_over_random"].setdefault(budget, []).append(tuned - reference)
-                    picks.append(
-                        {
-                            "target": target,
-                            "seed": seed,
-                            "budget": budget,
-                            "ranker": ranker,
-                            "ids": ids,
-                            "architectures": [bench.architecture(i) for i in ids],
-                        }
-                    )
+                plans.append((target, seed, budget, {**tops, **fixed}))
+    seconds["rankings"] = time.perf_counter() - started - seconds["outcomes"]
+
+    jobs = [
+        job for t, s, _, tops in plans for ids in tops.values() for job in bench.jobs(ids, t, s)
+    ]
+    bench.run(jobs, budgets, **options)
+    metrics = ("accuracy", "gain_over_scratch", "gain_over_random")
+    values: dict[str, dict[str, dict[int, list[float]]]] = {}
+    picks = []
+    for target, seed, budget, tops in plans:
+        accuracy = {r: bench.accuracy(ids, target, seed, budget) for r, ids in tops.items()}
+        reference = accuracy["random"][0]
+        for ranker, ids in tops.items():
+            tuned, scratch = accuracy[ranker]
+            per = values.setdefault(ranker, {m: {} for m in metrics})
+            per["accuracy"].setdefault(budget, []).append(tuned)
+            per["gain_over_scratch"].setdefault(budget, []).append(tuned - scratch)
+            per["gain_over_random"].setdefault(budget, []).append(tuned - reference)
+            picks.append(
+                {
+                    "target": target,
+                    "seed": seed,
+                    "budget": budget,
+                    "ranker": ranker,
+                    "ids": ids,
+                    "architectures": [bench.architecture(i) for i in ids],
+                }
+            )
     rankers = {
         ranker: {m: {str(b): _stat(v) for b, v in per[m].items()} for m in metrics}
         for ranker, per in values.items()
     }
-    total = time.perf_counter() - started
+    seconds["total"] = time.perf_counter() - started
+    seconds["fine_tuning"] = seconds["total"] - seconds["outcomes"] - seconds["rankings"]
     return {
         "budgets": budgets,
         "targets": names,
@@ -251,17 +275,9 @@ def transfer_study(
             "outcome_models": len(sample),
             "random_picks": random_picks,
             "split_seed": split_seed,
+            "workers": workers,
             "runs": {run: str(path) for run, path in runs.items()},
         },
-        "seconds": {"outcomes": outcome_seconds, "total": total},
-        "fine_tune_runs": bench.runs + len(sample) * len(names),
+        "seconds": seconds,
+        "fine_tune_runs": len(bench.curves) + len(sample) * len(names),
     }
-
-
-def _mean_at(
-    bench: Bench, ids: Sequence[str], target: str, seed: int, budget: int
-) -> tuple[float, float]:
-    """Mean fine-tuned and from-scratch accuracy of ``ids`` after ``budget`` steps."""
-    tuned = [bench.tuned(i, target, seed)[budget][0] for i in ids]
-    scratch = [bench.scratch(i, target, seed)[budget][0] for i in ids]
-    return float(np.mean(tuned)), float(np.mean(scratch))

@@ -17,13 +17,19 @@ unit order. Limitations: the order depends on the reference chosen; weight match
 local optimum, so networks far from the reference are matched imperfectly and the targets
 still carry some permutation noise (the decoder then learns a blur of matched units); and
 decoded networks live in the reference's basin, so their units are ordered like it, not
-like any parent. Floating buffers (BatchNorm statistics) are decoded like parameters,
-running variances clamped positive.
+like any parent. Training keeps the epoch with the lowest MSE on held-out training runs,
+so a decoder fitted on few networks falls back towards their mean. Targets are standardised
+per tensor (one mean and std for each weight matrix or bias vector, as in
+hyper-representations), so weights that barely vary across the zoo are not magnified.
+Floating buffers (BatchNorm statistics) are decoded like parameters, running variances
+clamped positive.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +49,7 @@ from ..symmetry import canonicalize, permute_module
 from ..train import embed_graphs, prepared_graphs
 from ..zoo.families import build_model
 from ..zoo.store import Zoo
-from ._merging_align import weight_matching
+from ._merging_align import one_thread, weight_matching
 
 FORMAT = "weightspace-decoder"
 CONFIG_FILE = "decoder.json"
@@ -81,6 +87,11 @@ class WeightDecoder:
         lr: Adam learning rate.
         batch_size: networks per step.
         weight_decay: Adam weight decay.
+        val_fraction: fraction of the training runs (all their checkpoints) held out to
+            pick the epoch with the lowest validation MSE; 0 (or fewer than 3 runs) trains
+            on every network for ``epochs`` epochs.
+        patience: with validation, stop after this many epochs without a lower
+            validation MSE.
         align: align every target to the reference's unit order (see the module doc);
             False decodes the canonical weights in each network's stored order.
         seed: seeds the initialisation and the batch order.
@@ -88,8 +99,10 @@ class WeightDecoder:
 
     Attributes:
         spec_: the architecture spec every decoded network has.
-        train_ids_: the zoo ids it was fitted on.
-        train_mse_: final MSE on the (standardised) training targets.
+        train_ids_: the zoo ids it was fitted on (validation runs included).
+        train_mse_: MSE on the (standardised) targets of the networks trained on.
+        val_mse_: MSE on the held-out runs' networks (NaN without validation).
+        best_epoch_: the epoch whose weights were kept.
 
     Example:
         >>> dec = WeightDecoder(epochs=50).fit(zoo, ids, embedder)   # doctest: +SKIP
@@ -105,6 +118,8 @@ class WeightDecoder:
         lr: float = 1e-3,
         batch_size: int = 64,
         weight_decay: float = 0.0,
+        val_fraction: float = 0.2,
+        patience: int = 10,
         align: bool = True,
         seed: int = 0,
         progress: bool | None = None,
@@ -115,6 +130,8 @@ class WeightDecoder:
         self.lr = lr
         self.batch_size = batch_size
         self.weight_decay = weight_decay
+        self.val_fraction = val_fraction
+        self.patience = patience
         self.align = align
         self.seed = seed
         self.progress = progress
@@ -126,12 +143,18 @@ class WeightDecoder:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "latent_dim": self.latent_dim,
+            "patience": self.patience,
         }
         for name, value in checks.items():
             if not isinstance(value, int) or value < 1:
                 raise DecoderError(
                     f"The {name!r} parameter of WeightDecoder must be an int >= 1. Got {value!r}."
                 )
+        if not 0 <= self.val_fraction < 1:
+            raise DecoderError(
+                "The 'val_fraction' parameter of WeightDecoder must be in [0, 1). "
+                f"Got {self.val_fraction!r}."
+            )
         if not self.hidden or min(self.hidden) < 1:
             raise DecoderError(
                 f"The 'hidden' parameter of WeightDecoder must be widths >= 1. Got {self.hidden}."
@@ -139,10 +162,11 @@ class WeightDecoder:
 
     def _canonical(self, module: nn.Module) -> nn.Module:
         """The canonical form of ``module``, in the reference's unit order if aligning."""
-        canonical = canonicalize(module).float().eval()
-        if self.align:
-            perm = weight_matching(self._reference, canonical, self._graph)
-            canonical = permute_module(canonical, self._graph, perm)
+        with one_thread():
+            canonical = canonicalize(module).float().eval()
+            if self.align:
+                perm = weight_matching(self._reference, canonical, self._graph)
+                canonical = permute_module(canonical, self._graph, perm)
         return canonical
 
     def _flat(self, module: nn.Module) -> Tensor:
@@ -160,6 +184,15 @@ class WeightDecoder:
         state = self._reference.state_dict()
         self.names_ = [k for k, v in state.items() if v.is_floating_point()]
         self.shapes_ = [tuple(state[k].shape) for k in self.names_]
+
+    def _tensor_statistics(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """``[P]`` mean and std of the tensor (weight matrix, bias) each entry belongs to."""
+        sizes = [math.prod(shape) for shape in self.shapes_]
+        mean, std = [], []
+        for part, size in zip(flat.split(sizes, dim=1), sizes):
+            mean.append(part.mean().expand(size))
+            std.append(part.std(unbiased=False).clamp(min=_MIN_STD).expand(size))
+        return torch.cat(mean), torch.cat(std)
 
     # ---------------------------------------------------------------------- fit
     def fit(self, zoo: Zoo, ids: Sequence[str], embedder: Embedder | None = None) -> WeightDecoder:
@@ -193,8 +226,7 @@ class WeightDecoder:
         self._set_reference(modules[0])
         canonical = [self._canonical(m) for m in modules]
         flat = torch.stack([self._flat(m) for m in canonical])  # [n, P]
-        self.target_mean_ = flat.mean(0)
-        self.target_std_ = flat.std(0, unbiased=False).clamp(min=_MIN_STD)
+        self.target_mean_, self.target_std_ = self._tensor_statistics(flat)
         targets = (flat - self.target_mean_) / self.target_std_
         torch.manual_seed(self.seed)
         self.embedder_ = embedder
@@ -213,20 +245,44 @@ class WeightDecoder:
             self.z_mean_ = torch.zeros(latent)
             self.z_std_ = torch.ones(latent)
         self.decoder_ = _mlp([latent, *self.hidden, targets.shape[1]])
-        self.train_mse_ = self._train(inputs, targets)
+        val = self._validation_mask(zoo, ids)
+        with one_thread():  # small matmuls: a second thread costs more than it saves
+            self._train(inputs[~val], targets[~val], inputs[val], targets[val])
         self.train_ids_ = ids
         return self
 
-    def _train(self, inputs: Tensor, targets: Tensor) -> float:
+    def _validation_mask(self, zoo: Zoo, ids: list[str]) -> Tensor:
+        """``[n]`` True for the networks of the held-out runs."""
+        run_of = zoo.catalog.set_index("id").loc[ids, "run_id"].fillna("").astype(str)
+        runs = sorted(set(run_of))
+        if self.val_fraction == 0 or len(runs) < 3:
+            return torch.zeros(len(ids), dtype=torch.bool)
+        n_val = max(1, math.floor(self.val_fraction * len(runs)))
+        order = np.random.default_rng(self.seed).permutation(len(runs))
+        held_out = {runs[i] for i in order[:n_val]}
+        return torch.tensor([r in held_out for r in run_of])
+
+    def _mse(self, inputs: Tensor, targets: Tensor) -> float:
+        if len(inputs) == 0:
+            return float("nan")
+        with torch.no_grad():
+            z = inputs if self.encoder_ is None else self.encoder_(inputs)
+            return float(torch.mean((self.decoder_(z) - targets) ** 2))
+
+    def _train(self, inputs: Tensor, targets: Tensor, val_in: Tensor, val_out: Tensor) -> None:
+        """Adam on the MSE; keeps the weights of the epoch with the lowest validation MSE."""
         modules = [self.decoder_] + ([self.encoder_] if self.encoder_ is not None else [])
         params = [p for m in modules for p in m.parameters()]
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
         show = progress_enabled() if self.progress is None else self.progress
         n = len(inputs)
-        for m in modules:
-            m.train()
-        for _ in tqdm(range(self.epochs), desc="decoder", unit="epoch", disable=not show):
+        best = (math.inf, 0, [copy.deepcopy(m.state_dict()) for m in modules])
+        for epoch in tqdm(
+            range(1, self.epochs + 1), desc="decoder", unit="epoch", disable=not show
+        ):
+            for m in modules:
+                m.train()
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -235,11 +291,20 @@ class WeightDecoder:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        for m in modules:
-            m.eval()
-        with torch.no_grad():
-            z = inputs if self.encoder_ is None else self.encoder_(inputs)
-            return float(torch.mean((self.decoder_(z) - targets) ** 2))
+            for m in modules:
+                m.eval()
+            if len(val_in):
+                val_mse = self._mse(val_in, val_out)
+                if val_mse < best[0]:
+                    best = (val_mse, epoch, [copy.deepcopy(m.state_dict()) for m in modules])
+                elif epoch - best[1] >= self.patience:
+                    break
+        if len(val_in):
+            for m, state in zip(modules, best[2]):
+                m.load_state_dict(state)
+        self.best_epoch_ = best[1] if len(val_in) else self.epochs
+        self.train_mse_ = self._mse(inputs, targets)
+        self.val_mse_ = self._mse(val_in, val_out)
 
     # ---------------------------------------------------------------------- use
     def _check_fitted(self) -> None:
@@ -267,7 +332,7 @@ class WeightDecoder:
     def _module(self, flat: Tensor) -> nn.Module:
         module = build_model(self.spec_).float()
         state = module.state_dict()
-        sizes = [int(np.prod(s)) for s in self.shapes_]
+        sizes = [math.prod(s) for s in self.shapes_]
         for name, shape, part in zip(self.names_, self.shapes_, flat.split(sizes)):
             state[name] = part.reshape(shape).clone()
         module.load_state_dict(state)
@@ -343,11 +408,15 @@ class WeightDecoder:
             "lr": self.lr,
             "batch_size": self.batch_size,
             "weight_decay": self.weight_decay,
+            "val_fraction": self.val_fraction,
+            "patience": self.patience,
             "align": self.align,
             "seed": self.seed,
             "embedder": embedder,
             "train_ids": self.train_ids_,
             "train_mse": self.train_mse_,
+            "val_mse": self.val_mse_,
+            "best_epoch": self.best_epoch_,
         }
         data = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
         _write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(data))
@@ -387,6 +456,8 @@ class WeightDecoder:
             lr=config["lr"],
             batch_size=config["batch_size"],
             weight_decay=config["weight_decay"],
+            val_fraction=config["val_fraction"],
+            patience=config["patience"],
             align=config["align"],
             seed=config["seed"],
         )
@@ -394,6 +465,8 @@ class WeightDecoder:
         dec.spec_ = config["spec"]
         dec.train_ids_ = list(config["train_ids"])
         dec.train_mse_ = float(config["train_mse"])
+        dec.val_mse_ = float(config["val_mse"])
+        dec.best_epoch_ = int(config["best_epoch"])
 
         def part(prefix: str) -> dict[str, Tensor]:
             return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

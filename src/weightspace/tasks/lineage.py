@@ -165,7 +165,7 @@ def _unit(z: np.ndarray) -> np.ndarray:
 
 
 def evaluate_lineage(
-    embedder: Embedder,
+    embedders: Embedder | Mapping[str, Embedder],
     zoo: Zoo | str | Path,
     source_ids: Sequence[str],
     gallery_ids: Sequence[str],
@@ -177,9 +177,13 @@ def evaluate_lineage(
 ) -> dict:
     """Top-1 accuracy of finding each derived model's source in a gallery.
 
+    Every derived model is made once and matched by each embedder, so several encoders
+    are compared on exactly the same derived models.
+
     Args:
-        embedder: a trained run; the gallery is embedded from the zoo's cached prepared
-            graphs with its featurizer, derived models through :meth:`Embedder.embed`.
+        embedders: a trained run, or several by name; the gallery is embedded from the
+            zoo's cached prepared graphs with each run's featurizer, derived models through
+            :meth:`Embedder.embed`.
         zoo: the zoo holding sources and gallery.
         source_ids: models to derive from; each must be in the gallery.
         gallery_ids: the models matched against.
@@ -192,12 +196,14 @@ def evaluate_lineage(
         A JSON-ready dict: ``top1`` (transformation -> strength label -> accuracy),
         ``source_similarity`` (the same keys -> mean cosine similarity between a derived
         model and its source), ``sources``, ``gallery`` and ``derived`` (counts) and
-        ``seconds``.
+        ``seconds``. With a mapping of embedders, ``top1`` and ``source_similarity`` are
+        keyed by embedder name first.
 
     Raises:
         ValueError: a source missing from the gallery, or an invalid transformation.
     """
     start = time.perf_counter()
+    named = {"": embedders} if isinstance(embedders, Embedder) else dict(embedders)
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
     gallery = list(gallery_ids)
     position = {model_id: k for k, model_id in enumerate(gallery)}
@@ -208,12 +214,18 @@ def evaluate_lineage(
         for strength in strengths:
             _check(name, strength)
     generator = generator or torch.Generator().manual_seed(0)
-    graphs = prepared_graphs(zoo, embedder.run.featurizer, gallery, progress=False)
-    gallery_z = _unit(embed_graphs(embedder.run.encoder, graphs).numpy())  # [G, D]
+    gallery_z = {
+        name: _unit(
+            embed_graphs(
+                e.run.encoder, prepared_graphs(zoo, e.run.featurizer, gallery, progress=False)
+            ).numpy()
+        )
+        for name, e in named.items()
+    }  # name -> [G, D]
 
     keys = [(t, s) for t, strengths in transformations.items() for s in strengths]
-    hits = np.zeros(len(keys))
-    similarity = np.zeros(len(keys))
+    hits = {name: np.zeros(len(keys)) for name in named}
+    similarity = {name: np.zeros(len(keys)) for name in named}
     datasets: dict[tuple[str, str], TaskData] = {}
     catalog = zoo.catalog.set_index("id")
     show = progress_enabled() if progress is None else progress
@@ -227,19 +239,22 @@ def evaluate_lineage(
                 datasets[key] = shape_for_family(load_dataset(key[0], 0, data_dir), key[1])
             data = datasets[key]
         derived = [derive(module, t, s, generator, data) for t, s in keys]
-        z = _unit(embedder.embed(derived))  # [len(keys), D]
-        scores = z @ gallery_z.T
-        hits += scores.argmax(1) == position[source]
-        similarity += scores[:, position[source]]
+        for name, embedder in named.items():
+            scores = _unit(embedder.embed(derived)) @ gallery_z[name].T  # [len(keys), G]
+            hits[name] += scores.argmax(1) == position[source]
+            similarity[name] += scores[:, position[source]]
     n = max(len(source_ids), 1)
-    top1: dict[str, dict[str, float]] = {}
-    mean_similarity: dict[str, dict[str, float]] = {}
-    for (t, s), hit, sim in zip(keys, hits, similarity):
-        top1.setdefault(t, {})[strength_label(t, s)] = float(hit / n)
-        mean_similarity.setdefault(t, {})[strength_label(t, s)] = float(sim / n)
+    top1: dict[str, dict[str, dict[str, float]]] = {}
+    mean_similarity: dict[str, dict[str, dict[str, float]]] = {}
+    for name in named:
+        for (t, s), hit, sim in zip(keys, hits[name], similarity[name]):
+            label = strength_label(t, s)
+            top1.setdefault(name, {}).setdefault(t, {})[label] = float(hit / n)
+            mean_similarity.setdefault(name, {}).setdefault(t, {})[label] = float(sim / n)
+    single = isinstance(embedders, Embedder)
     return {
-        "top1": top1,
-        "source_similarity": mean_similarity,
+        "top1": top1[""] if single else top1,
+        "source_similarity": mean_similarity[""] if single else mean_similarity,
         "sources": len(source_ids),
         "gallery": len(gallery),
         "derived": len(source_ids) * len(keys),

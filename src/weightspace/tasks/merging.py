@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-def architecture_of(model: nn.Module) -> str:
+def _architecture_of(model: nn.Module) -> str:
     """A short description of a network's architecture, for error messages."""
     spec = getattr(model, "spec", None)
     if isinstance(spec, Mapping):
@@ -65,8 +65,8 @@ def _check_same_architecture(a: nn.Module, b: nn.Module) -> None:
     )
     if spec_a != spec_b or not same_state:
         raise AlignmentError(
-            f"cannot merge networks of different architectures: {architecture_of(a)} and "
-            f"{architecture_of(b)}"
+            f"cannot merge networks of different architectures: {_architecture_of(a)} and "
+            f"{_architecture_of(b)}"
         )
 
 
@@ -127,7 +127,7 @@ def interpolation_path(
     if spec is not None and spec != decoder.spec_:
         raise DecoderError(
             f"the decoder decodes {json.dumps(decoder.spec_, sort_keys=True)}, not the "
-            f"parents' {architecture_of(a)}"
+            f"parents' {_architecture_of(a)}"
         )
     z_a, z_b = decoder.encode([a, b])
     z = np.stack([(1 - x) * z_a + x * z_b for x in alphas])
@@ -229,8 +229,10 @@ def merge_study(
         ``{"alphas", "pairs", "dataset", "parents": {"accuracy": [[a, b] per pair],
         "loss": ...}, "methods": {method: {"accuracy": [[per alpha] per pair], "loss": ...,
         "barrier": [per pair], "beats_both_parents": int}}}`` and, with ``embedding``,
-        ``"decoder": {"train_models", "train_mse", "reconstruction_error": [[a, b] per
-        pair]}``. The barrier is taken against the real parents' losses;
+        ``"decoder": {"train_models", "train_mse", "val_mse", "best_epoch",
+        "reconstruction_error": [[a, b] per pair]}`` (relative L2 error of the decoded
+        parents, see :meth:`WeightDecoder.reconstruction_error`). The barrier is taken
+        against the real parents' losses;
         ``beats_both_parents`` counts (pair, alpha) points whose test accuracy is strictly
         above both parents'.
     """
@@ -277,6 +279,8 @@ def merge_study(
         result["decoder"] = {
             "train_models": len(decoder.train_ids_),
             "train_mse": decoder.train_mse_,
+            "val_mse": None if np.isnan(decoder.val_mse_) else decoder.val_mse_,
+            "best_epoch": decoder.best_epoch_,
             "reconstruction_error": errors,
         }
     return result

@@ -16,7 +16,17 @@ one target and one run (``weightspace transfer``).
 
 from __future__ import annotations
 
-from ._transfer_finetune import BATCH_SIZE, LR, evaluate, fine_tune, fine_tune_curve, scratch_model
+from ._transfer_finetune import (
+    BATCH_SIZE,
+    LR,
+    Curve,
+    FineTuneJob,
+    evaluate,
+    fine_tune,
+    fine_tune_curve,
+    run_jobs,
+    scratch_model,
+)
 from ._transfer_rankers import (
     LearnedRanker,
     PredictedAccuracyRanker,
@@ -44,6 +54,8 @@ __all__ = [
     "LR",
     "RANKERS",
     "TARGET_TASKS",
+    "Curve",
+    "FineTuneJob",
     "LearnedRanker",
     "PredictedAccuracyRanker",
     "Ranker",
@@ -62,6 +74,7 @@ __all__ = [
     "fitting_ids",
     "load_target",
     "measure_outcomes",
+    "run_jobs",
     "scratch_model",
     "select_model",
     "transfer_study",

@@ -66,7 +66,6 @@ def prepare_file(path: str | Path, featurizer: Featurizer) -> NeuralGraph:
 
 def _prepare_into_cache(task: tuple[str, list[str], Featurizer]) -> int:
     root, ids, featurizer = task
-    torch.set_num_threads(1)
     zoo = Zoo.open(root)
     target = cache_dir(zoo.root, featurizer)
     for model_id in ids:
@@ -107,7 +106,9 @@ def prepared_graphs(
         bar = tqdm(total=len(missing), desc="graphs", unit="model", disable=not show)
         if workers > 1 and len(chunks) > 1:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
+            ) as pool:
                 for done in pool.map(_prepare_into_cache, tasks):
                     bar.update(done)
         else:
