@@ -25,6 +25,7 @@ from ._stats import (  # noqa: E402
     stat_mean,
     stat_std,
 )
+from ._studies import INTERPOLATION_FIGURE, interpolation_figure  # noqa: E402
 
 FIGSIZE = (7.0, 4.0)
 DPI = 120
@@ -121,6 +122,7 @@ def write_figures(results: Mapping[str, Any], fig_dir: Path) -> dict[str, Path]:
     for encoder in encoders_of(results, "embedding_map"):
         emb = results["embedding_map"][encoder]
         figures[embedding_map_figure(encoder)] = _embedding_map(encoder, emb)
+    figures[INTERPOLATION_FIGURE] = interpolation_figure(results.get("interpolation"))
     figures["training_history"] = _training_history(
         {e: results["history"][e] for e in encoders_of(results, "history")}
     )

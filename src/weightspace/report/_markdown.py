@@ -16,6 +16,7 @@ from ._figures import (
     property_figure,
 )
 from ._stats import OUR_ENCODERS, encoders_of, format_stat, property_names
+from ._studies import interpolation_blocks, lineage_blocks, transfer_blocks
 
 SECTIONS = (
     "1. Experiment information",
@@ -249,6 +250,8 @@ def _symmetry(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks
             f"### {transform}",
             _stat_table({e: symmetry[e].get(transform) for e in encoders}, _SYMMETRY_METRICS),
         ]
+    if "lineage" in results:
+        blocks += ["### Lineage: finding a model's source", *lineage_blocks(results["lineage"])]
     return blocks
 
 
@@ -265,17 +268,13 @@ def _clustering(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Bloc
 
 
 def _transfer(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks:
-    """Transfer and interpolation: "not run" when None, else a ``{row: {metric: stat}}`` table."""
-    blocks: Blocks = []
-    for key, label in (("transfer", "Transfer"), ("interpolation", "Model interpolation")):
-        blocks.append(f"### {label}")
-        section = results.get(key)
-        if section is None:
-            blocks.append(f"{label} was not run in this version; no numbers are reported.")
-            continue
-        metrics = list(dict.fromkeys(m for stats in section.values() for m in stats))
-        blocks.append(_stat_table(section, metrics))
-    return blocks
+    """Transfer and interpolation: each says "not run" when its results are None."""
+    return [
+        "### Transfer",
+        *transfer_blocks(results.get("transfer")),
+        "### Model interpolation",
+        *interpolation_blocks(results.get("interpolation"), figures),
+    ]
 
 
 def _embedding_maps(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks:

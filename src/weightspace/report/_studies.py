@@ -1,0 +1,133 @@
+"""Report blocks of the applied studies: transfer, model interpolation and lineage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._stats import format_stat
+
+INTERPOLATION_FIGURE = "interpolation"
+
+
+def _pipe(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def transfer_blocks(transfer: Mapping[str, Any] | None) -> list[str]:
+    """The transfer tables: target accuracy and gains per ranker and budget."""
+    if transfer is None:
+        return ["Transfer was not run in this version; no numbers are reported."]
+    budgets = [str(b) for b in transfer["budgets"]]
+    header = ["Ranker"] + [f"Budget {b}" for b in budgets]
+    targets = ", ".join(transfer["targets"])
+    blocks = [
+        f"Each ranker picks one zoo model per held-out target task ({targets}) and seed; "
+        "the pick is fine-tuned for the budget (optimisation steps, Adam, lr 1e-3, batch 64) "
+        "and evaluated on the target's test split. Mean ± std over targets and seeds."
+    ]
+    for key, label in (
+        ("accuracy", "Target accuracy"),
+        ("gain_over_scratch", "Gain over training the same architecture from scratch"),
+        ("gain_over_random", "Gain over a random pick"),
+    ):
+        rows = [
+            [ranker] + [format_stat(stats[key].get(b)) for b in budgets]
+            for ranker, stats in transfer["rankers"].items()
+        ]
+        blocks += [f"**{label}** (Budget {' / '.join(budgets)})", _pipe(header, rows)]
+    return blocks
+
+
+def interpolation_blocks(
+    interpolation: Mapping[str, Any] | None, figures: Mapping[str, Path]
+) -> list[str]:
+    """Accuracy along alpha, loss barriers and wins over the parents, per method."""
+    if interpolation is None:
+        return ["Model interpolation was not run in this version; no numbers are reported."]
+    alphas = interpolation["alphas"]
+    middle = int(np.argmin(np.abs(np.asarray(alphas) - 0.5)))
+    pairs = len(interpolation["pairs"])
+    parents = np.asarray(interpolation["parents"]["accuracy"], dtype=float)
+    rows = []
+    for method, m in interpolation["methods"].items():
+        barrier = np.asarray(m["barrier"], dtype=float)
+        accuracy = np.asarray(m["accuracy"], dtype=float)[:, middle]
+        rows.append(
+            [
+                method,
+                f"{barrier.mean():.3f} ± {barrier.std():.3f}",
+                f"{accuracy.mean():.3f} ± {accuracy.std():.3f}",
+                f"{m['beats_both_parents']} of {pairs * len(alphas)}",
+            ]
+        )
+    blocks = [
+        f"{pairs} parent pairs of one architecture ({interpolation.get('dataset', '')}), "
+        f"{len(alphas)} values of alpha; parents' test accuracy {parents.mean():.3f} on "
+        "average. The loss barrier is the largest excess of the interpolated model's test "
+        "loss over the straight line between the parents' losses; mean ± std over pairs.",
+        _pipe(
+            [
+                "Method",
+                "loss barrier ↓",
+                f"accuracy at alpha {alphas[middle]:.2f} ↑",
+                "models beating both parents",
+            ],
+            rows,
+        ),
+    ]
+    decoder = interpolation.get("decoder")
+    if decoder:
+        error = np.asarray(decoder["reconstruction_error"], dtype=float)
+        blocks.append(
+            f"The embedding decoder was trained on {decoder['train_models']} models; the "
+            f"decoded parents differ from the real ones by {error.mean():.2f} (relative L2 "
+            "error of the weights), so the embedding path starts and ends at the decoded "
+            "parents, not at the parents."
+        )
+    if INTERPOLATION_FIGURE in figures:
+        blocks.append(f"![Test accuracy along alpha](figures/{figures[INTERPOLATION_FIGURE].name})")
+    return blocks
+
+
+def lineage_blocks(lineage: Mapping[str, Any] | None) -> list[str]:
+    """Top-1 accuracy of finding a derived model's source, per transformation and encoder."""
+    if lineage is None:
+        return ["Lineage was not evaluated in this run."]
+    encoders = list(lineage["top1"])
+    rows = []
+    for transformation in next(iter(lineage["top1"].values())):
+        for strength in lineage["top1"][encoders[0]][transformation]:
+            rows.append(
+                [transformation, strength]
+                + [f"{lineage['top1'][e][transformation][strength]:.3f}" for e in encoders]
+            )
+    return [
+        f"{lineage['sources']} test models were transformed and each copy searched among the "
+        f"{lineage['gallery']} seed-0 test models by cosine similarity; the cell is the "
+        "fraction whose nearest neighbour is its source (top-1 accuracy).",
+        _pipe(["Transformation", "Strength", *encoders], rows),
+    ]
+
+
+def interpolation_figure(interpolation: Mapping[str, Any] | None) -> Any:
+    """Mean test accuracy along alpha per method (a matplotlib figure), or None."""
+    if interpolation is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    alphas = interpolation["alphas"]
+    for method, m in interpolation["methods"].items():
+        accuracy = np.asarray(m["accuracy"], dtype=float)
+        ax.errorbar(alphas, accuracy.mean(0), yerr=accuracy.std(0), label=method, capsize=2)
+    ax.set_title("Model interpolation: test accuracy along alpha (mean ± std over pairs)")
+    ax.set_xlabel("alpha (0 = parent A, 1 = parent B)")
+    ax.set_ylabel("test accuracy")
+    ax.legend()
+    return fig
