@@ -74,6 +74,27 @@ def test_report_tables_match_results_json(study):
     assert checked == 7 * (4 + 7 + 3 * 6 + 3 * 4 + 2)
 
 
+def test_transfer_and_lineage_tables_match_results_json(study):
+    _, report, results = study
+    tables = tables_by_heading(report.read_text())
+    transfer = results["transfer"]
+    accuracy = next(t for h, ts in tables.items() if h == "Transfer" for t in ts)
+    checked = 0
+    for row in accuracy["rows"]:
+        for budget in ("10", "50", "100"):
+            stat = transfer["rankers"][row["Ranker"]]["accuracy"][budget]
+            assert row[f"Budget {budget}"] == format_stat(stat)
+            checked += 1
+    assert checked == 3 * len(transfer["rankers"])
+    lineage = tables["Lineage: finding a model's source"][0]
+    for row in lineage["rows"]:
+        for encoder, by_transform in results["lineage"]["top1"].items():
+            value = by_transform[row["Transformation"]][row["Strength"]]
+            assert row[encoder] == f"{value:.3f}"
+    # the invariant encoders always find a permuted copy's source
+    assert results["lineage"]["top1"]["gnn"]["permute"]["random"] == 1.0
+
+
 def test_every_figure_exists_and_the_html_inlines_them(study):
     out, report, _ = study
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", report.read_text())
@@ -90,7 +111,8 @@ def test_results_hold_seed_values_and_stage_times(study):
     assert len(stat["values"]) == 3
     assert {"zoo", "graphs", "total"} <= set(results["stage_seconds"])
     assert results["dataset"]["models"] == results["experiment"]["n_models"]
-    assert results["transfer"] is None
+    assert results["transfer"]["budgets"] == [10, 50, 100]
+    assert set(results["lineage"]["top1"]) == set(results["experiment"]["encoders"])
     # the equivariant encoders are exactly invariant; the flat MLP is not
     assert results["symmetry"]["gnn"]["both"]["min_cosine"]["mean"] > 1 - 1e-6
     assert results["symmetry"]["mlp"]["permutation"]["min_cosine"]["mean"] < 0.999

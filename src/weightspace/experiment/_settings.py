@@ -23,6 +23,11 @@ class StudySettings:
         seeds: number of seeds (splits, initialisations and views change with the seed).
         robustness_models: test models transformed for the symmetry-robustness section.
         robustness_copies: transformed copies per model and transform.
+        transfer_candidates: zoo models each transfer ranker chooses from, per target.
+        transfer_outcomes: zoo models fine-tuned on every target to train the learned
+            transferability ranker.
+        merge_pairs: parent pairs of the interpolation study.
+        lineage_sources: test models transformed for the lineage study.
     """
 
     zoo_preset: str
@@ -31,10 +36,23 @@ class StudySettings:
     seeds: int = 3
     robustness_models: int = 12
     robustness_copies: int = 2
+    transfer_candidates: int = 40
+    transfer_outcomes: int = 16
+    merge_pairs: int = 3
+    lineage_sources: int = 12
 
 
 STUDIES = {
-    "tiny": StudySettings("tiny", epochs=4, patience=4, robustness_models=6),
+    "tiny": StudySettings(
+        "tiny",
+        epochs=4,
+        patience=4,
+        robustness_models=6,
+        transfer_candidates=8,
+        transfer_outcomes=6,
+        merge_pairs=1,
+        lineage_sources=4,
+    ),
     "standard": StudySettings("standard", epochs=5, patience=3),
     "mnist-mlp": StudySettings("mnist-mlp", epochs=12, patience=4),
     "mnist-cnn": StudySettings("mnist-cnn", epochs=12, patience=4),

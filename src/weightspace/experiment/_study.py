@@ -37,6 +37,7 @@ from ..train import (
 )
 from ..zoo.build import build_zoo
 from ..zoo.store import CATALOG_FILE, Zoo
+from ._applied import run_interpolation, run_lineage, run_transfer
 from ._settings import ExperimentError, StudySettings, study_settings
 
 TRANSFORMS = ("permutation", "rescaling", "both")
@@ -203,9 +204,11 @@ def run_experiment(
     from ..report import write_report
 
     settings: StudySettings = study_settings(preset)
-    names = list(encoders) if encoders else [
-        n for n in list_encoders() if not encoder_class(n).fixed_architecture
-    ]
+    names = (
+        list(encoders)
+        if encoders
+        else [n for n in list_encoders() if not encoder_class(n).fixed_architecture]
+    )
     unknown = sorted(set(names) - set(list_encoders()))
     if unknown:
         raise ExperimentError(f"unknown encoder(s) {unknown}; available: {list_encoders()}")
@@ -264,6 +267,16 @@ def run_experiment(
                 if seed == 0:
                     _record_first_seed(first, name, result, embedder, z, split, catalog, graphs)
 
+    seed0 = {name: out / "runs" / f"{name}-seed0" for name in names}
+    embedders = {name: Embedder.load(path) for name, path in seed0.items()}
+    with clock.stage("transfer"):
+        transfer = run_transfer(zoo, seed0, settings, range(n_seeds), data_dir, workers, progress)
+    with clock.stage("interpolation"):
+        main = "gnn" if "gnn" in names else names[0]
+        interpolation = run_interpolation(zoo, embedders[main], splits[0].test, settings, data_dir)
+    with clock.stage("lineage"):
+        lineage = run_lineage(zoo, embedders, splits[0].test, settings, data_dir, progress)
+
     aggregated = {name: aggregate(runs) for name, runs in per_seed.items()}
     results: dict[str, Any] = {
         "experiment": {
@@ -292,8 +305,9 @@ def run_experiment(
         "properties": {n: a["properties"] for n, a in aggregated.items()},
         "symmetry": {n: a["symmetry"] for n, a in aggregated.items()},
         "clustering": {n: a["clustering"] for n, a in aggregated.items()},
-        "transfer": None,
-        "interpolation": None,
+        "transfer": transfer,
+        "interpolation": interpolation,
+        "lineage": lineage,
         "history": first["history"],
         "predictions": first["predictions"],
         "embedding_map": first["embedding_map"],

@@ -16,7 +16,12 @@ from ._figures import (
     property_figure,
 )
 from ._stats import OUR_ENCODERS, encoders_of, format_stat, property_names
-from ._studies import interpolation_blocks, lineage_blocks, transfer_blocks
+from ._studies import (
+    interpolation_blocks,
+    lineage_blocks,
+    transfer_blocks,
+    transfer_conclusions,
+)
 
 SECTIONS = (
     "1. Experiment information",
@@ -313,7 +318,7 @@ def _history(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks:
 
 
 def _conclusions(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks:
-    lines = write_conclusions(results)
+    lines = write_conclusions(results) + transfer_conclusions(results.get("transfer"))
     if not lines:
         return ["No headline metric has a value; nothing to conclude."]
     return [

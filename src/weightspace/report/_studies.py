@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stats import format_stat
+from ._stats import OUR_ENCODERS, format_stat
 
 INTERPOLATION_FIGURE = "interpolation"
 
@@ -44,12 +44,52 @@ def transfer_blocks(transfer: Mapping[str, Any] | None) -> list[str]:
     return blocks
 
 
+def transfer_conclusions(transfer: Mapping[str, Any] | None) -> list[str]:
+    """Per budget: the ranker whose picks fine-tuned best, and whether it uses our encoders.
+
+    Rankers named ``<kind>:<encoder>`` use that encoder's embeddings; ``source_accuracy``
+    and ``random`` use none.
+    """
+    if not transfer:
+        return []
+    lines = []
+    for budget in (str(b) for b in transfer["budgets"]):
+        scores = {
+            ranker: stats["accuracy"][budget]
+            for ranker, stats in transfer["rankers"].items()
+            if stats["accuracy"].get(budget, {}).get("mean") is not None
+        }
+        if len(scores) < 2:
+            continue
+        ranked = sorted(scores, key=lambda r: -scores[r]["mean"])
+        best, runner = ranked[0], ranked[1]
+        gap = scores[best]["mean"] - scores[runner]["mean"]
+        spread = max(scores[best]["std"], scores[runner]["std"])
+        encoder = best.split(":", 1)[1] if ":" in best else None
+        kind = (
+            "one of our encoders"
+            if encoder in OUR_ENCODERS
+            else f"the baseline {encoder}"
+            if encoder
+            else "no embedding at all"
+        )
+        noise = "beyond" if gap > spread else "within"
+        lines.append(
+            f"**transfer, budget {budget} steps**: the picks of {best} ({kind}) fine-tune best "
+            f"({format_stat(scores[best])} target accuracy), {gap:.3f} ahead of {runner} "
+            f"({noise} the spread over targets and seeds, {spread:.3f})."
+        )
+    return lines
+
+
 def interpolation_blocks(
     interpolation: Mapping[str, Any] | None, figures: Mapping[str, Path]
 ) -> list[str]:
     """Accuracy along alpha, loss barriers and wins over the parents, per method."""
     if interpolation is None:
         return ["Model interpolation was not run in this version; no numbers are reported."]
+    if "skipped" in interpolation:
+        return [f"Model interpolation was not run: {interpolation['skipped']}."]
     alphas = interpolation["alphas"]
     middle = int(np.argmin(np.abs(np.asarray(alphas) - 0.5)))
     pairs = len(interpolation["pairs"])
@@ -97,8 +137,9 @@ def interpolation_blocks(
 
 def lineage_blocks(lineage: Mapping[str, Any] | None) -> list[str]:
     """Top-1 accuracy of finding a derived model's source, per transformation and encoder."""
-    if lineage is None:
-        return ["Lineage was not evaluated in this run."]
+    if lineage is None or "skipped" in lineage:
+        reason = f": {lineage['skipped']}" if lineage else ""
+        return [f"Lineage was not evaluated in this run{reason}."]
     encoders = list(lineage["top1"])
     rows = []
     for transformation in next(iter(lineage["top1"].values())):
@@ -117,7 +158,7 @@ def lineage_blocks(lineage: Mapping[str, Any] | None) -> list[str]:
 
 def interpolation_figure(interpolation: Mapping[str, Any] | None) -> Any:
     """Mean test accuracy along alpha per method (a matplotlib figure), or None."""
-    if interpolation is None:
+    if interpolation is None or "skipped" in interpolation:
         return None
     import matplotlib.pyplot as plt
 
