@@ -66,16 +66,21 @@ def run_transfer(
 def run_interpolation(
     zoo: Zoo,
     embedder: Embedder,
-    test_ids: Sequence[str],
+    held_out_ids: Sequence[str],
     settings: StudySettings,
     data_dir: str | None,
 ) -> dict[str, Any]:
-    """Naive, aligned and embedding interpolation between test MLPs (or why it was skipped)."""
+    """Naive, aligned and embedding interpolation between MLPs the encoder was not trained on.
+
+    Parents come from ``held_out_ids`` (the validation and test splits); the decoder learns
+    from training-split models of their architecture, never from the parents' runs.
+    """
     catalog = zoo.catalog
-    mlps = catalog.loc[catalog["id"].isin(test_ids) & (catalog["family"] == MERGE_FAMILY), "id"]
+    held_out = catalog["id"].isin(held_out_ids)
+    mlps = catalog.loc[held_out & (catalog["family"] == MERGE_FAMILY), "id"]
     pairs = choose_pairs(catalog, list(mlps), n_pairs=settings.merge_pairs, seed=0)
     if not pairs:
-        return {"skipped": "the test split has no two training runs of one MLP architecture"}
+        return {"skipped": "no two held-out training runs share one MLP architecture"}
     row = catalog.set_index("id").loc[pairs[0][0]]
     data = task_data(str(row["dataset"]), MERGE_FAMILY, data_dir=data_dir)
     return merge_study(zoo, embedder, pairs, np.linspace(0, 1, 11).tolist(), data=data)

@@ -273,7 +273,8 @@ def run_experiment(
         transfer = run_transfer(zoo, seed0, settings, range(n_seeds), data_dir, workers, progress)
     with clock.stage("interpolation"):
         main = "gnn" if "gnn" in names else names[0]
-        interpolation = run_interpolation(zoo, embedders[main], splits[0].test, settings, data_dir)
+        held_out = splits[0].val + splits[0].test
+        interpolation = run_interpolation(zoo, embedders[main], held_out, settings, data_dir)
     with clock.stage("lineage"):
         lineage = run_lineage(zoo, embedders, splits[0].test, settings, data_dir, progress)
 

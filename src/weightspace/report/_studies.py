@@ -107,7 +107,8 @@ def interpolation_blocks(
             ]
         )
     blocks = [
-        f"{pairs} parent pairs of one architecture ({interpolation.get('dataset', '')}), "
+        f"{pairs} parent pair(s) of one architecture ({interpolation.get('dataset', '')}) from "
+        "training runs the encoder did not see, "
         f"{len(alphas)} values of alpha; parents' test accuracy {parents.mean():.3f} on "
         "average. The loss barrier is the largest excess of the interpolated model's test "
         "loss over the straight line between the parents' losses; mean ± std over pairs.",
