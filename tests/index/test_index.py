@@ -369,7 +369,8 @@ def test_ray_backend(small_zoo, run_dir):
         pytest.skip("Ray is not installed: checked the error only")
     local = embed_zoo(run, zoo, ids, progress=False)
     remote = embed_zoo(run, zoo, ids, executor="ray", workers=2, progress=False)
-    np.testing.assert_allclose(remote, local, atol=1e-6)
+    # float32 sums differ in the last bits between thread counts (Ray workers run one)
+    np.testing.assert_allclose(remote, local, atol=1e-5)
 
 
 def test_unknown_executor_and_ids_are_refused(small_zoo, run_dir, tmp_path):
