@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._progress import progress_enabled
+from .._ray import ray_imap
 from ..exceptions import WeightspaceError
 from ..train import LoadedRun, embed_graphs, load_run, prepared_graphs
 from ..zoo.store import Zoo
@@ -104,27 +104,5 @@ def _execute_ray(
     run_dir: Path, zoo_root: Path, chunks: list[list[str]], workers: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Each chunk as a Ray task; yields ``(chunk index, embeddings)`` as tasks finish."""
-    try:
-        import ray
-    except ImportError:
-        raise ExecutorError(
-            "--backend ray needs Ray: pip install 'weightspace[ray]' (or use --backend local)"
-        ) from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = ray.remote(num_cpus=1)(_ray_task)
-        pending = {
-            remote.remote(str(Path(run_dir).resolve()), str(Path(zoo_root).resolve()), chunk): k
-            for k, chunk in enumerate(chunks)
-        }
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            yield pending.pop(done[0]), ray.get(done[0])
-    finally:
-        if started_here:
-            ray.shutdown()
+    run, root = str(Path(run_dir).resolve()), str(Path(zoo_root).resolve())
+    yield from ray_imap(_ray_task, [(run, root, chunk) for chunk in chunks], workers, ExecutorError)

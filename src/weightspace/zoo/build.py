@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._progress import progress_enabled
+from .._ray import ray_imap
 from ..exceptions import WeightspaceError
 from .datasets import TaskData, find_mnist, load_dataset
 from .presets import GroupPlan, load_preset
@@ -210,28 +211,8 @@ def _execute(jobs: list[Job], backend: str, workers: int) -> Iterator[tuple[Job,
 
 def _execute_ray(jobs: list[Job], workers: int) -> Iterator[tuple[Job, tuple]]:
     """The same jobs as Ray tasks: on a cluster when ``RAY_ADDRESS`` is set, else locally."""
-    try:
-        import ray
-    except ImportError:
-        raise BackendError(
-            "--backend ray needs Ray: pip install 'weightspace[ray]' (or use --backend local)"
-        ) from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = ray.remote(num_cpus=1)(run_job)
-        pending = {remote.remote(job): job for job in jobs}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
-            yield job, ray.get(done[0])
-    finally:
-        if started_here:
-            ray.shutdown()
+    for k, result in ray_imap(run_job, [(job,) for job in jobs], workers, BackendError):
+        yield jobs[k], result
 
 
 def build_zoo(
