@@ -34,6 +34,8 @@ def test_config_rejects_unknown_and_bad_settings():
         TrainConfig(batch_size=1)
     with pytest.raises(ConfigError, match="key=value"):
         TrainConfig().with_overrides(["epochs"])
+    with pytest.raises(ConfigError, match="'lr_schedule' setting must be cosine or constant"):
+        TrainConfig().with_overrides(["lr_schedule=linear"])
     cfg = TrainConfig().with_overrides(["epochs=3", "encoder_kwargs.hidden=8", "lr=0.01"])
     assert (cfg.epochs, cfg.encoder_kwargs["hidden"], cfg.lr) == (3, 8, 0.01)
 
@@ -81,8 +83,11 @@ def test_run_directory_is_self_describing(gnn_run):
         "val_total",
         "val_contrastive",
         "val_property",
+        "lr",
         "seconds",
     ]
+    # cosine decay over the two epochs: half the learning rate after one, zero after two
+    np.testing.assert_allclose(history["lr"], [FAST.lr / 2, 0.0], atol=1e-12)
     lam = FAST.contrastive_weight
     mixed = lam * history["val_contrastive"] + (1 - lam) * history["val_property"]
     np.testing.assert_allclose(history["val_total"], mixed, rtol=1e-6)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import PREPARED_NODE_DIM, GraphBatch
-from ..graph._features import EDGE_FEATURE_DIM, EDGE_TYPES
+from ..graph._features import DEPTH, EDGE_FEATURE_DIM, EDGE_TYPES, ROLE_CODE, ROLE_OFFSET
 from ._base import Encoder, check_prepared
 from ._registry import EncoderConfigError, register_encoder
 
@@ -31,6 +31,11 @@ _STD_EPS = 1e-6  # keeps sqrt smooth (and float error small) where a variance is
 _MIN_SCALE = 1e-2  # floor of fitted feature scales, so unseen values are not blown up
 _N_AGGREGATES = 4  # mean, std, sum / sqrt(degree), mean * log(1 + degree)
 _CHUNK_COST = 16_384  # edges + nodes per chunk: keeps [E, 3 * edge_dim] tensors in cache
+# Readout groups: input neurons, output neurons, and the others (hidden, junction, ...) in
+# the first and in the second half of the network's depth.
+_INPUT_GROUP, _OUTPUT_GROUP, _EARLY_GROUP, _LATE_GROUP = 0, 1, 2, 3
+_N_GROUPS = 4
+_N_POOLS = 3  # mean, std, max
 
 
 def _symlog(x: Tensor) -> Tensor:
@@ -199,9 +204,10 @@ class GNNEncoder(Encoder):
         self.layers = nn.ModuleList(
             _Layer(hidden, edge_dim, dropout, update_edges=i < layers - 1) for i in range(layers)
         )
+        pooled = _N_GROUPS * _N_POOLS * 2 * hidden  # initial and final states per group
         self.readout = nn.Sequential(
-            nn.LayerNorm(2 * hidden),
-            nn.Linear(2 * hidden, hidden),
+            nn.LayerNorm(pooled),
+            nn.Linear(pooled, hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, out_dim),
@@ -237,10 +243,14 @@ class GNNEncoder(Encoder):
         return self.readout(torch.cat(pooled))
 
     def _pool_chunk(self, chunk: _Chunk) -> Tensor:
-        """Message passing over one chunk; per-graph mean and max node states [G, 2 hidden]."""
+        """Message passing over one chunk; pooled initial and final node states per graph.
+
+        Pooling the initial states as well (a jumping-knowledge readout) keeps the nodes'
+        own weight statistics within direct reach of the readout.
+        """
         dtype = self.node_in.weight.dtype
         x = (_symlog(chunk.node_features.to(dtype)) - self.node_mean) / self.node_std
-        h = self.node_in(x)  # [n, hidden]
+        h = initial = self.node_in(x)  # [n, hidden]
         ef = chunk.edge_features.to(dtype)
         code = ef[:, 0].long()
         weights = ef[:, 1:] / self.weight_rms[code]  # [E, 9] unit RMS per edge type and column
@@ -248,15 +258,40 @@ class GNNEncoder(Encoder):
         inc = _incidence(chunk.src, chunk.dst, h.shape[0], h)
         for layer in self.layers:
             h, e = layer(h, e, chunk.src, chunk.dst, inc)
-        return _graph_pool(h, chunk.graph, chunk.num_graphs)
+        group = _readout_group(chunk.node_features, chunk.graph, chunk.num_graphs)
+        states = torch.cat([initial, h], dim=1)  # [n, 2 hidden]
+        pooled = _group_pool(states, chunk.graph * _N_GROUPS + group, chunk.num_graphs * _N_GROUPS)
+        return pooled.view(chunk.num_graphs, -1)  # [G, groups * pools * 2 hidden]
 
 
-def _graph_pool(h: Tensor, graph: Tensor, n_graphs: int) -> Tensor:
-    """Per-graph mean and max of node states ``h`` [n, C]: [G, 2C]."""
-    counts = _scatter_sum(h.new_ones(h.shape[0], 1), graph, n_graphs).clamp(min=1)
-    mean = _scatter_sum(h, graph, n_graphs) / counts
-    index = graph.unsqueeze(1).expand_as(h)
-    peak = h.new_zeros(n_graphs, h.shape[1]).scatter_reduce_(
+def _readout_group(node_features: Tensor, graph: Tensor, n_graphs: int) -> Tensor:
+    """The readout group of every node ``[n]``: input, output, early or late other node.
+
+    Early and late split the non-input, non-output nodes at half their graph's depth, so
+    the groups mean the same for networks of any depth.
+    """
+    role = node_features[:, ROLE_OFFSET : ROLE_OFFSET + len(ROLE_CODE)].argmax(1)
+    depth = node_features[:, DEPTH]
+    max_depth = depth.new_zeros(n_graphs).scatter_reduce_(0, graph, depth, reduce="amax")
+    late = 2 * depth > max_depth[graph]
+    group = torch.where(late, _LATE_GROUP, _EARLY_GROUP)
+    group[role == ROLE_CODE["input"]] = _INPUT_GROUP
+    group[role == ROLE_CODE["output"]] = _OUTPUT_GROUP
+    return group
+
+
+def _group_pool(h: Tensor, group: Tensor, n_groups: int) -> Tensor:
+    """Mean, standard deviation and max of node states ``h`` [n, C] within groups: [n_groups, 3C].
+
+    Pooling each group separately keeps the few hidden and output neurons from being
+    averaged away among hundreds of input neurons. Empty groups pool to zeros.
+    """
+    counts = _scatter_sum(h.new_ones(h.shape[0], 1), group, n_groups).clamp(min=1)
+    mean = _scatter_sum(h, group, n_groups) / counts
+    variance = _scatter_sum(h * h, group, n_groups) / counts - mean * mean
+    std = (variance.clamp(min=0) + _STD_EPS).sqrt()
+    index = group.unsqueeze(1).expand_as(h)
+    peak = h.new_zeros(n_groups, h.shape[1]).scatter_reduce_(
         0, index, h, reduce="amax", include_self=False
     )
-    return torch.cat([mean, peak], dim=1)
+    return torch.cat([mean, std, peak], dim=1)

@@ -11,6 +11,7 @@ from typing import Any
 from ..exceptions import WeightspaceError
 
 PROPERTIES = ("test_accuracy", "robustness", "generalization_gap")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 class ConfigError(WeightspaceError, ValueError):
@@ -37,6 +38,7 @@ class TrainConfig:
         temperature: InfoNCE temperature.
         batch_size: networks per step.
         lr: AdamW learning rate.
+        lr_schedule: ``"cosine"`` (decay to 0 over ``epochs``, per step) or ``"constant"``.
         weight_decay: AdamW weight decay.
         head_hidden: width of the property head's hidden layer.
         epochs: maximum epochs.
@@ -58,6 +60,7 @@ class TrainConfig:
     temperature: float = 0.07
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
     weight_decay: float = 1e-5
     head_hidden: int = 128
     epochs: int = 50
@@ -76,6 +79,12 @@ class TrainConfig:
         _check(self.epochs >= 1, "epochs", "an int >= 1", self.epochs)
         _check(self.patience >= 1, "patience", "an int >= 1", self.patience)
         _check(self.lr > 0, "lr", "a float > 0", self.lr)
+        _check(
+            self.lr_schedule in LR_SCHEDULES,
+            "lr_schedule",
+            " or ".join(LR_SCHEDULES),
+            self.lr_schedule,
+        )
         _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
         _check(
             0 <= self.contrastive_weight <= 1,

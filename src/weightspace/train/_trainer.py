@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -143,6 +144,13 @@ class Trainer:
         encoder.fit(b.to(self.device) for b in batches(train_graphs, EMBED_BATCH))
         parameters = [*encoder.parameters(), *head.parameters()]
         optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps = cfg.epochs * max(1, math.ceil(len(train_graphs) / cfg.batch_size))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            (lambda step: 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
+            if cfg.lr_schedule == "cosine"
+            else (lambda step: 1.0),
+        )
 
         history: list[dict[str, float]] = []
         best = (float("inf"), copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
@@ -155,11 +163,14 @@ class Trainer:
         )
         for epoch in bar:
             start = time.perf_counter()
-            train = self._train_epoch(encoder, head, optimizer, train_graphs, y_train, generator)
+            train = self._train_epoch(
+                encoder, head, optimizer, schedule, train_graphs, y_train, generator
+            )
             val = self._evaluate(encoder, head, val_graphs, y_val)
             row: dict[str, float] = {"epoch": epoch + 1}
             row.update({f"train_{k}": v for k, v in train.items()})
             row.update({f"val_{k}": v for k, v in val.items()})
+            row["lr"] = float(schedule.get_last_lr()[0])
             row["seconds"] = time.perf_counter() - start
             history.append(row)
             bar.set_postfix(train=f"{row['train_total']:.3f}", val=f"{row['val_total']:.3f}")
@@ -218,6 +229,7 @@ class Trainer:
         encoder: Encoder,
         head: PropertyHead,
         optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
         graphs: Sequence[NeuralGraph],
         y: Tensor,
         generator: torch.Generator,
@@ -235,6 +247,7 @@ class Trainer:
             optimizer.zero_grad()
             step["total"].backward()
             optimizer.step()
+            schedule.step()
             losses.append({k: float(v.detach()) for k, v in step.items()})
         return {k: float(np.mean([loss[k] for loss in losses])) for k in LOSSES}
 
