@@ -3,9 +3,12 @@
 Each benchmark is a script in ``bench/`` that writes ``bench/results/<name>.json`` (with the
 date, machine and versions). This script runs them one after another (each in its own
 process) and then generates ``docs/benchmarks.md``: one table of every target with the
-measured value and its ratio to the target, then a section per benchmark.
+measured value and its ratio to the target, then a section per benchmark. The same target
+table and the quality tables are quoted in the README between ``<!-- benchmarks:start -->``
+and ``<!-- benchmarks:end -->``.
 
-The full run takes about an hour on a 2-core machine (two zoo builds and two studies).
+The full run takes about two hours on a 2-core machine (three zoo builds, the quality
+benchmarks and the end-to-end study).
 
 Usage:
     WEIGHTSPACE_DATA=../shared/data python bench/run_all.py
@@ -27,6 +30,9 @@ from tabulate import tabulate
 BENCH = Path(__file__).parent
 RESULTS = BENCH / "results"
 DOCS = BENCH.parent / "docs" / "benchmarks.md"
+README = BENCH.parent / "README.md"
+# The README quotes the summary and the quality tables between these lines.
+README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 STANDARD_ZOO = "zoos/standard"
 
 # result name (bench/results/<name>.json) -> script and its arguments; order matters:
@@ -303,14 +309,24 @@ def _details(name: str, r: dict) -> list[str]:
 
 
 def write_docs() -> None:
-    rows, sections = [], []
+    """Write docs/benchmarks.md and refresh the tables the README quotes."""
+    rows, sections, quality = [], [], []
     for name, summary in SUMMARIES.items():
         result = _load(name)
         if result is None:
-            rows.append([f"bench/{name}.py", "not run", "", "", ""])
+            script, arguments = BENCHMARKS[name]
+            rows.append([f"bench/{script}.py {' '.join(arguments)}", "not run", "", "", ""])
             continue
         rows += summary(result)
         sections += _details(name, result)
+        if name.startswith("quality"):
+            quality += [f"Property prediction on `{result['preset']}`:", ""]
+            quality += _quality_details(result) + [""]
+    table = tabulate(
+        rows,
+        headers=("measurement", "value", "target", "ratio to target", "verdict"),
+        tablefmt="github",
+    )
     text = [
         "# Benchmarks",
         "",
@@ -318,17 +334,25 @@ def write_docs() -> None:
         "below was measured by the benchmark named in its section. Medians of repeated "
         "runs where a benchmark repeats.",
         "",
-        tabulate(
-            rows,
-            headers=("measurement", "value", "target", "ratio to target", "verdict"),
-            tablefmt="github",
-        ),
+        table,
         "",
         *sections,
     ]
     DOCS.parent.mkdir(exist_ok=True)
     DOCS.write_text("\n".join(text))
     print(f"wrote {DOCS}")
+    _quote_in_readme("\n".join([table, "", *quality]).rstrip())
+
+
+def _quote_in_readme(block: str) -> None:
+    """Replace the README's text between the benchmark markers with ``block``."""
+    text = README.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{README}: the lines {README_START} and {README_END} are missing")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    README.write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}")
+    print(f"updated {README}")
 
 
 def main() -> None:
