@@ -2,7 +2,7 @@
 
 Every neuron is a node and every weight connection an edge, so a message-passing network
 whose updates only read node features, edge features and the graph's connectivity is
-equivariant to hidden-neuron permutations by construction; a mean/max readout then makes
+equivariant to hidden-neuron permutations by construction; a pooled readout then makes
 the embedding invariant. Rescalings are removed beforehand by the
 :class:`~weightspace.graph.Featurizer`'s canonicalisation.
 
@@ -164,7 +164,8 @@ class GNNEncoder(Encoder):
     and its two end nodes; messages are aggregated at each node with mean, standard
     deviation, a degree-normalised sum and a log-degree-scaled mean; nodes are updated by a
     residual MLP and edges from the same per-edge terms. The graph embedding is an MLP of
-    the mean and max of the final node states.
+    the mean, std and max of the initial and final node states within four groups: input
+    neurons, output neurons, and the other nodes in the first and second half of the depth.
 
     Args:
         hidden: node state width.
@@ -284,7 +285,8 @@ def _group_pool(h: Tensor, group: Tensor, n_groups: int) -> Tensor:
     """Mean, standard deviation and max of node states ``h`` [n, C] within groups: [n_groups, 3C].
 
     Pooling each group separately keeps the few hidden and output neurons from being
-    averaged away among hundreds of input neurons. Empty groups pool to zeros.
+    averaged away among hundreds of input neurons. An empty group pools to a zero mean and
+    max and a std of ``sqrt(_STD_EPS)``.
     """
     counts = _scatter_sum(h.new_ones(h.shape[0], 1), group, n_groups).clamp(min=1)
     mean = _scatter_sum(h, group, n_groups) / counts
