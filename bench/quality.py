@@ -47,8 +47,8 @@ from weightspace.train import (
     prepared_graphs,
     split_by_run,
 )
+from weightspace.zoo import CATALOG_FILE
 from weightspace.zoo.build import build_zoo
-from weightspace.zoo.store import CATALOG_FILE
 
 # label -> (registered encoder, its keyword arguments)
 ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -150,7 +150,9 @@ def main() -> None:
         for seed, split in enumerate(splits):
             config = base.replace(encoder=ENCODERS[label][0], encoder_kwargs=kwargs, seed=seed)
             run_dir = out / f"{label}-seed{seed}"
-            result = Trainer(config, progress=False).fit(zoo, run_dir, graphs, split)
+            result = Trainer(config, progress=False).fit(
+                zoo, run_dir, graphs, split, overwrite=True
+            )
             for p in PROPERTIES:
                 for m in METRICS:
                     scores[f"{p}.{m}"].append(result.metrics["properties"][p][m])

@@ -144,7 +144,7 @@ def _quality_rows(r: dict) -> list[list]:
     rows = []
     for name, verdict in r["targets"].items():
         what, value = next((k, v) for k, v in verdict.items() if k != "met")
-        target = "> 1" if what == "ratio" else (">= 0.02" if what == "margin" else ">= 0")
+        target = ">= 1x" if what == "ratio" else (">= 0.02" if what == "margin" else ">= 0")
         rows.append(
             [
                 f"{name} ({r['preset']}, {what})",

@@ -1,6 +1,7 @@
 """weightspace: learn from the trained weights of neural networks."""
 
 from . import symmetry
+from ._version import __version__
 from .embedder import Embedder
 from .encoders import create_encoder, list_encoders
 from .exceptions import (
@@ -11,9 +12,7 @@ from .exceptions import (
     WeightspaceError,
 )
 from .graph import GraphBatch, NeuralGraph, to_graph
-from .zoo.store import Zoo
-
-__version__ = "0.1.0"
+from .zoo import Zoo
 
 __all__ = [
     "Embedder",

@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoints import load_model
 from .graph import NeuralGraph, is_prepared, to_graph
+from .limits import MAX_PARAMS
 from .train import LoadedRun, embed_graphs, load_run
 
 ModelLike = nn.Module | NeuralGraph | str | Path
@@ -34,13 +35,14 @@ class Embedder:
         self.run = run
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Embedder:
-        """Read a run directory written by ``weightspace train``.
+    def load(cls, run_dir: str | Path, *, max_params: int = MAX_PARAMS) -> Embedder:
+        """Read a run directory written by ``weightspace train`` (see :func:`load_run`).
 
         Raises:
-            RunError: a missing, incomplete or incompatible run directory.
+            RunError: a missing, incomplete, corrupt or incompatible run directory, or an
+                encoder of more than ``max_params`` parameters.
         """
-        return cls(load_run(run_dir))
+        return cls(load_run(run_dir, max_params=max_params))
 
     @property
     def properties(self) -> list[str]:
@@ -52,17 +54,21 @@ class Embedder:
         """Embedding width."""
         return self.run.encoder.out_dim
 
-    def graphs(self, models: ModelLike | Sequence[ModelLike]) -> list[NeuralGraph]:
+    def graphs(
+        self, models: ModelLike | Sequence[ModelLike], *, trust_pickle: bool = False
+    ) -> list[NeuralGraph]:
         """The prepared graphs the encoder reads for ``models``.
 
-        ``models`` may mix networks, neural graphs (raw or prepared) and model files.
+        ``models`` may mix networks, neural graphs (raw or prepared) and model files;
+        ``trust_pickle`` allows ``.pt2`` files whose loading needs a full unpickle (see
+        :func:`weightspace.checkpoints.load_model`).
         """
         items = [models] if isinstance(models, (nn.Module, NeuralGraph, str, Path)) else models
-        return [self._prepare(m) for m in items]
+        return [self._prepare(m, trust_pickle) for m in items]
 
-    def _prepare(self, model: ModelLike) -> NeuralGraph:
+    def _prepare(self, model: ModelLike, trust_pickle: bool) -> NeuralGraph:
         if isinstance(model, (str, Path)):
-            module, example = load_model(model)
+            module, example = load_model(model, trust_pickle=trust_pickle)
             graph = to_graph(module, example)
         elif isinstance(model, nn.Module):
             graph = to_graph(model)
@@ -77,17 +83,33 @@ class Embedder:
             return graph.to(torch.float32)
         return self.run.featurizer(graph.to(torch.float32))
 
-    def embed(self, models: ModelLike | Sequence[ModelLike]) -> np.ndarray:
-        """Embeddings ``[n, dim]`` (float32)."""
-        graphs = self.graphs(models)
+    def embed(
+        self, models: ModelLike | Sequence[ModelLike], *, trust_pickle: bool = False
+    ) -> np.ndarray:
+        """Embeddings ``[n, dim]`` (float32); ``trust_pickle`` as for :meth:`graphs`."""
+        graphs = self.graphs(models, trust_pickle=trust_pickle)
         return embed_graphs(self.run.encoder, graphs).numpy()
 
-    def predict(self, models: ModelLike | Sequence[ModelLike]) -> pd.DataFrame:
-        """Predicted properties, one row per model and one column per property."""
-        return self.predict_from_embeddings(self.embed(models))
+    def predict(
+        self, models: ModelLike | Sequence[ModelLike], *, trust_pickle: bool = False
+    ) -> pd.DataFrame:
+        """Predicted properties, one row per model and one column per property.
+
+        ``trust_pickle`` as for :meth:`graphs`.
+        """
+        return self.predict_from_embeddings(self.embed(models, trust_pickle=trust_pickle))
 
     def predict_from_embeddings(self, z: np.ndarray) -> pd.DataFrame:
-        """Predicted properties of models whose embeddings ``z`` ``[n, dim]`` are known."""
+        """Predicted properties of models whose embeddings ``z`` ``[n, dim]`` are known.
+
+        Raises:
+            ValueError: ``z`` is not of shape ``[n, dim]``.
+        """
+        z = np.asarray(z)
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ValueError(
+                f"The 'z' parameter must be embeddings of shape [n, {self.dim}]. Got {z.shape}."
+            )
         with torch.no_grad():
             standardised = self.run.head(torch.as_tensor(z, dtype=torch.float32)).numpy()
         mean = np.asarray(self.run.config["target_mean"])

@@ -11,7 +11,7 @@ from torch import nn
 import weightspace as ws
 from weightspace.encoders import create_encoder, flat_weights
 from weightspace.encoders.flat import PCA
-from weightspace.graph import Featurizer
+from weightspace.featurize import Featurizer
 from weightspace.testing import assert_invariant
 
 BASELINES = ("mlp", "pca", "pca_mlp", "transformer", "statnn")

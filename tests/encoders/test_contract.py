@@ -1,5 +1,6 @@
 """One contract for every registered encoder (timm-style parametrised tests)."""
 
+import copy
 import io
 
 import pytest
@@ -14,7 +15,7 @@ from weightspace.encoders import (
     encoder_class,
     list_encoders,
 )
-from weightspace.graph import Featurizer
+from weightspace.featurize import Featurizer
 from weightspace.testing import assert_invariant
 
 FAMILIES = ("mlp", "vgg", "resnet", "vit", "bert")
@@ -119,3 +120,36 @@ def test_raw_graphs_are_refused_with_a_hint(name, examples64):
     raw = ws.to_graph(examples64["mlp"].module, examples64["mlp"].inputs)
     with pytest.raises(ws.GraphError, match="Featurizer"):
         encoder(ws.GraphBatch.from_graphs([raw]))
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_embeddings_tell_networks_apart(name, graphs64, examples64):
+    """Sensitivity: a constant encoder would pass every test above, not this one."""
+    encoder = fitted(name, graphs64)
+    with torch.no_grad():
+        embeddings = encoder(ws.GraphBatch.from_graphs(graphs64))
+    distinct = {tuple(row.round(decimals=8).tolist()) for row in embeddings}
+    assert len(distinct) == len(graphs64), f"{name} gives equal embeddings to different networks"
+    example = examples64["mlp"]
+    perturbed = copy.deepcopy(example.module)
+    with torch.no_grad():
+        for parameter in perturbed.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    featurize = Featurizer()
+    pair = [featurize(ws.to_graph(m, example.inputs)) for m in (example.module, perturbed)]
+    with torch.no_grad():
+        before, after = encoder(ws.GraphBatch.from_graphs(pair))
+    assert (before - after).abs().max() > 1e-6, f"{name} ignores the weights' values"
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_gradients_reach_every_trainable_parameter(name, graphs64):
+    encoder = fitted(name, graphs64).train()
+    trainable = {n: p for n, p in encoder.named_parameters() if p.requires_grad}
+    if not trainable:
+        pytest.skip(f"{name} has no trainable parameters")
+    embeddings = encoder(ws.GraphBatch.from_graphs(graphs64))
+    (embeddings * torch.randn_like(embeddings)).sum().backward()
+    missing = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"{name}: no gradient reaches {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in trainable.values())

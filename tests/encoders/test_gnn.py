@@ -7,7 +7,7 @@ from torch import nn
 
 import weightspace as ws
 from weightspace.encoders import EncoderConfigError, create_encoder
-from weightspace.graph import Featurizer
+from weightspace.featurize import Featurizer
 from weightspace.testing import assert_invariant
 from weightspace.zoo.families import FAMILIES
 

@@ -5,7 +5,7 @@ import torch
 
 import weightspace as ws
 from weightspace.encoders.nfn import dense_layers, layer_shapes
-from weightspace.graph import Featurizer
+from weightspace.featurize import Featurizer
 from weightspace.testing import assert_invariant
 from weightspace.zoo.families import build_model
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 import weightspace as ws
 from weightspace.encoders import create_encoder
-from weightspace.graph import Featurizer, GraphBatch
+from weightspace.featurize import Featurizer
+from weightspace.graph import GraphBatch
 from weightspace.testing import assert_invariant
 
 FEATURIZER = Featurizer()

@@ -106,3 +106,30 @@ def test_where_error_is_a_value_error(frame):
 
 def test_empty_frame_gives_empty_mask(frame):
     assert where_mask(frame.iloc[:0], "family = 'mlp'").shape == (0,)
+
+
+def test_deep_nesting_is_a_one_line_error_not_a_recursion_error(frame):
+    with pytest.raises(WhereError, match=r"more than 64 levels deep \(at position 65\)"):
+        where_mask(frame, "(" * 330 + "family = 'mlp'" + ")" * 330)
+    with pytest.raises(WhereError, match="more than 64 levels deep"):
+        where_mask(frame, "NOT " * 65 + "family = 'mlp'")
+    assert selected(frame, "(" * 64 + "family = 'mlp'" + ")" * 64) == ["a", "b"]
+    assert selected(frame, "NOT " * 64 + "family = 'mlp'") == ["a", "b"]
+    assert selected(frame, "NOT (" * 32 + "family = 'mlp'" + ")" * 32) == ["a", "b"]
+
+
+def test_a_thousand_or_terms_work_and_more_are_refused(frame):
+    terms = [f"epoch = {k}" for k in range(998)] + ["family = 'vgg'", "dataset = 'wine'"]
+    expression = " OR ".join(terms)
+    assert selected(frame, expression) == ["a", "b", "c"]  # d has no epoch, family bert
+    tree = parse_where(expression)
+    assert tree == parse_where(expression) and repr(tree).startswith("Or(")  # shallow tree
+    assert selected(frame, " AND ".join(["test_accuracy > 0.6"] * 1000)) == ["a", "c"]
+    with pytest.raises(WhereError, match=r"more than 1000 comparisons \(at position \d+\)"):
+        where_mask(frame, f"{expression} OR family = 'mlp'")
+
+
+def test_chains_are_balanced_but_keep_their_meaning():
+    a, b, c, d = (Comparison(name, "=", 1.0) for name in "abcd")
+    assert parse_where("a = 1 OR b = 1 OR c = 1") == Or(Or(a, b), c)
+    assert parse_where("a = 1 AND b = 1 AND c = 1 AND d = 1") == And(And(a, b), And(c, d))

@@ -6,7 +6,7 @@ import torch
 
 from weightspace import Embedder, Zoo
 from weightspace.symmetry import permute, rescale
-from weightspace.tasks.decoder import DecoderError, WeightDecoder
+from weightspace.tasks.merging.decoder import DecoderError, WeightDecoder
 from weightspace.train import TrainConfig, train
 
 FAST = TrainConfig(encoder="statnn", epochs=1)

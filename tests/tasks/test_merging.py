@@ -10,7 +10,6 @@ from weightspace.checkpoints import load_model
 from weightspace.cli import _merge
 from weightspace.symmetry import permute
 from weightspace.tasks import merging
-from weightspace.tasks.decoder import DecoderError, WeightDecoder
 from weightspace.tasks.merging import (
     AlignmentError,
     align,
@@ -23,10 +22,11 @@ from weightspace.tasks.merging import (
     merge_study,
     task_data,
 )
+from weightspace.tasks.merging.decoder import DecoderError, WeightDecoder
 from weightspace.testing import assert_function_preserved
+from weightspace.zoo import save_model_file
 from weightspace.zoo.build import build_zoo
 from weightspace.zoo.families import build_model
-from weightspace.zoo.store import save_model_file
 
 # One fixed architecture, six training runs (checkpoints after epochs 1, 2 and 4).
 PRESET = {
@@ -209,7 +209,7 @@ class _QuickDecoder(WeightDecoder):
 
 
 def test_merge_study_fits_a_decoder_outside_the_parents_runs(merge_zoo, monkeypatch):
-    monkeypatch.setattr(merging, "WeightDecoder", _QuickDecoder)
+    monkeypatch.setattr(merging._study, "WeightDecoder", _QuickDecoder)
     pairs = choose_pairs(merge_zoo.catalog, merge_zoo.ids(), n_pairs=2)
     held_out = merge_zoo.catalog.set_index("id").loc[[i for p in pairs for i in p], "run_id"]
     ids = decoder_training_ids(merge_zoo, pairs)

@@ -10,8 +10,6 @@ import torch
 import weightspace as ws
 from weightspace import cli
 from weightspace.cli import _transfer
-from weightspace.tasks import _transfer_study
-from weightspace.tasks._transfer_targets import MNIST_TEST_EXAMPLES
 from weightspace.tasks.transfer import (
     TARGET_TASKS,
     FineTuneJob,
@@ -32,6 +30,8 @@ from weightspace.tasks.transfer import (
     scratch_model,
     transfer_study,
 )
+from weightspace.tasks.transfer import _study as transfer_study_module
+from weightspace.tasks.transfer._targets import MNIST_TEST_EXAMPLES
 from weightspace.train import TrainConfig, train
 from weightspace.zoo.datasets import TaskData, load_dataset
 from weightspace.zoo.families import build_model
@@ -237,7 +237,7 @@ def test_study_follows_the_schema_and_reports_measured_numbers(
             fits_seen.append((self.held_out, set(self.training_targets_)))
             return result
 
-    monkeypatch.setattr(_transfer_study, "LearnedRanker", Spy)
+    monkeypatch.setattr(transfer_study_module, "LearnedRanker", Spy)
     study = transfer_study(
         {"gnn": gnn_run},
         small_zoo,

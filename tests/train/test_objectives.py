@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import weightspace as ws
-from weightspace.graph import Featurizer
+from weightspace.featurize import Featurizer
 from weightspace.objectives import info_nce, make_view, masked_mse
 
 

@@ -129,7 +129,7 @@ def test_embedder_is_invariant_to_symmetries_of_a_module(gnn_run, examples32):
 def test_missing_property_and_empty_zoo_are_one_line_errors(small_zoo, tmp_path):
     with pytest.raises(DataError, match="no property 'accuracy'; numeric columns"):
         train(small_zoo, FAST.replace(properties=("accuracy",)), tmp_path / "r", progress=False)
-    from weightspace.zoo.store import ZooWriter
+    from weightspace.zoo import ZooWriter
 
     ZooWriter(tmp_path / "empty").close()
     with pytest.raises(DataError, match="the zoo is empty"):

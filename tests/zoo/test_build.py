@@ -11,10 +11,10 @@ import torch
 
 import weightspace as ws
 from weightspace.cli import main
+from weightspace.zoo import Zoo, ZooLockedError, ZooWriter
 from weightspace.zoo.build import build_zoo, fit_spec, plan_jobs, shape_for_family
 from weightspace.zoo.datasets import load_dataset
 from weightspace.zoo.presets import PresetError, load_preset
-from weightspace.zoo.store import Zoo, ZooLockedError, ZooWriter
 from weightspace.zoo.training import GroupTrainer, checkpoint_epochs
 
 
@@ -212,7 +212,7 @@ def test_zoo_import_cli(tiny_zoo, tmp_path, capsys):
     first = Zoo.open(out).path(Zoo.open(out).ids()[0])
     (src / first.name).write_bytes(first.read_bytes())
     (src / "broken.safetensors").write_bytes(b"\x00garbage")
-    assert main(["zoo", "import", str(src), "--out", str(tmp_path / "imported")]) == 0
+    assert main(["zoo", "import", str(src), "--out", str(tmp_path / "imported")]) == 1
     text = capsys.readouterr().out
     assert "broken.safetensors" in text and "corrupt" in text
     assert "1 imported, 0 already present, 1 skipped" in text

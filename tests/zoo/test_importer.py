@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from weightspace.checkpoints import CheckpointError, load_model
+from weightspace.zoo import CATALOG_COLUMNS, Zoo, ZooWriter, save_model_file
 from weightspace.zoo.families import build_model
 from weightspace.zoo.importer import ImportMetadataError, import_checkpoints, read_metadata
-from weightspace.zoo.store import CATALOG_COLUMNS, Zoo, ZooWriter, save_model_file
 
 SMALL = {"family": "mlp", "in_features": 8, "hidden": [16], "num_classes": 3}
 
@@ -190,10 +190,11 @@ def test_zoo_is_consistent(imported):
     out, report = imported
     zoo = Zoo.open(out)
     expected = {zoo.path(i).name for i in zoo.ids()}
-    assert {p.name for p in (out / "models").iterdir()} == expected
+    sidecars = {f"{i}.record.json" for i in zoo.ids() if zoo.path(i).suffix == ".pt2"}
+    assert {p.name for p in (out / "models").iterdir()} == expected | sidecars
     assert sorted(zoo.ids()) == sorted(report.imported)
     with ZooWriter(out) as writer:
-        assert writer.repair() == {"temp": [], "orphans": [], "dangling": []}
+        assert writer.repair() == {"temp": [], "dangling": [], "orphans": [], "unreadable": []}
 
 
 def test_reimport_is_idempotent_and_trust_pickle_adds_the_pickled_network(

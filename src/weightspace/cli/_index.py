@@ -10,6 +10,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..index import BACKENDS, EXECUTORS, EmbeddingIndex, add_to_index, build_index
+from ..train import MAX_WORKERS
+from ._args import add_trust_pickle, int_in_range
 
 BUILD_EXAMPLES = """examples:
   weightspace index build --run runs/gnn --zoo zoos/standard --out indexes/std
@@ -40,22 +42,12 @@ that satisfy the filter, so every result does.
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def _add_embedding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=int_in_range(1, MAX_WORKERS),
         default=1,
-        help="processes building missing graphs (default 1)",
+        help=f"processes building missing graphs, 1 to {MAX_WORKERS} (default 1)",
     )
     p.add_argument(
         "--backend",
@@ -70,6 +62,7 @@ def _add_embedding_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="search structure: FAISS when installed (auto, default), faiss, or numpy",
     )
+    add_trust_pickle(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -124,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--index", required=True, help="index directory")
     search.add_argument("model", metavar="MODEL_FILE", help="model file (.safetensors, .pt2)")
     search.add_argument(
-        "-k", type=_positive_int, default=10, help="number of neighbours (default 10)"
+        "-k", type=int_in_range(1), default=10, help="number of neighbours (default 10)"
     )
     search.add_argument("--where", help="filter on the metadata, e.g. \"dataset = 'digits'\"")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -133,6 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="run_dir",
         help="embed the query with this run (default: the index's; it must match)",
     )
+    add_trust_pickle(search)
     search.set_defaults(run=run_search)
 
 
@@ -146,6 +140,7 @@ def run_build(args: argparse.Namespace) -> int:
         executor=args.backend,
         backend=args.search_backend,
         overwrite=args.overwrite,
+        trust_pickle=args.trust_pickle,
     )
     seconds = time.perf_counter() - start
     print(
@@ -163,6 +158,7 @@ def run_add(args: argparse.Namespace) -> int:
         workers=args.workers,
         executor=args.backend,
         backend=args.search_backend,
+        trust_pickle=args.trust_pickle,
     )
     total = len(EmbeddingIndex.open(args.index, args.search_backend))
     print(f"added {added} models to {args.index} ({total} in all)")
@@ -179,7 +175,9 @@ def _json_value(value: object) -> object:
 
 def run_search(args: argparse.Namespace) -> int:
     index = EmbeddingIndex.open(args.index)
-    table = index.search(args.model, k=args.k, where=args.where, run=args.run_dir)
+    table = index.search(
+        args.model, k=args.k, where=args.where, run=args.run_dir, trust_pickle=args.trust_pickle
+    )
     if args.json:
         rows = [{k: _json_value(v) for k, v in row.items()} for row in table.to_dict("records")]
         print(json.dumps({"query": args.model, "k": args.k, "where": args.where, "results": rows}))

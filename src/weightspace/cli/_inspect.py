@@ -1,4 +1,8 @@
-"""``weightspace inspect``: layers, parameters, nodes and edges of a model file."""
+"""``weightspace inspect``: layers, parameters, nodes and edges of a model file.
+
+``weightspace inspect --supported`` lists the modules and operations a neural graph can
+represent instead.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ import argparse
 from tabulate import tabulate
 
 from ..checkpoints import load_model
-from ..graph import to_graph
+from ..graph import supported_operations, to_graph
+from ..limits import MAX_PARAMS
+from ._args import add_trust_pickle, int_in_range
 
 EXAMPLES = """examples:
   weightspace inspect model.pt2
   weightspace inspect zoos/tiny/models/<id>.safetensors
+  weightspace inspect downloaded.pt2 --trust-pickle   # only for a file you trust
+  weightspace inspect --supported                     # what a neural graph can hold
   python -c "import torch; torch.export.save(torch.export.export(net, (x,)), 'model.pt2')"
 """
 
@@ -20,21 +28,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
         help="print the layers and neural graph of a model file",
-        description="Convert a model file to its neural graph and print layers, "
-        "parameters, nodes and edges.",
+        description="Convert a model file to its neural graph and print layers, parameters, "
+        "nodes and edges.\nWith --supported, list the modules and operations a neural graph "
+        "can represent.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "model",
         metavar="MODEL_FILE",
+        nargs="?",
         help="a torch.export program (.pt2) or a weightspace .safetensors model",
     )
-    p.set_defaults(run=run)
+    p.add_argument(
+        "--supported",
+        action="store_true",
+        help="print the supported modules and operations instead (no MODEL_FILE)",
+    )
+    add_trust_pickle(p)
+    p.add_argument(
+        "--max-params",
+        type=int_in_range(1),
+        default=MAX_PARAMS,
+        help=f"refuse a file that declares more tensor elements (default {MAX_PARAMS:,})",
+    )
+    p.set_defaults(run=run, usage_error=p.error)
 
 
 def run(args: argparse.Namespace) -> int:
-    module, example = load_model(args.model)
+    """Print the neural graph of ``args.model``, or the supported list with ``--supported``.
+
+    Giving both MODEL_FILE and ``--supported``, or neither, is a usage error (exit 2).
+    """
+    if args.supported == (args.model is not None):  # both, or neither
+        args.usage_error("give either MODEL_FILE or --supported")
+    if args.supported:
+        print(tabulate(supported_operations(), headers=("kind", "supported"), tablefmt="simple"))
+        return 0
+    module, example = load_model(
+        args.model, trust_pickle=args.trust_pickle, max_params=args.max_params
+    )
     graph = to_graph(module, example)
     rows = [
         (layer.path, layer.kind, layer.n_params, layer.n_nodes, layer.n_edges)

@@ -13,7 +13,6 @@ from tabulate import tabulate
 
 from ..embedder import Embedder
 from ..exceptions import WeightspaceError
-from ..tasks.decoder import CONFIG_FILE, WeightDecoder
 from ..tasks.merging import (
     METHODS,
     decoder_training_ids,
@@ -22,8 +21,9 @@ from ..tasks.merging import (
     loss_barrier,
     task_data,
 )
+from ..tasks.merging.decoder import CONFIG_FILE, WeightDecoder
+from ..zoo import CATALOG_FILE, MODELS_DIR, Zoo, load_model_file, save_model_file
 from ..zoo.datasets import DATASETS
-from ..zoo.store import CATALOG_FILE, MODELS_DIR, Zoo, load_model_file, save_model_file
 
 EXAMPLES = """examples:
   weightspace merge zoos/tiny/models/A.safetensors zoos/tiny/models/B.safetensors \\

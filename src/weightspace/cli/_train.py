@@ -11,14 +11,16 @@ from tabulate import tabulate
 from ..embedder import Embedder
 from ..encoders import list_encoders
 from ..exceptions import WeightspaceError
-from ..train import TrainConfig, train
-from ..zoo.store import Zoo
+from ..train import MAX_WORKERS, TrainConfig, train
+from ..zoo import Zoo
+from ._args import add_trust_pickle, int_in_range
 
 TRAIN_EXAMPLES = """examples:
   weightspace train --zoo zoos/tiny --encoder gnn --out runs/gnn
   weightspace train --zoo zoos/tiny --encoder weightnet --out runs/wn --set epochs=10
   weightspace train --zoo zoos/std --encoder mlp --out runs/mlp --set encoder_kwargs.dropout=0.1
   weightspace train --zoo zoos/std --encoder statnn --out runs/stat --config train.yaml
+  weightspace train --zoo zoos/tiny --encoder gnn --out runs/gnn --overwrite   # retrain
 """
 
 EMBED_EXAMPLES = """examples:
@@ -46,7 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder", required=True, help=f"encoder name, one of: {', '.join(list_encoders())}"
     )
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--out", required=True, help="run directory to write (new or empty)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a run already at --out (only its files)"
+    )
     p.add_argument("--config", help="YAML or JSON file of training settings")
     p.add_argument(
         "--set",
@@ -56,7 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override one setting (repeatable), e.g. epochs=10 or encoder_kwargs.hidden=64",
     )
-    p.add_argument("--workers", type=int, default=1, help="processes building graphs (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int_in_range(1, MAX_WORKERS),
+        default=1,
+        help=f"processes building graphs, 1 to {MAX_WORKERS} (default 1)",
+    )
+    add_trust_pickle(p)
     p.set_defaults(run=run_train)
 
     e = sub.add_parser(
@@ -72,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("models", nargs="+", metavar="MODEL_FILE", help="model files")
     e.add_argument("--out", required=True, help="output file: .npy or .csv")
+    add_trust_pickle(e)
     e.set_defaults(run=run_embed)
 
     q = sub.add_parser(
@@ -85,6 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')"
     )
     q.add_argument("models", nargs="+", metavar="MODEL_FILE", help="model files")
+    add_trust_pickle(q)
     q.set_defaults(run=run_predict)
 
 
@@ -92,7 +105,14 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     config = config.replace(encoder=args.encoder).with_overrides(args.overrides)
     zoo = Zoo.open(args.zoo)
-    result = train(zoo, config, args.out, workers=args.workers)
+    result = train(
+        zoo,
+        config,
+        args.out,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        trust_pickle=args.trust_pickle,
+    )
     rows = [
         (name, m["n"], m["mae"], m["rmse"], m["r2"], m["spearman"], m["kendall"])
         for name, m in result.metrics["properties"].items()
@@ -117,8 +137,12 @@ def run_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):
         raise WeightspaceError(f"--out {out}: expected a file name ending in .npy or .csv")
+    if out.is_dir():
+        raise WeightspaceError(f"--out {out}: is a directory; name a .npy or .csv file")
+    if not out.parent.is_dir():
+        raise WeightspaceError(f"--out {out}: no such directory {out.parent}")
     embedder = Embedder.load(args.run_dir)
-    z = embedder.embed(args.models)
+    z = embedder.embed(args.models, trust_pickle=args.trust_pickle)
     if out.suffix == ".npy":
         np.save(out, z)
     else:
@@ -133,7 +157,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     embedder = Embedder.load(args.run_dir)
-    table = embedder.predict(args.models)
+    table = embedder.predict(args.models, trust_pickle=args.trust_pickle)
     table.insert(0, "file", args.models)
     print(tabulate(table, headers="keys", showindex=False, floatfmt=".3f"))
     return 0

@@ -1,4 +1,4 @@
-"""``weightspace zoo``: build, inspect and import model zoos."""
+"""``weightspace zoo``: build, inspect, import and recover model zoos."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import sys
 
 from tabulate import tabulate
 
+from ..limits import MAX_PARAMS
+from ..zoo.build import MAX_SIZE, MAX_WORKERS
+from ..zoo.storage import shorten_list
+from ._args import add_trust_pickle, int_in_range
+
 BUILD_EXAMPLES = """examples:
   weightspace zoo build --preset tiny --out zoos/tiny
   weightspace zoo build --preset standard --out zoos/standard --workers 2 --data-dir ../shared/data
@@ -14,6 +19,8 @@ BUILD_EXAMPLES = """examples:
   weightspace zoo build --preset my_grid.yaml --out zoos/mine
 
 A build that is interrupted resumes where it stopped when run again with the same options.
+A build never deletes a model file; into a folder whose catalog is missing, empty or
+unreadable it refuses to write (see 'weightspace zoo rebuild-catalog').
 """
 
 IMPORT_EXAMPLES = """examples:
@@ -23,19 +30,31 @@ IMPORT_EXAMPLES = """examples:
 
 Reads weightspace .safetensors files, torch.export programs (.pt2), and .pt/.pth state dicts
 (loaded with weights_only=True) whose architecture spec comes from the metadata file or a
-<name>.spec.json file beside them. Every file that is not imported is listed with the reason.
+<name>.spec.json file beside them. Every file that is not imported is listed with the reason,
+and the import goes on with the next one. Exit status: 0 if every checkpoint was imported
+(or already present), 1 if any file was skipped, 2 for bad arguments or an unusable zoo.
 """
 
 INFO_EXAMPLES = """examples:
   weightspace zoo info zoos/tiny
 """
 
+REBUILD_EXAMPLES = """examples:
+  weightspace zoo rebuild-catalog zoos/tiny
+
+Re-reads the catalog row that every model file stores in its own metadata (a .pt2 program:
+in models/<id>.record.json beside it) and writes a new catalog.sqlite; the previous one, if
+any, is kept as catalog.sqlite.bak-<time>. Older files without a stored row are catalogued
+from their spec (their measured properties are lost) or, for programs, skipped; no model
+file is deleted. Exit status 1 if any file was skipped.
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     zoo = sub.add_parser(
         "zoo",
-        help="build, inspect and import model zoos",
-        description="Build, inspect and import model zoos.",
+        help="build, inspect, import and recover model zoos",
+        description="Build, inspect, import and recover model zoos.",
     )
     zoo_sub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
 
@@ -52,9 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="tiny, standard, mnist-mlp, mnist-cnn, or a .yaml/.json grid",
     )
     build.add_argument("--out", required=True, help="zoo directory (created if missing)")
-    build.add_argument("--size", type=int, help="number of models (default: the preset's)")
     build.add_argument(
-        "--workers", type=int, help="parallel training processes (default: one per CPU core)"
+        "--size",
+        type=int_in_range(1, MAX_SIZE),
+        help=f"number of models, 1 to {MAX_SIZE:,} (default: the preset's)",
+    )
+    build.add_argument(
+        "--workers",
+        type=int_in_range(1, MAX_WORKERS),
+        help=f"parallel training processes, 1 to {MAX_WORKERS} (default: one per CPU core)",
     )
     build.add_argument(
         "--backend",
@@ -63,7 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run training jobs as local processes or as Ray tasks "
         "(RAY_ADDRESS selects a cluster); same results",
     )
-    build.add_argument("--seed", type=int, default=0, help="zoo seed (splits, hyperparameters)")
+    build.add_argument(
+        "--seed",
+        type=int_in_range(0, 2**32 - 1),
+        default=0,
+        help="zoo seed, 0 to 2**32 - 1 (splits, hyperparameters)",
+    )
     build.add_argument("--data-dir", help="folder with the MNIST files (or WEIGHTSPACE_DATA)")
     build.set_defaults(run=run_build)
 
@@ -77,10 +107,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("src", metavar="SRC", help="folder of checkpoint files (searched recursively)")
     imp.add_argument("--out", required=True, help="zoo directory (created if missing)")
     imp.add_argument("--metadata", help="CSV or JSON with a 'file' column and catalog columns")
+    add_trust_pickle(imp)
     imp.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="load pickles that need code execution (unsafe for untrusted files)",
+        "--max-params",
+        type=int_in_range(1),
+        default=MAX_PARAMS,
+        help=f"most tensor elements one model may declare (default: {MAX_PARAMS:,}); larger "
+        "files are skipped before anything is allocated",
     )
     imp.set_defaults(run=run_import)
 
@@ -95,6 +128,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("zoo", metavar="DIR", help="zoo directory")
     info.set_defaults(run=run_info)
 
+    rebuild = zoo_sub.add_parser(
+        "rebuild-catalog",
+        help="rebuild a zoo's catalog from its model files",
+        description="Rebuild a lost, empty or damaged catalog.sqlite from the catalog rows "
+        "stored in the model files.",
+        epilog=REBUILD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rebuild.add_argument("zoo", metavar="DIR", help="zoo directory (with its models/ folder)")
+    rebuild.set_defaults(run=run_rebuild_catalog)
+
+
+def _print_repaired(repaired: dict[str, list[str]], out: str) -> None:
+    """Reports what ZooWriter.repair found: what it removed, and the files it kept."""
+    temp, dangling = repaired.get("temp", []), repaired.get("dangling", [])
+    if temp or dangling:
+        print(
+            f"repaired an interrupted run: removed {len(temp)} temporary files and "
+            f"{len(dangling)} rows whose model file is missing"
+        )
+    orphans = repaired.get("orphans", [])
+    if orphans:
+        print(
+            f"warning: kept {len(orphans)} model files that have no catalog row "
+            f"({shorten_list(orphans)}); add them with 'weightspace zoo rebuild-catalog {out}'",
+            file=sys.stderr,
+        )
+    unreadable = repaired.get("unreadable", [])
+    if unreadable:
+        print(
+            f"warning: {len(unreadable)} catalog rows have an unreadable model file "
+            f"({shorten_list(unreadable)}); both are kept (delete such a file to drop its row)",
+            file=sys.stderr,
+        )
+
 
 def run_build(args: argparse.Namespace) -> int:
     from ..zoo.build import build_zoo
@@ -107,9 +175,7 @@ def run_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_dir=args.data_dir,
     )
-    cleaned = sum(len(v) for v in report.repaired.values())
-    if cleaned:
-        print(f"repaired an interrupted build: {cleaned} leftover files or rows removed")
+    _print_repaired(report.repaired, args.out)
     rows = [
         (family, n, f"{rate:.0f}")
         for family, n in sorted(report.models_by_family.items())
@@ -130,8 +196,13 @@ def run_import(args: argparse.Namespace) -> int:
     from ..zoo.importer import import_checkpoints
 
     report = import_checkpoints(
-        args.src, args.out, metadata=args.metadata, trust_pickle=args.trust_pickle
+        args.src,
+        args.out,
+        metadata=args.metadata,
+        trust_pickle=args.trust_pickle,
+        max_params=args.max_params,
     )
+    _print_repaired(report.repaired, args.out)
     if report.skipped:
         print(tabulate(report.skipped, headers=("skipped file", "reason"), tablefmt="simple"))
         print()
@@ -139,11 +210,34 @@ def run_import(args: argparse.Namespace) -> int:
         f"{args.out}: {len(report.imported)} imported, {len(report.already_present)} already "
         f"present, {len(report.skipped)} skipped"
     )
-    return 0
+    return 1 if report.skipped else 0
+
+
+def run_rebuild_catalog(args: argparse.Namespace) -> int:
+    from ..zoo import rebuild_catalog
+
+    report = rebuild_catalog(args.zoo)
+    if report.backup is not None:
+        print(f"kept the previous catalog as {report.backup}")
+    if report.partial:
+        print(tabulate(report.partial, headers=("model (older file)", "lost"), tablefmt="simple"))
+        print()
+    if report.skipped:
+        print(
+            tabulate(report.skipped, headers=("skipped file (kept)", "reason"), tablefmt="simple")
+        )
+        print()
+    restored = len(report.restored) + len(report.partial)
+    print(
+        f"{args.zoo}: catalog rebuilt with {restored} models ({len(report.partial)} from their "
+        f"spec only), {len(report.skipped)} files skipped, {len(report.dropped)} previous rows "
+        "dropped"
+    )
+    return 1 if report.skipped else 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..zoo.store import Zoo
+    from ..zoo import Zoo
 
     summary = Zoo.open(args.zoo).summary()
     print(f"{args.zoo}: {summary['models']} models\n")

@@ -2,7 +2,7 @@
 
 ``create_encoder(name, **kwargs)`` builds any registered encoder; ``list_encoders()``
 names them. Every encoder maps a :class:`~weightspace.GraphBatch` of prepared graphs
-(:class:`~weightspace.graph.Featurizer`) to ``[B, out_dim]`` embeddings.
+(:class:`~weightspace.featurize.Featurizer`) to ``[B, out_dim]`` embeddings.
 """
 
 from . import flat, gnn, nfn, statnn, transformer, weightnet  # noqa: F401  (registration)

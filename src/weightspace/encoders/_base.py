@@ -52,6 +52,6 @@ def check_prepared(batch: GraphBatch, encoder: str) -> None:
     if width != PREPARED_NODE_DIM:
         raise GraphError(
             f"encoder {encoder!r} expects prepared graphs with {PREPARED_NODE_DIM} node "
-            f"features, got {width}; prepare them with weightspace.graph.Featurizer() "
+            f"features, got {width}; prepare them with weightspace.featurize.Featurizer() "
             "(weightspace.Embedder does this for you)"
         )

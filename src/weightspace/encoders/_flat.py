@@ -6,15 +6,10 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphBatch
-from ..graph._features import BIAS, EDGE_CODE, PARAMETRIC_EDGE_CODES, ROLE_CODE, ROLE_OFFSET
+from ..graph.features import BIAS, EDGE_CODE, PARAMETRIC_EDGE_CODES, ROLE_CODE, ROLE_OFFSET
+from ..segment import rank_within
 
 _CONV_CODES = (EDGE_CODE["conv"], EDGE_CODE["grouped_conv"])
-
-
-def _rank_within(groups: Tensor, counts: Tensor) -> Tensor:
-    """Offset of every entry within its group; entries of a group are contiguous."""
-    starts = torch.cumsum(counts, 0) - counts
-    return torch.arange(len(groups)) - starts[groups]
 
 
 def flat_weights(batch: GraphBatch, length: int) -> Tensor:
@@ -39,13 +34,13 @@ def flat_weights(batch: GraphBatch, length: int) -> Tensor:
     weight_values = ef[:, 1:][mask]
     weight_graph = batch.edge_batch.repeat_interleave(taps)
     weight_counts = torch.bincount(weight_graph, minlength=n_graphs)
-    weight_pos = _rank_within(weight_graph, weight_counts)
+    weight_pos = rank_within(weight_graph, len(weight_counts))
 
     has_bias = batch.node_features[:, ROLE_OFFSET + ROLE_CODE["input"]] == 0
     bias_values = batch.node_features[has_bias, BIAS]
     bias_graph = batch.batch[has_bias]
     bias_counts = torch.bincount(bias_graph, minlength=n_graphs)
-    bias_pos = _rank_within(bias_graph, bias_counts) + weight_counts[bias_graph]
+    bias_pos = rank_within(bias_graph, len(bias_counts)) + weight_counts[bias_graph]
 
     values = torch.cat([weight_values, bias_values])
     graph = torch.cat([weight_graph, bias_graph])

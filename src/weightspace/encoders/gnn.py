@@ -4,7 +4,7 @@ Every neuron is a node and every weight connection an edge, so a message-passing
 whose updates only read node features, edge features and the graph's connectivity is
 equivariant to hidden-neuron permutations by construction; a pooled readout then makes
 the embedding invariant. Rescalings are removed beforehand by the
-:class:`~weightspace.graph.Featurizer`'s canonicalisation.
+:class:`~weightspace.featurize.Featurizer`'s canonicalisation.
 
 All per-edge work is done at width ``edge_dim``: node states are projected to a few
 ``edge_dim``-wide terms on the nodes first, then gathered, combined with the edge state and
@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import PREPARED_NODE_DIM, GraphBatch
-from ..graph._features import DEPTH, EDGE_FEATURE_DIM, EDGE_TYPES, ROLE_CODE, ROLE_OFFSET
+from ..graph.features import DEPTH, EDGE_FEATURE_DIM, EDGE_TYPES, ROLE_CODE, ROLE_OFFSET
+from ..segment import scatter_max, scatter_sum, symlog
 from ._base import Encoder, check_prepared
 from ._registry import EncoderConfigError, register_encoder
 
@@ -36,16 +37,6 @@ _CHUNK_COST = 16_384  # edges + nodes per chunk: keeps [E, 3 * edge_dim] tensors
 _INPUT_GROUP, _OUTPUT_GROUP, _EARLY_GROUP, _LATE_GROUP = 0, 1, 2, 3
 _N_GROUPS = 4
 _N_POOLS = 3  # mean, std, max
-
-
-def _symlog(x: Tensor) -> Tensor:
-    """``sign(x) * log(1 + |x|)``: tames large depth / position / count features."""
-    return torch.sign(x) * torch.log1p(x.abs())
-
-
-def _scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
-    """Sum the rows of ``values`` [E, C] into ``size`` buckets given by ``index`` [E]."""
-    return values.new_zeros(size, values.shape[1]).index_add_(0, index, values)
 
 
 class _Chunk(NamedTuple):
@@ -100,7 +91,7 @@ class _Incidence(NamedTuple):
 def _incidence(src: Tensor, dst: Tensor, n: int, like: Tensor) -> _Incidence:
     """Message targets and degree scalers of a graph with ``n`` nodes, in ``like``'s dtype."""
     targets = torch.cat([dst, src + n])
-    degree = _scatter_sum(like.new_ones(len(targets), 1), targets, 2 * n)  # [2n, 1]
+    degree = scatter_sum(like.new_ones(len(targets), 1), targets, 2 * n)  # [2n, 1]
     safe = degree.clamp(min=1)
     return _Incidence(targets, 1 / safe, safe.rsqrt(), torch.log1p(degree))
 
@@ -146,7 +137,7 @@ class _Layer(nn.Module):
         """Mean, std, scaled sum and degree-amplified mean of both directions: [n, 8d]."""
         d = self.edge_dim
         stacked = messages.view(-1, 2, d).transpose(0, 1).reshape(-1, d)  # [2E, d]
-        sums = _scatter_sum(torch.cat([stacked, stacked * stacked], dim=1), inc.targets, 2 * n)
+        sums = scatter_sum(torch.cat([stacked, stacked * stacked], dim=1), inc.targets, 2 * n)
         total, squares = sums.split(d, dim=1)  # [2n, d] each
         mean = total * inc.inv_degree
         std = ((squares * inc.inv_degree - mean * mean).clamp(min=0) + _STD_EPS).sqrt()
@@ -222,7 +213,7 @@ class GNNEncoder(Encoder):
         weight_sq = like.new_zeros(len(EDGE_TYPES), _WEIGHT_DIM)
         type_counts = like.new_zeros(len(EDGE_TYPES), 1)
         for batch in batches:
-            x = _symlog(batch.node_features.to(like))
+            x = symlog(batch.node_features.to(like))
             node_sums += torch.stack([torch.ones_like(x), x, x * x]).sum(1)
             code = batch.edge_features[:, 0].long()
             w = batch.edge_features[:, 1:].to(like)
@@ -250,7 +241,7 @@ class GNNEncoder(Encoder):
         own weight statistics within direct reach of the readout.
         """
         dtype = self.node_in.weight.dtype
-        x = (_symlog(chunk.node_features.to(dtype)) - self.node_mean) / self.node_std
+        x = (symlog(chunk.node_features.to(dtype)) - self.node_mean) / self.node_std
         h = initial = self.node_in(x)  # [n, hidden]
         ef = chunk.edge_features.to(dtype)
         code = ef[:, 0].long()
@@ -288,12 +279,9 @@ def _group_pool(h: Tensor, group: Tensor, n_groups: int) -> Tensor:
     averaged away among hundreds of input neurons. An empty group pools to a zero mean and
     max and a std of ``sqrt(_STD_EPS)``.
     """
-    counts = _scatter_sum(h.new_ones(h.shape[0], 1), group, n_groups).clamp(min=1)
-    mean = _scatter_sum(h, group, n_groups) / counts
-    variance = _scatter_sum(h * h, group, n_groups) / counts - mean * mean
+    counts = scatter_sum(h.new_ones(h.shape[0], 1), group, n_groups).clamp(min=1)
+    mean = scatter_sum(h, group, n_groups) / counts
+    variance = scatter_sum(h * h, group, n_groups) / counts - mean * mean
     std = (variance.clamp(min=0) + _STD_EPS).sqrt()
-    index = group.unsqueeze(1).expand_as(h)
-    peak = h.new_zeros(n_groups, h.shape[1]).scatter_reduce_(
-        0, index, h, reduce="amax", include_self=False
-    )
+    peak = scatter_max(h, group, n_groups)
     return torch.cat([mean, std, peak], dim=1)

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from ..exceptions import GraphError
 from ..graph import GraphBatch, NeuralGraph
-from ..graph._features import BIAS, EDGE_CODE
+from ..graph.features import BIAS, EDGE_CODE
+from ..segment import scatter_min_index
 from ._base import Encoder, check_prepared
 from ._registry import EncoderConfigError, register_encoder
 
@@ -32,12 +33,6 @@ def _nfn():
             "encoder 'nfn' needs the nfn package: pip install 'weightspace[nfn]'"
         ) from None
     return nfn
-
-
-def _first_per_key(key: Tensor, ids: Tensor, n_keys: int) -> Tensor:
-    """The smallest id carrying each key (``[n_keys]``)."""
-    first = torch.full((n_keys,), torch.iinfo(torch.long).max, dtype=torch.long)
-    return first.scatter_reduce(0, key, ids, "amin")
 
 
 def layer_shapes(graph: NeuralGraph) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -75,7 +70,7 @@ def dense_layers(
     n_blocks = int(batch.node_block.max()) + 1
     key = batch.batch * n_blocks + batch.node_block  # [N] (graph, operation)
     ids = torch.arange(batch.num_nodes)
-    first = _first_per_key(key, ids, n_graphs * n_blocks)
+    first = scatter_min_index(ids, key, n_graphs * n_blocks)
     local = ids - first[key]  # [N] index of each node within its operation
     sizes = torch.bincount(key, minlength=n_graphs * n_blocks).view(n_graphs, n_blocks)
     expected = torch.tensor(list(widths))

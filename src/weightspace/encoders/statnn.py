@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ..graph import NODE_FEATURE_DIM, NODE_STATS, GraphBatch
-from ..graph._features import BIAS, ROLE_CODE, ROLE_OFFSET
+from ..graph.features import BIAS, ROLE_CODE, ROLE_OFFSET
+from ..segment import scatter_sum
 from ._base import Encoder, check_prepared
 from ._registry import register_encoder
 from .flat import Standardize, build_mlp, stack_features
@@ -39,9 +40,9 @@ def _group_summaries(values: Tensor, group: Tensor, n_groups: int) -> Tensor:
     """
     counts = torch.bincount(group, minlength=n_groups)  # [G]
     denom = counts.to(values.dtype).unsqueeze(1)  # [G, 1]
-    mean = values.new_zeros(n_groups, values.shape[1]).index_add_(0, group, values) / denom
+    mean = scatter_sum(values, group, n_groups) / denom
     centred = values - mean[group]
-    var = values.new_zeros(mean.shape).index_add_(0, group, centred * centred) / denom
+    var = scatter_sum(centred * centred, group, n_groups) / denom
     # Sort each column by value within groups: by value, then stably by group.
     by_value = values.sort(dim=0).indices  # [M, Q]
     by_group = group[by_value].sort(dim=0, stable=True).indices  # [M, Q]

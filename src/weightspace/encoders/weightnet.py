@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from ..graph._features import DEPTH, EDGE_FEATURE_DIM, EDGE_TYPES
-from ..graph._prepare import PREPARED_NODE_DIM
+from ..graph.features import DEPTH, EDGE_FEATURE_DIM, EDGE_TYPES, PREPARED_NODE_DIM
+from ..segment import rank_within, scatter_max, scatter_mean, symlog
 from ._base import Encoder, check_prepared
 from ._registry import register_encoder
 
@@ -52,21 +52,6 @@ class _PaddedGroup:
         return mask
 
 
-def _symlog(x: Tensor) -> Tensor:
-    """``sign(x) * log(1 + |x|)``: bounds positions, depths and counts, keeps small values."""
-    return torch.sign(x) * torch.log1p(x.abs())
-
-
-def _rank_in_group(group: Tensor, n_groups: int) -> Tensor:
-    """Slot of every item among the items of its group, in index order."""
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group, minlength=n_groups)
-    starts = counts.cumsum(0) - counts
-    rank = torch.empty_like(group)
-    rank[order] = torch.arange(len(group), device=group.device) - starts[group[order]]
-    return rank
-
-
 def _padded_groups(group: Tensor, n_groups: int, bucketed: bool) -> Iterator[_PaddedGroup]:
     """Grids holding every item once; with ``bucketed``, groups are split by size.
 
@@ -74,7 +59,7 @@ def _padded_groups(group: Tensor, n_groups: int, bucketed: bool) -> Iterator[_Pa
     a group and large groups never pad small ones.
     """
     sizes = torch.bincount(group, minlength=n_groups)  # [n_groups]
-    rank = _rank_in_group(group, n_groups)
+    rank = rank_within(group, n_groups)
     if bucketed:
         bounds = 2 ** torch.arange(_MAX_BUCKETS, device=group.device)
         bucket = torch.searchsorted(bounds, sizes)  # [n_groups] ceil(log2(size))
@@ -87,22 +72,6 @@ def _padded_groups(group: Tensor, n_groups: int, bucketed: bool) -> Iterator[_Pa
         items = torch.nonzero(bucket[group] == b).squeeze(1)  # [m]
         width = int(sizes[groups].max())
         yield _PaddedGroup(items, local[group[items]], rank[items], len(groups), width)
-
-
-def _segment_mean(values: Tensor, index: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Mean of the rows of ``values`` sharing an ``index`` (zeros if none) and their count."""
-    total = values.new_zeros(n, values.shape[1]).index_add_(0, index, values)  # [n, C]
-    count = torch.bincount(index, minlength=n).to(values.dtype)  # [n]
-    return total / count.clamp(min=1).unsqueeze(1), count
-
-
-def _segment_mean_max(values: Tensor, index: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Mean and max of the rows of ``values`` sharing an ``index``; zeros for empty segments."""
-    expanded = index.unsqueeze(1).expand(-1, values.shape[1])
-    largest = values.new_zeros(n, values.shape[1]).scatter_reduce(
-        0, expanded, values, reduce="amax", include_self=False
-    )
-    return _segment_mean(values, index, n)[0], largest
 
 
 def _sinusoid(value: Tensor, dim: int, max_value: float) -> Tensor:
@@ -253,7 +222,8 @@ class WeightNetEncoder(Encoder):
         layers = self._layer_summaries(self.intra_norm(tokens), layer, n_layers, batch)  # [L, d]
         groups = _padded_groups(layer_graph, batch.num_graphs, bucketed=False)
         layers = self.cross_norm(_run_blocks(layers, groups, self.cross))
-        mean, largest = _segment_mean_max(layers, layer_graph, batch.num_graphs)  # [B, d] each
+        mean = scatter_mean(layers, layer_graph, batch.num_graphs)[0]  # [B, d]
+        largest = scatter_max(layers, layer_graph, batch.num_graphs)  # [B, d]
         return self.readout(torch.cat([mean, largest], dim=1))
 
     def _neuron_tokens(self, batch: GraphBatch) -> Tensor:
@@ -267,19 +237,20 @@ class WeightNetEncoder(Encoder):
         edge_type = F.one_hot(ef[:, 0].long(), len(EDGE_TYPES)).to(ef.dtype)  # [E, types]
         phi = F.relu(self.edge_in(torch.cat([edge_type, ef[:, 1:]], dim=1)))  # [E, d]
         src, dst = batch.edge_index
-        in_mean, in_count = _segment_mean(phi, dst, n)  # [N, d], [N]
-        out_mean, out_count = _segment_mean(phi, src, n)
+        in_mean, in_count = scatter_mean(phi, dst, n)  # [N, d], [N]
+        out_mean, out_count = scatter_mean(phi, src, n)
         counts = torch.log1p(torch.stack([in_count, out_count], dim=1))  # [N, 2]
-        features = [_symlog(batch.node_features), in_mean, out_mean, counts]
+        features = [symlog(batch.node_features), in_mean, out_mean, counts]
         return self.token(torch.cat(features, dim=1))
 
     def _layer_summaries(
         self, tokens: Tensor, layer: Tensor, n_layers: int, batch: GraphBatch
     ) -> Tensor:
         """``[L, d]``: pooled tokens, log width and depth encoding of every layer."""
-        mean, largest = _segment_mean_max(tokens, layer, n_layers)  # [L, d] each
+        mean = scatter_mean(tokens, layer, n_layers)[0]  # [L, d]
+        largest = scatter_max(tokens, layer, n_layers)  # [L, d]
         depth = batch.node_features[:, DEPTH : DEPTH + 1].clamp(0, self.max_depth)  # [N, 1]
-        depth, width = _segment_mean(depth, layer, n_layers)  # [L, 1], [L]
+        depth, width = scatter_mean(depth, layer, n_layers)  # [L, 1], [L]
         depth_code = _sinusoid(depth.squeeze(1), tokens.shape[1], float(self.max_depth))
         features = [mean, largest, torch.log1p(width).unsqueeze(1), depth_code]
         return self.summary(torch.cat(features, dim=1))

@@ -18,7 +18,7 @@ from ..embedder import Embedder
 from ..tasks.lineage import evaluate_lineage
 from ..tasks.merging import choose_pairs, merge_study, task_data
 from ..tasks.transfer import transfer_study
-from ..zoo.store import Zoo
+from ..zoo import Zoo
 from ._settings import StudySettings
 
 MERGE_FAMILY = "mlp"  # aligned and decoded interpolation need a fixed, alignable architecture

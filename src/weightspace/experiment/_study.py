@@ -18,12 +18,15 @@ import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 
+from .._version import __version__
 from ..checkpoints import load_model
 from ..embedder import Embedder
 from ..encoders import encoder_class, list_encoders
-from ..graph import Featurizer, NeuralGraph, to_graph
+from ..featurize import Featurizer
+from ..graph import NeuralGraph, to_graph
+from ..metrics import clustering_metrics, retrieval_metrics, symmetry_robustness
+from ..report import write_report
 from ..symmetry import permute, rescale
-from ..tasks import clustering_metrics, retrieval_metrics, symmetry_robustness
 from ..train import (
     PROPERTIES,
     Split,
@@ -35,8 +38,8 @@ from ..train import (
     resolve_device,
     split_by_run,
 )
+from ..zoo import CATALOG_FILE, Zoo
 from ..zoo.build import build_zoo
-from ..zoo.store import CATALOG_FILE, Zoo
 from ._applied import run_interpolation, run_lineage, run_transfer
 from ._settings import ExperimentError, StudySettings, study_settings
 
@@ -200,8 +203,6 @@ def run_experiment(
     Returns:
         The path of ``report.md``.
     """
-    from .. import __version__
-    from ..report import write_report
 
     settings: StudySettings = study_settings(preset)
     names = (
@@ -255,7 +256,9 @@ def run_experiment(
             with clock.stage(f"train+evaluate {name} seed {seed}"):
                 config = base.replace(encoder=name, seed=seed)
                 run_dir = out / "runs" / f"{name}-seed{seed}"
-                result = Trainer(config, progress=progress).fit(zoo, run_dir, graphs, split)
+                result = Trainer(config, progress=progress).fit(
+                    zoo, run_dir, graphs, split, overwrite=True
+                )
                 metrics, z, embedder = _evaluate_run(
                     run_dir, split.test, graphs, catalog, robust_ids, copies
                 )

@@ -1,31 +1,31 @@
-"""Neural graphs: a network's neurons as nodes and its weights as edges."""
+"""Neural graphs: a network's neurons as nodes and its weights as edges.
+
+:mod:`.features` is the public layout of node and edge features. Encoder-ready (prepared)
+graphs are made by :class:`weightspace.featurize.Featurizer`, which sits above
+:mod:`weightspace.symmetry` because it canonicalises scales first.
+"""
 
 from ._batch import GraphBatch
-from ._convert import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, to_graph
-from ._features import (
+from ._convert import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, supported_operations, to_graph
+from ._folding import fold_batchnorm
+from ._graph import LayerInfo, NeuralGraph, ParamBinding
+from .features import (
     ACTIVATIONS,
     EDGE_FEATURE_DIM,
     EDGE_TYPES,
     NODE_FEATURE_DIM,
     NODE_FEATURES,
-    ROLES,
-)
-from ._folding import fold_batchnorm
-from ._graph import LayerInfo, NeuralGraph, ParamBinding
-from ._prepare import (
     NODE_STAT_DIM,
     NODE_STATS,
     PREPARED_NODE_DIM,
-    Featurizer,
+    ROLES,
     is_prepared,
-    node_weight_stats,
 )
 
 __all__ = [
     "ACTIVATIONS",
     "EDGE_FEATURE_DIM",
     "EDGE_TYPES",
-    "Featurizer",
     "GraphBatch",
     "LayerInfo",
     "NODE_FEATURES",
@@ -40,6 +40,6 @@ __all__ = [
     "SUPPORTED_MODULES",
     "fold_batchnorm",
     "is_prepared",
-    "node_weight_stats",
+    "supported_operations",
     "to_graph",
 ]

@@ -9,9 +9,8 @@ import torch
 from torch import Tensor
 
 from ..exceptions import GraphError
-from ._features import EDGE_FEATURE_DIM, NODE_FEATURE_DIM
 from ._graph import NeuralGraph
-from ._prepare import PREPARED_NODE_DIM
+from .features import EDGE_FEATURE_DIM, NODE_FEATURE_DIM, PREPARED_NODE_DIM
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +43,7 @@ class GraphBatch:
         """Concatenate graphs; node ids of graph ``i`` are shifted by ``ptr[i]``.
 
         Graphs must be all raw (from :func:`~weightspace.to_graph`) or all prepared (by
-        :class:`~weightspace.graph.Featurizer`).
+        :class:`~weightspace.featurize.Featurizer`).
 
         Raises:
             GraphError: no graphs, a graph with malformed tensors, or a mix of raw and

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._features import (
+from ._graph import LayerInfo, NeuralGraph, ParamBinding
+from .features import (
     ACT_CODE,
     ACT_OFFSET,
     BIAS,
@@ -27,7 +28,6 @@ from ._features import (
     ROLE_OFFSET,
     SCALE,
 )
-from ._graph import LayerInfo, NeuralGraph, ParamBinding
 
 _POSITIVE_HOMOGENEOUS = (ACT_CODE["relu"], ACT_CODE["leaky_relu"])
 _ODD = (ACT_CODE["tanh"],)

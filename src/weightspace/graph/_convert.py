@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +97,8 @@ _FUNCTION_NAMES: dict[Any, str] = {
     F.adaptive_max_pool1d: "adaptive_max_pool1d",
     F.adaptive_max_pool2d: "adaptive_max_pool2d",
 }
-_ACTIVATION_NAMES = {"relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid"}
-_PASS_THROUGH = {
+_ACTIVATION_NAMES = tuple(_ACTIVATION_MODULES.values())
+_PASS_THROUGH = (
     "dropout",
     "contiguous",
     "clone",
@@ -107,34 +109,13 @@ _PASS_THROUGH = {
     "to",
     "_to_copy",
     "type_as",
-}
-_SOFTMAX = {"softmax", "_softmax", "log_softmax", "_log_softmax"}
-_POOLS = {
+)
+# What a parameter read in forward() may go through on its way to a layer or a junction.
+_PARAMETER_VIEWS = frozenset(("expand", "expand_as", *_PASS_THROUGH))
+_POOLS = tuple(
     f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2)
-}
-_RESHAPES = {"flatten", "view", "reshape", "_unsafe_view"}
-_REDUCE = {"mean", "sum", "amax"}
-_ATEN_LAYERS = {
-    "linear",
-    "conv1d",
-    "conv2d",
-    "batch_norm",
-    "_native_batch_norm_legit_no_training",
-    "layer_norm",
-    "embedding",
-}
-_POOL_MODULES = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
 )
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-_PASS_THROUGH_MODULES = (nn.Dropout, nn.Identity)
 
 
 def _op_name(target: Any) -> str | None:
@@ -144,19 +125,6 @@ def _op_name(target: Any) -> str | None:
     if isinstance(target, torch._ops.OpOverload):
         return target.overloadpacket.__name__
     return _FUNCTION_NAMES.get(target)
-
-
-SUPPORTED_MODULES = (
-    "Linear, Conv1d, Conv2d (incl. grouped/depthwise), BatchNorm1d, BatchNorm2d, LayerNorm, "
-    "Dropout, Identity, ReLU, LeakyReLU, GELU, SiLU, Tanh, Sigmoid, Softmax, Flatten, "
-    "Max/Avg/AdaptiveAvg/AdaptiveMax pooling (1d, 2d), Embedding, MultiheadAttention, "
-    "TransformerEncoderLayer, TransformerEncoder"
-)
-SUPPORTED_FUNCTIONS = (
-    "residual +, gating * (squeeze-excitation), parameter + (positional embeddings), cat, "
-    "flatten/view/reshape, transpose/permute, mean/sum/amax over non-channel dimensions, "
-    "indexing of non-channel dimensions, activations, softmax, pooling, arange"
-)
 
 
 def to_graph(module: nn.Module, example_input: Tensor | None = None) -> NeuralGraph:
@@ -199,14 +167,27 @@ def to_graph(module: nn.Module, example_input: Tensor | None = None) -> NeuralGr
         return _Converter(gm, seen).run()
 
 
+_MAX_MESSAGE = 200  # characters in an UnsupportedModuleError message, at most
+_NOT_SUPPORTED = (
+    " is not supported by the neural graph. See 'weightspace inspect --supported' for what is."
+)
+
+
 def _unsupported(where: str, what: str) -> UnsupportedModuleError:
-    return UnsupportedModuleError(
-        f"{where}: {what} is not supported by the neural graph. "
-        f"Supported modules: {SUPPORTED_MODULES}. Supported operations: {SUPPORTED_FUNCTIONS}."
-    )
+    """The error for a part of a network the graph cannot represent, in one short line.
+
+    ``where`` (a module path) is kept whole; ``what`` is shortened with an ellipsis when
+    the message would be longer than ``_MAX_MESSAGE`` characters (to no fewer than 40).
+    """
+    what = " ".join(what.split())
+    keep = max(_MAX_MESSAGE - len(where) - len(": ") - len(_NOT_SUPPORTED), 40)
+    if len(what) > keep:
+        what = what[: keep - 1] + "\u2026"
+    return UnsupportedModuleError(f"{where}: {what}{_NOT_SUPPORTED}")
 
 
-def _get(items: list, i: int) -> Any:
+def _get(items: Sequence, i: int) -> Any:
+    """``items[i]``, or None when ``items`` is shorter."""
     return items[i] if len(items) > i else None
 
 
@@ -267,10 +248,20 @@ class _Converter:
         return self.b.build(output)
 
     def _where(self) -> str:
+        """The node being converted: a module's path, or an operation's owner and name."""
         node = self.node
-        if node is not None and node.op == "call_module":
-            return f"module {node.target!r} ({type(self.modules[node.target]).__name__})"
-        return f"operation {node.format_node() if node is not None else '?'}"
+        assert node is not None  # errors are raised only while run() converts a node
+        if node.op == "call_module":
+            return str(node.target)
+        return f"{self._owner(node)} ({node.name})"
+
+    def _owner(self, node: fx.Node) -> str:
+        """Path of the module whose forward() ran ``node``; the network's class at top level."""
+        stack = list(node.meta.get("nn_module_stack", {}).values())
+        if not stack:  # torch.fx records no entry for the traced network itself
+            return type(self.gm).__name__
+        path, kind = stack[-1][:2]  # torch.export: the network's own entry has path ""
+        return path or str(getattr(kind, "__name__", kind)).rpartition(".")[2]
 
     def _fail(self, what: str) -> UnsupportedModuleError:
         return _unsupported(self._where(), what)
@@ -300,7 +291,7 @@ class _Converter:
         args = self._load(node.args)
         kwargs = self._load(node.kwargs)
         if node.op == "call_module":
-            return self._call_module(node, self.modules[node.target], args, kwargs)
+            return self._call_module(node, self.modules[node.target], args)
         return self._call(node, node.target, args, kwargs)
 
     # -------------------------------------------------------------------- values
@@ -335,68 +326,61 @@ class _Converter:
         return len(self._shape(self.node))
 
     # ------------------------------------------------------------------- modules
-    def _call_module(self, node: fx.Node, mod: nn.Module, args: tuple, kwargs: dict) -> Any:
-        path = str(node.target)
-        x = args[0] if args else None
-        if isinstance(mod, nn.Linear):
-            return self._linear(node, path, mod.weight, mod.bias, self._value(x, -1))
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            return self._conv(node, path, mod.weight, mod.bias, mod.groups, self._value(x, 1))
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if mod.running_mean is None:
-                raise self._fail("BatchNorm without running statistics")
-            affine = module_affine(mod)
-            return self._batchnorm(node, path, affine, self._value(x, 1))
-        if isinstance(mod, nn.LayerNorm):
-            shape = tuple(mod.normalized_shape)
-            return self._layernorm(path, shape, mod.weight, mod.bias, self._value(x, -1))
-        if isinstance(mod, tuple(_ACTIVATION_MODULES)):
-            return self._activation(self._value(x), _ACTIVATION_MODULES[type(mod)])
-        if isinstance(mod, nn.Softmax):
-            return self._softmax(self._value(x))
-        if isinstance(mod, _PASS_THROUGH_MODULES):
-            return x
-        if isinstance(mod, nn.Flatten):
-            return self._reshaped(node, x, self._shape(node))
-        if isinstance(mod, _POOL_MODULES):
-            return self._pool(self._value(x, 1), isinstance(mod, _MAX_POOLS))
-        if isinstance(mod, nn.Embedding):
-            return self._embedding(path, mod.weight, x)
-        if isinstance(mod, nn.MultiheadAttention):
-            return self._mha_call(path, mod, node, args)
-        if isinstance(mod, nn.TransformerEncoderLayer):
-            return self._encoder_layer(path, mod, self._value(x, -1))
-        if isinstance(mod, nn.TransformerEncoder):
-            return self._encoder(path, mod, self._value(x, -1))
+    def _call_module(self, node: fx.Node, mod: nn.Module, args: tuple) -> Any:
+        """Convert a call of a leaf module with its handler in :data:`_MODULES`."""
+        entry = _module_entry(type(mod))
+        if entry is not None:
+            return entry.handler(self, node, str(node.target), mod, _get(args, 0))
         if not node.users and not any(True for _ in mod.parameters()):
             return None  # a check without effect on the output (torch.export guards)
-        raise self._fail("this module type")
+        raise self._fail(f"module {type(mod).__name__}")
 
-    def _call_aten_layer(self, node: fx.Node, name: str, args: tuple) -> Any:
-        """Layers of an exported (torch.export) program, where parameters are arguments."""
-        params = [a for a in args if isinstance(a, _Param)]
-        if not params:
-            raise self._fail(f"{name} without parameters")
-        path = params[0].name.rsplit(".", 1)[0]
-        t = [a.tensor if isinstance(a, _Param) else a for a in args]
-        if name == "linear":
-            return self._linear(node, path, t[1], _get(t, 2), self._value(args[0], -1))
-        if name in ("conv1d", "conv2d"):
-            groups = _get(t, 6) or 1
-            return self._conv(node, path, t[1], _get(t, 2), groups, self._value(args[0], 1))
-        if name in ("batch_norm", "_native_batch_norm_legit_no_training"):
-            if name == "batch_norm":  # (x, weight, bias, mean, var, training, momentum, eps)
-                affine = batchnorm_affine(t[3], t[4], float(t[7]), t[1], t[2])
-            else:  # (x, weight, bias, mean, var, momentum, eps)
-                affine = batchnorm_affine(t[3], t[4], float(t[6]), t[1], t[2])
-            return self._batchnorm(node, path, affine, self._value(args[0], 1))
-        if name == "layer_norm":
-            x = self._value(args[0], -1)
-            return self._layernorm(path, tuple(t[1]), _get(t, 2), _get(t, 3), x)
-        if name == "embedding":
-            return self._embedding(path, t[0], args[1])
-        raise self._fail(f"exported layer {name!r}")
+    # Module handlers: (node, module path, module, its first argument) -> result.
+    def _mod_linear(self, node: fx.Node, path: str, mod: nn.Linear, x: Any) -> Value:
+        return self._linear(node, path, mod.weight, mod.bias, self._value(x, -1))
 
+    def _mod_conv(self, node: fx.Node, path: str, mod: nn.Conv1d | nn.Conv2d, x: Any) -> Value:
+        return self._conv(node, path, mod.weight, mod.bias, mod.groups, self._value(x, 1))
+
+    def _mod_batchnorm(
+        self, node: fx.Node, path: str, mod: nn.modules.batchnorm._BatchNorm, x: Any
+    ) -> Value:
+        if mod.running_mean is None:
+            raise self._fail("BatchNorm without running statistics")
+        affine = module_affine(mod)
+        return self._batchnorm(node, path, affine, self._value(x, 1))
+
+    def _mod_layernorm(self, node: fx.Node, path: str, mod: nn.LayerNorm, x: Any) -> Value:
+        shape = tuple(mod.normalized_shape)
+        return self._layernorm(path, shape, mod.weight, mod.bias, self._value(x, -1))
+
+    def _mod_activation(
+        self, node: fx.Node, path: str, mod: nn.Module, x: Any, *, name: str
+    ) -> Value:
+        """An activation module; ``name`` is bound for each type in :data:`_MODULES`."""
+        return self._activation(self._value(x), name)
+
+    def _mod_softmax(self, node: fx.Node, path: str, mod: nn.Softmax, x: Any) -> Value:
+        return self._softmax(self._value(x))
+
+    def _mod_pass_through(self, node: fx.Node, path: str, mod: nn.Module, x: Any) -> Any:
+        return x
+
+    def _mod_flatten(self, node: fx.Node, path: str, mod: nn.Flatten, x: Any) -> Any:
+        return self._reshaped(node, x, self._shape(node))
+
+    def _mod_pool(self, node: fx.Node, path: str, mod: nn.Module, x: Any) -> Value:
+        return self._pool(self._value(x, 1), isinstance(mod, _MAX_POOLS))
+
+    def _mod_embedding(self, node: fx.Node, path: str, mod: nn.Embedding, x: Any) -> Value:
+        return self._embedding(path, mod.weight, x)
+
+    def _mod_encoder_layer(
+        self, node: fx.Node, path: str, mod: nn.TransformerEncoderLayer, x: Any
+    ) -> Value:
+        return self._encoder_layer(path, mod, self._value(x, -1))
+
+    # -------------------------------------------------------------------- layers
     def _linear(
         self, node: fx.Node | None, path: str, weight: Tensor, bias: Tensor | None, x: Value
     ) -> Value:
@@ -553,7 +537,10 @@ class _Converter:
         return self._make(out, -1, self._out_ndim())
 
     # ----------------------------------------------------------------- attention
-    def _mha_call(self, path: str, mod: nn.MultiheadAttention, node: fx.Node, args: tuple) -> tuple:
+    def _mod_attention(
+        self, node: fx.Node, path: str, mod: nn.MultiheadAttention, x: Any
+    ) -> tuple[Value, None]:
+        """Self-attention called as a module: ``(output, None)``, as without weights."""
         query = node.args[0]
         others = [
             node.args[i] if len(node.args) > i else node.kwargs.get(k)
@@ -561,7 +548,7 @@ class _Converter:
         ]
         if any(o is not query for o in others):
             raise self._fail("cross-attention (query, key and value must be the same tensor)")
-        return (self._attention(path, mod, self._value(args[0], -1)), None)
+        return (self._attention(path, mod, self._value(x, -1)), None)
 
     def _attention(self, path: str, mod: nn.MultiheadAttention, x: Value) -> Value:
         if not mod._qkv_same_embed_dim or mod.bias_k is not None:
@@ -643,7 +630,8 @@ class _Converter:
         x = norm("norm1", add(x, attention(x), "add1"))
         return norm("norm2", add(x, feed_forward(x), "add2"))
 
-    def _encoder(self, path: str, mod: nn.TransformerEncoder, x: Value) -> Value:
+    def _mod_encoder(self, node: fx.Node, path: str, mod: nn.TransformerEncoder, x: Any) -> Value:
+        x = self._value(x, -1)
         for i, layer in enumerate(mod.layers):
             assert isinstance(layer, nn.TransformerEncoderLayer)
             x = self._encoder_layer(f"{path}.layers.{i}", layer, x)
@@ -704,66 +692,152 @@ class _Converter:
 
     # ----------------------------------------------------------------- functions
     def _call(self, node: fx.Node, target: Any, args: tuple, kwargs: dict) -> Any:
+        """Convert a function or method call: explicit steps, then :data:`_OPERATIONS`."""
         name = _op_name(target)
         result = self.seen[node.name]
-        x = args[0] if args else None
+        x = _get(args, 0)
+        # 1. Indexing a tuple of results: attention's (output, weights), max pooling's
+        #    (values, indices).
         if name == "getitem" and isinstance(x, (tuple, list)):
             return x[args[1]]
+        # 2. x.shape, x.size(1), x.dim(), x.device: read from the example run.
         if target is getattr or name in ("size", "dim"):
-            return result  # x.shape, x.size(1), x.device: read from the example run
+            return result
+        # 3. A call on no activation or parameter (sizes, torch.arange positions) adds no nodes.
         parts = list(args[0]) if name == "cat" else list(args)  # cat takes a list
         if not any(isinstance(a, (Value, _Raw, _Param)) for a in (*parts, *kwargs.values())):
-            return _Index() if isinstance(result, TensorInfo) else result  # sizes, positions
-        if name in _ATEN_LAYERS:
-            return self._call_aten_layer(node, name, args)
-        if name == "add":
-            return self._combine(node, list(args[:2]), "residual")
-        if name == "mul":
-            return self._combine(node, list(args[:2]), "gate")
-        if name == "cat":
-            return self._cat(node, parts, kwargs.get("dim", args[1] if len(args) > 1 else 0))
-        if isinstance(x, _Param):
-            if name in ("expand", "expand_as", *_PASS_THROUGH):
+            return _Index() if isinstance(result, TensorInfo) else result
+        operation = _OPERATIONS.get(name) if name is not None else None
+        # 4. A parameter read in forward() (class token, positional embedding) reaches a
+        #    layer or a junction; on its way it may only be expanded or passed through.
+        if isinstance(x, _Param) and (operation is None or not operation.takes_parameters):
+            if name in _PARAMETER_VIEWS:
                 return x
             raise self._fail(f"{name!r} applied to parameter {x.name!r}")
-        if name in _ACTIVATION_NAMES:
-            return self._activation(self._value(x), name)
-        if name in _PASS_THROUGH:
-            return x
-        if name in _SOFTMAX:
-            return self._softmax(self._value(x))
-        if name in _POOLS:
-            out = self._pool(self._value(x, 1), name.startswith(("max", "adaptive_max")))
-            return (out, None) if isinstance(result, tuple) else out
-        if name in _RESHAPES:
-            return self._reshaped(node, x, result.shape)
-        if name in ("transpose", "permute"):
-            return self._transposed(name, self._value(x), args[1:])
-        if name in _REDUCE:
-            return self._reduced(self._value(x), args, kwargs)
-        if name == "getitem":
-            return self._getitem(self._value(x), args[1])
-        if name in ("select", "slice"):  # aten indexing of one dimension
-            value = self._value(x)
-            index = args[2] if name == "select" else slice(0, 1)  # a slice keeps the dim
-            return self._getitem(value, (slice(None),) * (args[1] % value.ndim) + (index,))
-        if name in ("expand", "expand_as", "unsqueeze"):
-            value = self._value(x)
-            ndim = len(result.shape)
-            if name == "unsqueeze" and (args[1] % ndim) <= value.axis:
-                return self._make(value.nodes, value.axis + 1, ndim, value.fold)
-            return self._make(value.nodes, value.axis + ndim - value.ndim, ndim, value.fold)
-        raise self._fail(f"function {name or getattr(target, '__name__', target)!r}")
+        if name is None or operation is None:
+            raise self._fail(f"function {name or getattr(target, '__name__', target)!r}")
+        return operation.handler(self, node, name, args, kwargs)
 
-    def _cat(self, node: fx.Node, parts: list, dim: int) -> Any:
+    # Operation handlers: (node, operation name, arguments, keyword arguments) -> result.
+    def _exported_layer(self, name: str, args: tuple) -> tuple[str, list]:
+        """A layer of an exported (torch.export) program, where parameters are arguments.
+
+        Returns:
+            The layer's module path and its arguments, parameters replaced by their tensors.
+        """
+        params = [a for a in args if isinstance(a, _Param)]
+        if not params:
+            raise self._fail(f"{name} without parameters")
+        path = params[0].name.rsplit(".", 1)[0]
+        return path, [a.tensor if isinstance(a, _Param) else a for a in args]
+
+    def _op_linear(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        path, t = self._exported_layer(name, args)
+        return self._linear(node, path, t[1], _get(t, 2), self._value(args[0], -1))
+
+    def _op_conv(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        path, t = self._exported_layer(name, args)
+        groups = _get(t, 6) or 1
+        return self._conv(node, path, t[1], _get(t, 2), groups, self._value(args[0], 1))
+
+    def _op_batchnorm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        path, t = self._exported_layer(name, args)
+        if name == "batch_norm":  # (x, weight, bias, mean, var, training, momentum, eps)
+            affine = batchnorm_affine(t[3], t[4], float(t[7]), t[1], t[2])
+        else:  # (x, weight, bias, mean, var, momentum, eps)
+            affine = batchnorm_affine(t[3], t[4], float(t[6]), t[1], t[2])
+        return self._batchnorm(node, path, affine, self._value(args[0], 1))
+
+    def _op_layernorm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        path, t = self._exported_layer(name, args)
+        x = self._value(args[0], -1)
+        return self._layernorm(path, tuple(t[1]), _get(t, 2), _get(t, 3), x)
+
+    def _op_embedding(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        path, t = self._exported_layer(name, args)
+        return self._embedding(path, t[0], args[1])
+
+    def _op_add(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        return self._combine(node, list(args[:2]), "residual")
+
+    def _op_mul(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        return self._combine(node, list(args[:2]), "gate")
+
+    def _op_cat(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """Along the channels: the nodes of the parts side by side; otherwise a junction."""
+        parts = list(args[0])
         ndim = self._out_ndim()
-        dim %= ndim
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) % ndim
         values = [p for p in parts if isinstance(p, Value)]
         if values and all(isinstance(p, Value) for p in parts) and values[0].axis == dim:
             if any(v.axis != dim or v.fold for v in values):
                 raise self._fail("concatenating tensors with channels on different dimensions")
             return self._make(torch.cat([v.nodes for v in values]), dim, ndim)
         return self._combine(node, parts, "residual")
+
+    def _op_activation(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        return self._activation(self._value(_get(args, 0)), name)
+
+    def _op_pass_through(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        return _get(args, 0)
+
+    def _op_softmax(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        return self._softmax(self._value(_get(args, 0)))
+
+    def _op_pool(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """Pooling keeps the channels; with ``return_indices`` the indices carry no nodes."""
+        out = self._pool(self._value(_get(args, 0), 1), name.startswith(("max", "adaptive_max")))
+        return (out, None) if isinstance(self.seen[node.name], tuple) else out
+
+    def _op_reshape(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        return self._reshaped(node, _get(args, 0), self.seen[node.name].shape)
+
+    def _op_transpose(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        x = self._value(_get(args, 0))
+        dims = args[1:]
+        ndim = x.ndim
+        if name == "permute":
+            order = (
+                list(dims[0])
+                if len(dims) == 1 and isinstance(dims[0], (tuple, list))
+                else list(dims)
+            )
+            order = [d % ndim for d in order]
+        else:
+            order = list(range(ndim))
+            a, b = dims[0] % ndim, dims[1] % ndim
+            order[a], order[b] = order[b], order[a]
+        return self._make(x.nodes, order.index(x.axis), ndim, x.fold)
+
+    def _op_reduce(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        x = self._value(_get(args, 0))
+        ndim = x.ndim
+        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if dims is None:
+            raise self._fail("a reduction over every dimension")
+        dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else dims)]
+        if x.axis in dims:
+            raise self._fail("a reduction over the channel dimension")
+        keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        axis = x.axis if keep else x.axis - sum(d < x.axis for d in dims)
+        return self._make(x.nodes, axis, self._out_ndim(), x.fold)
+
+    def _op_getitem(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        return self._getitem(self._value(_get(args, 0)), args[1])
+
+    def _op_select(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        """aten indexing of one dimension: ``select`` drops it, ``slice`` keeps it."""
+        value = self._value(_get(args, 0))
+        index = args[2] if name == "select" else slice(0, 1)  # a slice keeps the dim
+        return self._getitem(value, (slice(None),) * (args[1] % value.ndim) + (index,))
+
+    def _op_expand(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        """New dimensions (``unsqueeze`` before the channels, ``expand`` in front)."""
+        value = self._value(_get(args, 0))
+        ndim = len(self.seen[node.name].shape)
+        if name == "unsqueeze" and (args[1] % ndim) <= value.axis:
+            return self._make(value.nodes, value.axis + 1, ndim, value.fold)
+        return self._make(value.nodes, value.axis + ndim - value.ndim, ndim, value.fold)
 
     def _reshaped(self, node: fx.Node, x: Any, shape: tuple[int, ...]) -> Any:
         source = node.args[0]
@@ -780,33 +854,6 @@ class _Converter:
                 return self._make(x.nodes, dst_dims[0], len(shape), fold)
             break
         raise self._fail(f"reshape from {src} to {tuple(shape)} that splits or mixes channels")
-
-    def _transposed(self, name: str, x: Value, dims: tuple) -> Value:
-        ndim = x.ndim
-        if name == "permute":
-            order = (
-                list(dims[0])
-                if len(dims) == 1 and isinstance(dims[0], (tuple, list))
-                else list(dims)
-            )
-            order = [d % ndim for d in order]
-        else:
-            order = list(range(ndim))
-            a, b = dims[0] % ndim, dims[1] % ndim
-            order[a], order[b] = order[b], order[a]
-        return self._make(x.nodes, order.index(x.axis), ndim, x.fold)
-
-    def _reduced(self, x: Value, args: tuple, kwargs: dict) -> Value:
-        ndim = x.ndim
-        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if dims is None:
-            raise self._fail("a reduction over every dimension")
-        dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else dims)]
-        if x.axis in dims:
-            raise self._fail("a reduction over the channel dimension")
-        keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-        axis = x.axis if keep else x.axis - sum(d < x.axis for d in dims)
-        return self._make(x.nodes, axis, self._out_ndim(), x.fold)
 
     def _getitem(self, x: Value, index: Any) -> Value:
         ndim = x.ndim
@@ -844,3 +891,169 @@ class _Converter:
                     raise _unsupported("network output", "a flattened feature map as output")
                 return item
         raise _unsupported("network output", "an output that does not depend on any layer")
+
+
+# --------------------------------------------------------------- dispatch tables
+_ModuleHandler = Callable[[_Converter, fx.Node, str, Any, Any], Any]
+_OperationHandler = Callable[[_Converter, fx.Node, str, tuple, dict], Any]
+
+
+class _ModuleEntry(NamedTuple):
+    """How leaf modules of some types become graph pieces, and how docs name them."""
+
+    handler: _ModuleHandler
+    description: str
+
+
+class _Operation(NamedTuple):
+    """How a function or method call becomes a graph piece, and its group in the docs."""
+
+    handler: _OperationHandler
+    description: str
+    takes_parameters: bool = False  # parameters read in forward() may be operands
+
+
+# Module types (or tuples of them) -> entry. A module converts by the entry of the first of
+# its classes (along the MRO) that is listed; with several listed, the earliest entry wins.
+_MODULES: dict[type | tuple[type, ...], _ModuleEntry] = {
+    nn.Linear: _ModuleEntry(_Converter._mod_linear, "Linear"),
+    (nn.Conv1d, nn.Conv2d): _ModuleEntry(
+        _Converter._mod_conv, "Conv1d, Conv2d (incl. grouped/depthwise)"
+    ),
+    (nn.BatchNorm1d, nn.BatchNorm2d): _ModuleEntry(
+        _Converter._mod_batchnorm, "BatchNorm1d, BatchNorm2d"
+    ),
+    nn.LayerNorm: _ModuleEntry(_Converter._mod_layernorm, "LayerNorm"),
+    **{
+        cls: _ModuleEntry(
+            partial(_Converter._mod_activation, name=name),
+            ", ".join(activation.__name__ for activation in _ACTIVATION_MODULES),
+        )
+        for cls, name in _ACTIVATION_MODULES.items()
+    },
+    nn.Softmax: _ModuleEntry(_Converter._mod_softmax, "Softmax"),
+    (nn.Dropout, nn.Identity): _ModuleEntry(_Converter._mod_pass_through, "Dropout, Identity"),
+    nn.Flatten: _ModuleEntry(_Converter._mod_flatten, "Flatten"),
+    (
+        nn.MaxPool1d,
+        nn.MaxPool2d,
+        nn.AvgPool1d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool1d,
+        nn.AdaptiveMaxPool2d,
+    ): _ModuleEntry(_Converter._mod_pool, "Max/Avg/AdaptiveAvg/AdaptiveMax pooling (1d, 2d)"),
+    nn.Embedding: _ModuleEntry(_Converter._mod_embedding, "Embedding"),
+    nn.MultiheadAttention: _ModuleEntry(
+        _Converter._mod_attention, "MultiheadAttention (self-attention)"
+    ),
+    nn.TransformerEncoderLayer: _ModuleEntry(
+        _Converter._mod_encoder_layer, "TransformerEncoderLayer"
+    ),
+    nn.TransformerEncoder: _ModuleEntry(_Converter._mod_encoder, "TransformerEncoder"),
+}
+_MODULE_RANKS: dict[type, tuple[int, _ModuleEntry]] = {
+    cls: (rank, entry)
+    for rank, (types, entry) in enumerate(_MODULES.items())
+    for cls in (types if isinstance(types, tuple) else (types,))
+}
+
+
+def _module_entry(cls: type) -> _ModuleEntry | None:
+    """The :data:`_MODULES` entry for a module class (subclasses of listed types too)."""
+    ranked = [_MODULE_RANKS[base] for base in cls.__mro__ if base in _MODULE_RANKS]
+    return min(ranked, key=lambda r: r[0])[1] if ranked else None
+
+
+def _operation_table(
+    *groups: tuple[tuple[str, ...], _OperationHandler, str, bool],
+) -> dict[str, _Operation]:
+    """``{name: operation}`` from ``(names, handler, description, takes_parameters)``."""
+    table: dict[str, _Operation] = {}
+    for names, handler, description, takes_parameters in groups:
+        for name in names:
+            if name in table:
+                raise ValueError(f"operation {name!r} is listed twice")
+            table[name] = _Operation(handler, description, takes_parameters)
+    return table
+
+
+_EXPORTED = "exported (torch.export) linear, conv1d/conv2d, batch_norm, layer_norm, embedding"
+# Operation names (as _op_name gives them) -> entry, looked up after the explicit steps of
+# _Converter._call, which handle what no name decides.
+_OPERATIONS = _operation_table(
+    (("add",), _Converter._op_add, "residual +, parameter + (positional embeddings)", True),
+    (("mul",), _Converter._op_mul, "gating * (squeeze-excitation)", True),
+    (("cat",), _Converter._op_cat, "cat", True),
+    (("linear",), _Converter._op_linear, _EXPORTED, True),
+    (("conv1d", "conv2d"), _Converter._op_conv, _EXPORTED, True),
+    (
+        ("batch_norm", "_native_batch_norm_legit_no_training"),
+        _Converter._op_batchnorm,
+        _EXPORTED,
+        True,
+    ),
+    (("layer_norm",), _Converter._op_layernorm, _EXPORTED, True),
+    (("embedding",), _Converter._op_embedding, _EXPORTED, True),
+    (
+        _ACTIVATION_NAMES,
+        _Converter._op_activation,
+        f"activations ({', '.join(_ACTIVATION_NAMES)})",
+        False,
+    ),
+    (
+        _PASS_THROUGH,
+        _Converter._op_pass_through,
+        "dropout, contiguous/clone/detach, dtype casts",
+        False,
+    ),
+    (
+        ("softmax", "_softmax", "log_softmax", "_log_softmax"),
+        _Converter._op_softmax,
+        "softmax, log_softmax",
+        False,
+    ),
+    (_POOLS, _Converter._op_pool, "max/avg/adaptive pooling (1d, 2d)", False),
+    (
+        ("flatten", "view", "reshape", "_unsafe_view"),
+        _Converter._op_reshape,
+        "flatten/view/reshape",
+        False,
+    ),
+    (("transpose", "permute"), _Converter._op_transpose, "transpose/permute", False),
+    (
+        ("mean", "sum", "amax"),
+        _Converter._op_reduce,
+        "mean/sum/amax over non-channel dimensions",
+        False,
+    ),
+    (("getitem",), _Converter._op_getitem, "indexing of non-channel dimensions", False),
+    (("select", "slice"), _Converter._op_select, "indexing of non-channel dimensions", False),
+    (("expand", "expand_as", "unsqueeze"), _Converter._op_expand, "expand/unsqueeze", False),
+)
+# What the explicit steps of _Converter._call (before the table) let through.
+_STEP_DESCRIPTIONS = ("shape reads (x.shape, x.size()) and index tensors (torch.arange)",)
+
+
+def supported_operations() -> list[tuple[str, str]]:
+    """What the neural graph can represent, for docs and ``weightspace inspect --supported``.
+
+    Returns:
+        ``(kind, description)`` pairs, ``kind`` being ``"module"`` (a torch.nn layer) or
+        ``"operation"`` (a function or tensor method called in ``forward()``), in the
+        order of the dispatch tables, each description once.
+
+    Example:
+        >>> ("module", "Linear") in supported_operations()
+        True
+    """
+    modules = [entry.description for entry in _MODULES.values()]
+    operations = [op.description for op in _OPERATIONS.values()] + list(_STEP_DESCRIPTIONS)
+    return [("module", d) for d in dict.fromkeys(modules)] + [
+        ("operation", d) for d in dict.fromkeys(operations)
+    ]
+
+
+SUPPORTED_MODULES = ", ".join(d for kind, d in supported_operations() if kind == "module")
+SUPPORTED_FUNCTIONS = "; ".join(d for kind, d in supported_operations() if kind == "operation")

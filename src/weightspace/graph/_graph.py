@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from ._features import (
+from .features import (
     ACT_OFFSET,
     ACTIVATIONS,
     EDGE_TYPES,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +33,9 @@ import pandas as pd
 
 from ..embedder import Embedder, ModelLike
 from ..exceptions import WeightspaceError
-from ..train import LoadedRun, RunError, load_run
-from ..train._run import WEIGHTS_FILE
-from ..zoo.store import Zoo, _write_atomically
+from ..infra import atomic_write
+from ..train import WEIGHTS_FILE, LoadedRun, RunError, load_run
+from ..zoo import Zoo
 from ._backends import (
     HNSW_THRESHOLD,
     FaissSearch,
@@ -261,14 +262,37 @@ class EmbeddingIndex:
             One row per neighbour, best first: ``rank``, ``id``, ``similarity`` (cosine),
             then :data:`RESULT_COLUMNS`.
         """
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"The 'k' parameter of search must be an int >= 1. Got {k!r} instead.")
+        _check_k(k)
+        return self._nearest(vector, int(k), self.candidates(where))
+
+    def search(
+        self,
+        model: ModelLike,
+        k: int = 10,
+        where: str | Expression | None = None,
+        run: str | Path | LoadedRun | Embedder | None = None,
+        *,
+        trust_pickle: bool = False,
+    ) -> pd.DataFrame:
+        """The ``k`` models nearest to a network, a neural graph or a model file.
+
+        The query is embedded with the index's run (or ``run``, which must match it);
+        ``trust_pickle`` allows a ``.pt2`` file whose loading needs a full unpickle.
+        ``k`` and ``where`` are checked before the query is embedded; see
+        :meth:`search_vector` for them and the result.
+        """
+        _check_k(k)
+        rows = self.candidates(where)
+        vector = self.embedder(run).embed([model], trust_pickle=trust_pickle)[0]
+        return self._nearest(vector, int(k), rows)
+
+    def _nearest(self, vector: np.ndarray, k: int, candidates: np.ndarray | None) -> pd.DataFrame:
         query = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))
         if query.shape[1] != self.dim:
             raise ValueError(
                 f"query embedding has dimension {query.shape[1]}, the index {self.dim}"
             )
-        scores, rows = self._search.search(query, int(k), self.candidates(where))
+        scores, rows = self._search.search(query, k, candidates)
         found = rows[0] >= 0
         rows, scores = rows[0][found], scores[0][found]
         table = self.metadata.iloc[rows][[c for c in RESULT_COLUMNS if c in self.metadata]]
@@ -277,20 +301,10 @@ class EmbeddingIndex:
         table.insert(0, "rank", np.arange(1, len(rows) + 1))
         return table.reset_index(drop=True)
 
-    def search(
-        self,
-        model: ModelLike,
-        k: int = 10,
-        where: str | Expression | None = None,
-        run: str | Path | LoadedRun | Embedder | None = None,
-    ) -> pd.DataFrame:
-        """The ``k`` models nearest to a network, a neural graph or a model file.
 
-        The query is embedded with the index's run (or ``run``, which must match it).
-        See :meth:`search_vector` for ``k``, ``where`` and the result.
-        """
-        vector = self.embedder(run).embed([model])[0]
-        return self.search_vector(vector, k=k, where=where)
+def _check_k(k: object) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"The 'k' parameter of search must be an int >= 1. Got {k!r} instead.")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -408,15 +422,15 @@ def _write(
         "ids": f"ids-{generation}.json",
         "metadata": f"metadata-{generation}.json",
     }
-    _write_atomically(path / names["embeddings"], lambda f: np.save(f, embeddings))
-    _write_atomically(path / names["ids"], lambda f: f.write(json.dumps(ids).encode()))
+    atomic_write(path / names["embeddings"], lambda f: np.save(f, embeddings))
+    atomic_write(path / names["ids"], lambda f: f.write(json.dumps(ids).encode()))
     table = _table_to_json(metadata)
-    _write_atomically(path / names["metadata"], lambda f: f.write(table.encode()))
+    atomic_write(path / names["metadata"], lambda f: f.write(table.encode()))
     files: dict[str, str | None] = {**names, "hnsw": None}
     if isinstance(search, FaissSearch) and search.hnsw:
         files["hnsw"] = f"hnsw-{generation}.faiss"
         payload = search.serialized()
-        _write_atomically(path / f"hnsw-{generation}.faiss", lambda f: f.write(payload))
+        atomic_write(path / f"hnsw-{generation}.faiss", lambda f: f.write(payload))
     info = {
         **info,
         "generation": generation,
@@ -426,7 +440,7 @@ def _write(
         "updated": _now(),
     }
     text = json.dumps(info, indent=2, sort_keys=True) + "\n"
-    _write_atomically(path / INFO_FILE, lambda f: f.write(text.encode()))
+    atomic_write(path / INFO_FILE, lambda f: f.write(text.encode()))
     for file in path.iterdir():  # earlier generations, and leftovers of interrupted writes
         if _DATA_FILE.fullmatch(file.name) and file.name not in files.values():
             file.unlink(missing_ok=True)
@@ -439,6 +453,24 @@ def _previous_generation(path: Path) -> int:
     except (OSError, ValueError, AttributeError):
         return 0
     return generation if isinstance(generation, int) else 0
+
+
+def _check_out(path: Path, overwrite: bool) -> None:
+    """Check, before any work starts, that an index may be written to ``path``."""
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise IndexFileError(f"{path}: exists and is not a directory; choose another --out")
+    if (path / INFO_FILE).exists():
+        if not overwrite:
+            raise IndexFileError(
+                f"{path}: already holds an index; add models with 'weightspace index add' or "
+                "rebuild with --overwrite"
+            )
+    elif any(path.iterdir()):
+        raise IndexFileError(
+            f"{path}: is a non-empty directory without an index; choose a new or empty one"
+        )
 
 
 def _metadata_rows(zoo: Zoo, ids: Sequence[str]) -> pd.DataFrame:
@@ -460,6 +492,7 @@ def build_index(
     hnsw_threshold: int | None = HNSW_THRESHOLD,
     overwrite: bool = False,
     progress: bool | None = None,
+    trust_pickle: bool = False,
 ) -> EmbeddingIndex:
     """Embed the models of a zoo with a run's encoder and write a searchable index.
 
@@ -476,28 +509,28 @@ def build_index(
             approximate HNSW graph (None: always exact).
         overwrite: replace an existing index at ``out``.
         progress: show progress bars (default: on a terminal, off under CI).
+        trust_pickle: allow ``.pt2`` zoo models whose loading needs a full unpickle.
 
     Returns:
         The index, ready to search.
 
     Raises:
-        IndexFileError: ``out`` already holds an index and ``overwrite`` is False.
+        IndexFileError: ``out`` is not a directory, is a non-empty directory without an
+            index, or already holds one and ``overwrite`` is False (checked first).
+        DataError: model files of some ids are missing.
     """
+    out = Path(out)
+    _check_out(out, overwrite)
     loaded = _as_run(run)
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
-    out = Path(out)
-    if (out / INFO_FILE).exists() and not overwrite:
-        raise IndexFileError(
-            f"{out}: already holds an index; add models with 'weightspace index add' or "
-            "rebuild with --overwrite"
-        )
     ids = list(zoo.ids() if ids is None else ids)
     unknown = [i for i in ids if i not in zoo]
     if unknown:
         raise ValueError(f"The 'ids' parameter names models not in {zoo.root}: {unknown[:5]}")
-    embeddings = normalize(embed_zoo(loaded, zoo, ids, workers, executor, progress))
+    z = embed_zoo(loaded, zoo, ids, workers, executor, progress, trust_pickle=trust_pickle)
+    embeddings = normalize(z)
     search = create_search(embeddings, backend, hnsw_threshold)
-    from .. import __version__
+    from .._version import __version__
 
     info = {
         "format": INDEX_FORMAT,
@@ -524,6 +557,7 @@ def add_to_index(
     executor: str = "local",
     backend: str = "auto",
     progress: bool | None = None,
+    trust_pickle: bool = False,
 ) -> int:
     """Embed the zoo models an index does not hold yet and add them (by model id).
 
@@ -532,7 +566,7 @@ def add_to_index(
         zoo: the zoo to take new models from.
         run: the run to embed with (default: the one recorded in ``index.json``); it must
             match the index's encoder, weights and featurizer.
-        workers, executor, progress: as for :func:`build_index`.
+        workers, executor, progress, trust_pickle: as for :func:`build_index`.
         backend: the search structure to extend (see :func:`build_index`).
 
     Returns:
@@ -548,7 +582,8 @@ def add_to_index(
     new_ids = [i for i in zoo.ids() if i not in known]
     if not new_ids:
         return 0
-    new = normalize(embed_zoo(loaded, zoo, new_ids, workers, executor, progress))
+    z = embed_zoo(loaded, zoo, new_ids, workers, executor, progress, trust_pickle=trust_pickle)
+    new = normalize(z)
     old = _read_embeddings(current.path, current.info)
     embeddings = np.concatenate([old, new])
     threshold = current.info.get("hnsw_threshold")

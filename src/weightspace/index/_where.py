@@ -12,6 +12,10 @@ Grammar (keywords are case-insensitive, column names are not)::
 Expressions are parsed into a tree and evaluated with pandas column operations: nothing is
 ever passed to ``eval``, SQL or a shell. A missing value (NULL) makes a comparison unknown,
 and unknown rows are not selected, with SQL's three-valued logic for ``AND``/``OR``/``NOT``.
+
+An expression holds at most :data:`MAX_TERMS` comparisons and nests ``NOT`` and
+parentheses at most :data:`MAX_DEPTH` deep. Chains of ``AND`` or ``OR`` become balanced
+trees and are evaluated without recursion, so long expressions cannot exhaust the stack.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ _COMPARE = {
     ">=": operator.ge,
 }
 _KEYWORDS = ("AND", "OR", "NOT", "IN")
+MAX_DEPTH = 64
+"""Most levels of ``NOT`` and parentheses nested in one expression."""
+MAX_TERMS = 1000
+"""Most comparisons (``=``, ``IN``, ...) in one expression."""
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
@@ -134,6 +142,8 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
+        self.terms = 0
 
     @property
     def current(self) -> _Token:
@@ -166,30 +176,49 @@ class _Parser:
         return expression
 
     def _or(self) -> Expression:
-        node = self._and()
+        terms = [self._and()]
         while self._accept("keyword", "OR"):
-            node = Or(node, self._and())
-        return node
+            terms.append(self._and())
+        return _balanced(Or, terms)
 
     def _and(self) -> Expression:
-        node = self._not()
+        factors = [self._not()]
         while self._accept("keyword", "AND"):
-            node = And(node, self._not())
-        return node
+            factors.append(self._not())
+        return _balanced(And, factors)
+
+    def _enter(self, token: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise WhereError(
+                f"--where nests NOT and parentheses more than {MAX_DEPTH} levels deep (at "
+                f"position {token.position}); simplify the expression"
+            )
 
     def _not(self) -> Expression:
+        token = self.current
         if self._accept("keyword", "NOT"):
-            return Not(self._not())
-        if self._accept("punct", "("):
+            self._enter(token)
+            node: Expression = Not(self._not())
+        elif self._accept("punct", "("):
+            self._enter(token)
             node = self._or()
             self._expect("punct", ")", "')'")
-            return node
-        return self._comparison()
+        else:
+            return self._comparison()
+        self.depth -= 1
+        return node
 
     def _comparison(self) -> Expression:
         column = self._accept("name")
         if column is None:
             raise self._error("a column name, NOT or '('")
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise WhereError(
+                f"--where has more than {MAX_TERMS} comparisons (at position {column.position}); "
+                "use IN (...) lists or a shorter expression"
+            )
         if self._accept("keyword", "NOT"):
             self._expect("keyword", "IN", "IN after NOT")
             return Membership(column.text, self._list(), negated=True)
@@ -217,6 +246,14 @@ class _Parser:
         return float(token.text)
 
 
+def _balanced(kind: type[And] | type[Or], nodes: list[Expression]) -> Expression:
+    """``nodes`` joined by ``kind`` as a balanced tree (depth log2 n; same rows selected)."""
+    while len(nodes) > 1:
+        pairs = range(0, len(nodes) - 1, 2)
+        nodes = [kind(nodes[k], nodes[k + 1]) for k in pairs] + nodes[len(nodes) & ~1 :]
+    return nodes[0]
+
+
 def parse_where(text: str) -> Expression:
     """Parse a ``--where`` expression into a tree.
 
@@ -232,12 +269,23 @@ def parse_where(text: str) -> Expression:
     return _Parser(text).parse()
 
 
-def _columns_of(node: Expression) -> list[str]:
-    if isinstance(node, (Comparison, Membership)):
-        return [node.column]
+def _operands(node: Expression) -> tuple[Expression, ...]:
     if isinstance(node, Not):
-        return _columns_of(node.operand)
-    return _columns_of(node.left) + _columns_of(node.right)
+        return (node.operand,)
+    if isinstance(node, (And, Or)):
+        return (node.left, node.right)
+    return ()
+
+
+def _columns_of(node: Expression) -> list[str]:
+    """The columns compared, left to right (without recursion)."""
+    columns, todo = [], [node]
+    while todo:
+        current = todo.pop()
+        if isinstance(current, (Comparison, Membership)):
+            columns.append(current.column)
+        todo.extend(reversed(_operands(current)))
+    return columns
 
 
 def _check_columns(node: Expression, frame: pd.DataFrame) -> None:
@@ -267,25 +315,42 @@ def _typed(series: pd.Series, column: str, values: Sequence[Literal]) -> Sequenc
 
 
 def _evaluate(node: Expression, frame: pd.DataFrame) -> pd.Series:
-    """Three-valued result (pandas ``boolean`` dtype: True, False or NA per row)."""
-    if isinstance(node, (Comparison, Membership)):
-        series = frame[node.column]
-        missing = series.isna().to_numpy()
-        if isinstance(node, Comparison):
-            (value,) = _typed(series, node.column, [node.value])
-            raw = _COMPARE[node.op](series[~missing], value)
+    """Three-valued result (pandas ``boolean`` dtype: True, False or NA per row).
+
+    Evaluated in post-order with explicit stacks, however deep the tree.
+    """
+    values: list[pd.Series] = []
+    todo: list[tuple[Expression, bool]] = [(node, False)]
+    while todo:
+        current, operands_done = todo.pop()
+        if isinstance(current, (Comparison, Membership)):
+            values.append(_compare(current, frame))
+        elif not operands_done:
+            todo.append((current, True))
+            todo.extend((operand, False) for operand in reversed(_operands(current)))
+        elif isinstance(current, Not):
+            values.append(~values.pop())
         else:
-            values = _typed(series, node.column, node.values)
-            raw = series[~missing].isin(list(values))
-            if node.negated:
-                raw = ~raw
-        result = pd.Series(pd.NA, index=frame.index, dtype="boolean")
-        result[~missing] = raw.to_numpy(dtype=bool)
-        return result
-    if isinstance(node, Not):
-        return ~_evaluate(node.operand, frame)
-    left, right = _evaluate(node.left, frame), _evaluate(node.right, frame)
-    return left & right if isinstance(node, And) else left | right
+            right, left = values.pop(), values.pop()
+            values.append(left & right if isinstance(current, And) else left | right)
+    return values[0]
+
+
+def _compare(node: Comparison | Membership, frame: pd.DataFrame) -> pd.Series:
+    """Three-valued result of one comparison: NA where the value is missing."""
+    series = frame[node.column]
+    missing = series.isna().to_numpy()
+    if isinstance(node, Comparison):
+        (value,) = _typed(series, node.column, [node.value])
+        raw = _COMPARE[node.op](series[~missing], value)
+    else:
+        values = _typed(series, node.column, node.values)
+        raw = series[~missing].isin(list(values))
+        if node.negated:
+            raw = ~raw
+    result = pd.Series(pd.NA, index=frame.index, dtype="boolean")
+    result[~missing] = raw.to_numpy(dtype=bool)
+    return result
 
 
 def where_mask(frame: pd.DataFrame, expression: str | Expression) -> np.ndarray:

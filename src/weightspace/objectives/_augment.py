@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from ..graph import NeuralGraph
-from ..graph._features import PARAMETRIC_EDGE_CODES
+from ..graph.features import PARAMETRIC_EDGE_CODES
 from ..symmetry import permute_graph, sample_permutation
 
 

@@ -22,6 +22,7 @@ from ._studies import (
     transfer_blocks,
     transfer_conclusions,
 )
+from ._table import pipe_table
 
 SECTIONS = (
     "1. Experiment information",
@@ -66,15 +67,6 @@ _PROPERTY_METRICS = ("mae", "rmse", "mse", "r2", "spearman", "kendall")
 _SYMMETRY_METRICS = ("mean_cosine", "min_cosine", "mean_distance", "max_distance")
 
 Blocks = list[str]
-
-
-def pipe_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub pipe table; ``|`` inside cells is escaped."""
-
-    def line(cells: Sequence[Any]) -> str:
-        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
-
-    return "\n".join([line(headers), line(["---"] * len(headers))] + [line(r) for r in rows])
 
 
 def render_markdown(results: Mapping[str, Any], figures: Mapping[str, Path]) -> str:

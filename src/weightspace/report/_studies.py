@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._stats import OUR_ENCODERS, format_stat
+from ._table import pipe_table
 
 INTERPOLATION_FIGURE = "interpolation"
-
-
-def _pipe(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + " --- |" * len(headers)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def transfer_blocks(transfer: Mapping[str, Any] | None) -> list[str]:
@@ -40,7 +35,7 @@ def transfer_blocks(transfer: Mapping[str, Any] | None) -> list[str]:
             [ranker] + [format_stat(stats[key].get(b)) for b in budgets]
             for ranker, stats in transfer["rankers"].items()
         ]
-        blocks += [f"**{label}** (Budget {' / '.join(budgets)})", _pipe(header, rows)]
+        blocks += [f"**{label}** (Budget {' / '.join(budgets)})", pipe_table(header, rows)]
     return blocks
 
 
@@ -112,7 +107,7 @@ def interpolation_blocks(
         f"{len(alphas)} values of alpha; parents' test accuracy {parents.mean():.3f} on "
         "average. The loss barrier is the largest excess of the interpolated model's test "
         "loss over the straight line between the parents' losses; mean ± std over pairs.",
-        _pipe(
+        pipe_table(
             [
                 "Method",
                 "loss barrier ↓",
@@ -153,7 +148,7 @@ def lineage_blocks(lineage: Mapping[str, Any] | None) -> list[str]:
         f"{lineage['sources']} test models were transformed and each copy searched among the "
         f"{lineage['gallery']} seed-0 test models by cosine similarity; the cell is the "
         "fraction whose nearest neighbour is its source (top-1 accuracy).",
-        _pipe(["Transformation", "Strength", *encoders], rows),
+        pipe_table(["Transformation", "Strength", *encoders], rows),
     ]
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..graph import NeuralGraph, to_graph
 from ._modules import permute_module, rescale_module
-from ._permutation import permute_graph, sample_permutation
+from ._permutation import gather_index, permute_graph, sample_permutation
 from ._scaling import canonical_scales, rescale_graph, sample_scales
 
 
@@ -96,6 +96,7 @@ def canonicalize(obj, example_input=None):
 __all__ = [
     "canonical_scales",
     "canonicalize",
+    "gather_index",
     "permute",
     "permute_graph",
     "permute_module",

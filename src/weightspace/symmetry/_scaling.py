@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..graph import NeuralGraph
-from ..graph._features import (
+from ..graph.features import (
     BIAS,
     PARAMETRIC_EDGE_CODES,
     RESCALE_NONE,

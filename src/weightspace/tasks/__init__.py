@@ -1,14 +1,9 @@
-"""What embeddings are used for: retrieval, property prediction, robustness, clustering."""
+"""What embeddings are used for beyond metrics: transfer selection, merging, lineage.
 
-from .clustering import clustering_metrics
-from .properties import regression_metrics
-from .retrieval import retrieval_metrics, similarity_ranking
-from .robustness import symmetry_robustness
+- :mod:`.transfer`: which zoo model to fine-tune for a new task under a small budget.
+- :mod:`.merging`: naive, aligned and embedding-space interpolation of two networks.
+- :mod:`.lineage`: recovering which models derive from which.
 
-__all__ = [
-    "clustering_metrics",
-    "regression_metrics",
-    "retrieval_metrics",
-    "similarity_ranking",
-    "symmetry_robustness",
-]
+The metrics (retrieval, clustering, property prediction, symmetry robustness) are in
+:mod:`weightspace.metrics`.
+"""

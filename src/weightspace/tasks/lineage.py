@@ -20,13 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import symmetry
-from .._progress import progress_enabled
 from ..embedder import Embedder
+from ..infra import resolve_progress
 from ..train import embed_graphs, prepared_graphs
+from ..zoo import Zoo
 from ..zoo.build import shape_for_family
 from ..zoo.datasets import TaskData, load_dataset
-from ..zoo.store import Zoo
-from ..zoo.training import _loss
+from ..zoo.training import task_loss
 
 TRANSFORMATIONS = ("permute", "rescale", "finetune", "prune", "noise")
 DEFAULT_TRANSFORMATIONS: Mapping[str, tuple[float | None, ...]] = {
@@ -90,7 +90,7 @@ def _finetune(module: nn.Module, steps: int, data: TaskData, generator: torch.Ge
         torch.manual_seed(_seed(generator))
         for _ in range(steps):
             idx = torch.randint(0, len(data.x_train), (FINETUNE_BATCH,), generator=generator)
-            loss = _loss(module(data.x_train[idx]), data.y_train[idx], data.task).mean()
+            loss = task_loss(module(data.x_train[idx]), data.y_train[idx], data.task).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -228,7 +228,7 @@ def evaluate_lineage(
     similarity = {name: np.zeros(len(keys)) for name in named}
     datasets: dict[tuple[str, str], TaskData] = {}
     catalog = zoo.catalog.set_index("id")
-    show = progress_enabled() if progress is None else progress
+    show = resolve_progress(progress)
     for source in tqdm(list(source_ids), desc="lineage", unit="model", disable=not show):
         module = zoo.load(source)
         data = None

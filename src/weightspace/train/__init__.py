@@ -1,14 +1,25 @@
 """Training encoders on zoos: settings, data, the training loop and run directories."""
 
 from ._config import PROPERTIES, ConfigError, TrainConfig
-from ._data import DataError, Split, prepared_graphs, split_by_run
-from ._run import LoadedRun, RunError, load_run
-from ._trainer import Trainer, TrainResult, embed_graphs, featurizer_of, resolve_device, train
+from ._data import MAX_WORKERS, DataError, Split, model_files, prepared_graphs, split_by_run
+from ._run import WEIGHTS_FILE, LoadedRun, RunError, load_run
+from ._trainer import (
+    DivergedError,
+    Trainer,
+    TrainResult,
+    embed_graphs,
+    featurizer_of,
+    resolve_device,
+    train,
+)
 
 __all__ = [
+    "MAX_WORKERS",
     "PROPERTIES",
+    "WEIGHTS_FILE",
     "ConfigError",
     "DataError",
+    "DivergedError",
     "LoadedRun",
     "RunError",
     "Split",
@@ -18,6 +29,7 @@ __all__ = [
     "embed_graphs",
     "featurizer_of",
     "load_run",
+    "model_files",
     "prepared_graphs",
     "resolve_device",
     "split_by_run",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -75,26 +76,61 @@ class TrainConfig:
     max_block_edges: int = 32_768
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 2, "batch_size", "an int >= 2", self.batch_size)
-        _check(self.epochs >= 1, "epochs", "an int >= 1", self.epochs)
-        _check(self.patience >= 1, "patience", "an int >= 1", self.patience)
-        _check(self.lr > 0, "lr", "a float > 0", self.lr)
+        _check(
+            isinstance(self.encoder, str) and self.encoder != "", "encoder", "a name", self.encoder
+        )
+        _check(
+            isinstance(self.encoder_kwargs, Mapping)
+            and all(isinstance(k, str) for k in self.encoder_kwargs),
+            "encoder_kwargs",
+            "a mapping of argument names to values",
+            self.encoder_kwargs,
+        )
+        _check(
+            isinstance(self.properties, tuple)
+            and len(self.properties) > 0
+            and all(isinstance(p, str) for p in self.properties)
+            and len(set(self.properties)) == len(self.properties),
+            "properties",
+            "at least one column, each named once",
+            self.properties,
+        )
+        for name, low in _INTS.items():
+            value = getattr(self, name)
+            _check(_is_int(value) and value >= low, name, f"an int >= {low}", value)
+        _check(self.seed < 2**63, "seed", "an int below 2**63", self.seed)
+        _check(_is_finite(self.lr) and self.lr > 0, "lr", "a finite float > 0", self.lr)
+        _check(
+            _is_finite(self.temperature) and self.temperature > 0,
+            "temperature",
+            "a finite float > 0",
+            self.temperature,
+        )
+        for name in ("weight_decay", "noise"):
+            value = getattr(self, name)
+            _check(_is_finite(value) and value >= 0, name, "a finite float >= 0", value)
         _check(
             self.lr_schedule in LR_SCHEDULES,
             "lr_schedule",
             " or ".join(LR_SCHEDULES),
             self.lr_schedule,
         )
-        _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
         _check(
-            0 <= self.contrastive_weight <= 1,
+            _is_finite(self.contrastive_weight) and 0 <= self.contrastive_weight <= 1,
             "contrastive_weight",
             "a float in [0, 1]",
             self.contrastive_weight,
         )
-        _check(0 <= self.edge_dropout < 1, "edge_dropout", "a float in [0, 1)", self.edge_dropout)
         _check(
-            0 < self.val_fraction
+            _is_finite(self.edge_dropout) and 0 <= self.edge_dropout < 1,
+            "edge_dropout",
+            "a float in [0, 1)",
+            self.edge_dropout,
+        )
+        _check(
+            _is_finite(self.val_fraction)
+            and _is_finite(self.test_fraction)
+            and 0 < self.val_fraction
             and 0 < self.test_fraction
             and self.val_fraction + self.test_fraction < 1,
             "val_fraction/test_fraction",
@@ -102,7 +138,7 @@ class TrainConfig:
             (self.val_fraction, self.test_fraction),
         )
         _check(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
-        _check(len(self.properties) > 0, "properties", "at least one column", self.properties)
+        _check(isinstance(self.canonical, bool), "canonical", "true or false", self.canonical)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -119,8 +155,11 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
         values = dict(values)
-        if "properties" in values:
+        if isinstance(values.get("properties"), list):
             values["properties"] = tuple(values["properties"])
+        for f in fields(cls):  # YAML reads 1e-4 and inf as text
+            if f.type == "float" and isinstance(values.get(f.name), str):
+                values[f.name] = _as_float(values[f.name])
         try:
             return cls(**values)
         except TypeError as err:
@@ -174,6 +213,33 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some settings changed."""
         return replace(self, **changes)
+
+
+_INTS = {
+    "batch_size": 2,
+    "epochs": 1,
+    "patience": 1,
+    "head_hidden": 1,
+    "seed": 0,
+    "max_block_edges": 1,
+}
+"""The integer settings and their smallest allowed values."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_float(text: str) -> float | str:
+    """``text`` as a float when it spells one (``1e-4``, ``inf``), else unchanged."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _check(ok: bool, name: str, expected: str, got: object) -> None:

@@ -16,18 +16,24 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._progress import progress_enabled
 from ..encoders import Encoder, create_encoder
-from ..graph import Featurizer, GraphBatch, NeuralGraph
+from ..exceptions import WeightspaceError
+from ..featurize import Featurizer
+from ..graph import GraphBatch, NeuralGraph
+from ..infra import progress_enabled
+from ..metrics import regression_metrics
 from ..objectives import PropertyHead, info_nce, make_view, masked_mse
-from ..tasks import regression_metrics
-from ..zoo.store import Zoo
-from ._config import TrainConfig
+from ..zoo import Zoo
+from ._config import ConfigError, TrainConfig
 from ._data import DataError, Split, prepared_graphs, property_table, split_by_run
-from ._run import HISTORY_FILE, save_run, write_metrics
+from ._run import HISTORY_FILE, check_out, clear_run, meta_modules, save_run, write_metrics
 
 EMBED_BATCH = 64
 LOSSES = ("total", "contrastive", "property")
+
+
+class DivergedError(WeightspaceError, FloatingPointError):
+    """Training produced a non-finite loss; it was stopped and no run was written."""
 
 
 @dataclass
@@ -92,12 +98,21 @@ class Trainer:
         config: the settings.
         progress: show progress bars (default: on a terminal, off under CI).
         workers: processes used to build missing graphs.
+        trust_pickle: allow ``.pt2`` zoo models whose loading needs a full unpickle.
     """
 
-    def __init__(self, config: TrainConfig, progress: bool | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        progress: bool | None = None,
+        workers: int = 1,
+        *,
+        trust_pickle: bool = False,
+    ) -> None:
         self.config = config
         self.progress = progress_enabled() if progress is None else progress
         self.workers = workers
+        self.trust_pickle = trust_pickle
         self.device = resolve_device(config.device)
 
     def fit(
@@ -106,20 +121,40 @@ class Trainer:
         out: str | Path,
         graphs: Mapping[str, NeuralGraph] | None = None,
         split: Split | None = None,
+        *,
+        overwrite: bool = False,
     ) -> TrainResult:
         """Train on ``zoo`` and write the run directory ``out``.
 
+        ``out`` and the size of the encoder are checked before any work. The run is
+        written only once training succeeded; replacing a run (``overwrite``) removes the
+        previous run's files first, and nothing else in ``out``.
+
         Args:
             zoo: the zoo with measured properties.
-            out: the run directory to write.
+            out: the run directory to write (new, empty, or a run when ``overwrite``).
             graphs: prepared graphs by model id, when the caller has them already.
             split: the split to use (default: :func:`split_by_run` with the config's seed).
+            overwrite: replace a run already at ``out``.
 
         Raises:
-            DataError: an empty zoo, a missing property, or too few training runs.
+            RunError: ``out`` is a file, a non-empty directory without a run, or a run
+                while ``overwrite`` is False.
+            ConfigError: the encoder cannot be built or is too large.
+            DataError: an empty zoo, a missing property or model file, or too few runs.
+            DivergedError: a loss became NaN or infinite.
         """
         cfg = self.config
         out = Path(out)
+        check_out(out, overwrite)
+        meta_modules(
+            cfg.encoder,
+            cfg.encoder_kwargs,
+            cfg.head_hidden,
+            len(cfg.properties),
+            where="training config",
+            error=ConfigError,
+        )
         catalog = zoo.catalog
         if catalog.empty:
             raise DataError(f"{zoo.root}: the zoo is empty; build it with 'weightspace zoo build'")
@@ -128,7 +163,9 @@ class Trainer:
         featurizer = featurizer_of(cfg)
         if graphs is None:
             ids = split.train + split.val + split.test
-            built = prepared_graphs(zoo, featurizer, ids, self.workers, self.progress)
+            built = prepared_graphs(
+                zoo, featurizer, ids, self.workers, self.progress, trust_pickle=self.trust_pickle
+            )
             graphs = dict(zip(ids, built))
 
         mean, std = _target_scale(targets.loc[split.train].to_numpy())
@@ -164,9 +201,11 @@ class Trainer:
         for epoch in bar:
             start = time.perf_counter()
             train = self._train_epoch(
-                encoder, head, optimizer, schedule, train_graphs, y_train, generator
+                encoder, head, optimizer, schedule, train_graphs, y_train, generator, epoch + 1
             )
             val = self._evaluate(encoder, head, val_graphs, y_val)
+            if not math.isfinite(val["total"]):
+                raise self._diverged(f"epoch {epoch + 1}: the validation loss", val, schedule)
             row: dict[str, float] = {"epoch": epoch + 1}
             row.update({f"train_{k}": v for k, v in train.items()})
             row.update({f"val_{k}": v for k, v in val.items()})
@@ -207,6 +246,7 @@ class Trainer:
         }
         encoder.cpu()
         head.cpu()
+        clear_run(out)
         save_run(out, config_json, encoder, head)
         frame = pd.DataFrame(history)
         frame.to_csv(out / HISTORY_FILE, index=False)
@@ -233,8 +273,13 @@ class Trainer:
         graphs: Sequence[NeuralGraph],
         y: Tensor,
         generator: torch.Generator,
+        epoch: int,
     ) -> dict[str, float]:
-        """One pass over shuffled training batches; the mean of each loss component."""
+        """One pass over shuffled training batches; the mean of each loss component.
+
+        Raises:
+            DivergedError: at the first non-finite loss, before it is backpropagated.
+        """
         encoder.train()
         head.train()
         order = torch.randperm(len(graphs), generator=generator).tolist()
@@ -244,12 +289,27 @@ class Trainer:
             if len(chunk) < 2:  # InfoNCE needs another network in the batch
                 continue
             step = self._losses(encoder, head, [graphs[k] for k in chunk], y[chunk], generator)
+            values = {k: float(v.detach()) for k, v in step.items()}
+            if not math.isfinite(values["total"]):
+                where = f"epoch {epoch}, step {len(losses) + 1}: the training loss"
+                raise self._diverged(where, values, schedule)
             optimizer.zero_grad()
             step["total"].backward()
             optimizer.step()
             schedule.step()
-            losses.append({k: float(v.detach()) for k, v in step.items()})
+            losses.append(values)
         return {k: float(np.mean([loss[k] for loss in losses])) for k in LOSSES}
+
+    @staticmethod
+    def _diverged(
+        where: str, losses: Mapping[str, float], schedule: torch.optim.lr_scheduler.LRScheduler
+    ) -> DivergedError:
+        parts = ", ".join(f"{k} {losses[k]:.4g}" for k in LOSSES[1:])
+        return DivergedError(
+            f"{where} is {losses['total']} ({parts}) at learning rate "
+            f"{schedule.get_last_lr()[0]:.3g}; training stopped and no run was written: "
+            "lower lr or check the zoo's property values"
+        )
 
     def _views(
         self, encoder: Encoder, graphs: Sequence[NeuralGraph], generator: torch.Generator
@@ -323,8 +383,14 @@ def train(
     out: str | Path,
     progress: bool | None = None,
     workers: int = 1,
+    *,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
 ) -> TrainResult:
     """Train ``config.encoder`` on a zoo and write the run directory ``out``.
+
+    ``overwrite`` replaces a run already at ``out``; ``trust_pickle`` allows ``.pt2`` zoo
+    models whose loading needs a full unpickle. See :meth:`Trainer.fit` for the errors.
 
     Example:
         >>> from weightspace.train import TrainConfig, train
@@ -332,4 +398,5 @@ def train(
         >>> result.metrics["properties"]["test_accuracy"]["kendall"]  # doctest: +SKIP
     """
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
-    return Trainer(config, progress=progress, workers=workers).fit(zoo, out)
+    trainer = Trainer(config, progress=progress, workers=workers, trust_pickle=trust_pickle)
+    return trainer.fit(zoo, out, overwrite=overwrite)

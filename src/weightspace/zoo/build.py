@@ -1,19 +1,19 @@
 """Building a model zoo: plan the training runs, train them in groups, store every checkpoint.
 
 A build is resumable: model ids are derived from the preset, the zoo seed and each run's
-hyperparameters, finished models are skipped, and the store's writes are atomic, so a build
-killed at any moment and started again ends with exactly the requested models.
+hyperparameters, finished models are skipped, and the storage's writes are atomic, so a build
+killed at any moment and started again ends with exactly the requested models. Its worker
+processes exit when the build's process dies (:func:`weightspace.infra.process_pool`).
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,15 +21,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .._progress import progress_enabled
-from .._ray import ray_imap
 from ..exceptions import WeightspaceError
+from ..infra import process_pool, ray_imap, resolve_progress
 from .datasets import TaskData, find_mnist, load_dataset
-from .presets import GroupPlan, load_preset
-from .store import ZooWriter
+from .presets import GroupPlan, PresetError, load_preset
+from .storage import ZooWriter
 from .training import GroupTrainer, RunSettings, robustness_kind
 
 MAX_RUNS_PER_JOB = 16
+
+MAX_SIZE = 1_000_000
+"""Most models one build may plan (``size``, or a preset's own size)."""
+
+MAX_WORKERS = 256
+"""Most worker processes of a local build."""
 
 
 class BackendError(WeightspaceError, RuntimeError):
@@ -202,8 +207,7 @@ def _execute(jobs: list[Job], backend: str, workers: int) -> Iterator[tuple[Job,
         finally:
             torch.set_num_threads(threads)
     else:
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with process_pool(workers) as pool:  # spawned; workers die with the build
             futures = {pool.submit(run_job, job): job for job in jobs}
             for future in as_completed(futures):
                 yield futures[future], future.result()
@@ -213,6 +217,16 @@ def _execute_ray(jobs: list[Job], workers: int) -> Iterator[tuple[Job, tuple]]:
     """The same jobs as Ray tasks: on a cluster when ``RAY_ADDRESS`` is set, else locally."""
     for k, result in ray_imap(run_job, [(job,) for job in jobs], workers, BackendError):
         yield jobs[k], result
+
+
+def _check_int(name: str, value: object, low: int, high: int, *, optional: bool = False) -> None:
+    """Raises ValueError unless ``value`` is an int in ``[low, high]`` (or None if optional)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(
+            f"The {name!r} parameter must be an int in [{low}, {high}]. Got {value!r} instead."
+        )
 
 
 def build_zoo(
@@ -245,15 +259,29 @@ def build_zoo(
 
     Returns:
         A :class:`BuildReport`.
+
+    Raises:
+        ValueError: If ``size``, ``workers`` or ``seed`` is not an int in its range, or
+            ``backend`` is unknown.
+        PresetError: If the preset is unknown or malformed, or plans more than
+            :data:`MAX_SIZE` models when ``size`` is not given.
+        ZooError: If ``out`` holds model files but its catalog is missing, empty or
+            unreadable (nothing is written; rebuild it with ``weightspace zoo
+            rebuild-catalog``).
     """
-    if size is not None and size < 1:
-        raise ValueError(f"The 'size' parameter must be an int >= 1. Got {size} instead.")
+    _check_int("size", size, 1, MAX_SIZE, optional=True)
     if backend not in BACKENDS:
         raise ValueError(f"The 'backend' parameter must be one of {BACKENDS}. Got {backend!r}.")
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
-        raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
+    _check_int("workers", workers, 1, MAX_WORKERS, optional=True)
+    workers = workers or min(os.cpu_count() or 1, MAX_WORKERS)
+    _check_int("seed", seed, 0, 2**32 - 1)
     plans = load_preset(preset)
+    planned = sum(p.runs * len(p.checkpoints) for p in plans)
+    if size is None and planned > MAX_SIZE:
+        raise PresetError(
+            f"the preset {str(preset)!r} plans {planned:,} models, more than the maximum of "
+            f"{MAX_SIZE:,}; give a size (--size) to build fewer"
+        )
     if any(p.dataset == "mnist" for p in plans):
         find_mnist(data_dir)  # fail now, not in a worker minutes into the build
     jobs, wanted = plan_jobs(plans, size, seed, data_dir)
@@ -263,7 +291,7 @@ def build_zoo(
         present = writer.existing_ids() & set(wanted)
         pending = [j for j in jobs if not j.wanted <= present]
         report = BuildReport(len(wanted), len(present), repaired=repaired)
-        show = progress_enabled() if progress is None else progress
+        show = resolve_progress(progress)
         bar = tqdm(
             total=len(wanted),
             initial=len(present),
@@ -287,5 +315,6 @@ def build_zoo(
         for job, (results, seconds) in _execute(pending, backend, workers):
             store(job, results, seconds)
         bar.close()
+        report.repaired["orphans"] = writer.orphans()  # those this build did not rewrite
     report.seconds = time.perf_counter() - started
     return report

@@ -45,8 +45,9 @@ from sklearn.utils import Bunch
 from torch import Tensor
 from tqdm import tqdm
 
-from weightspace._progress import progress_enabled
 from weightspace.exceptions import WeightspaceError
+
+from ..infra import progress_enabled
 
 __all__ = [
     "CLS_TOKEN",

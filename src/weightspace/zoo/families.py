@@ -14,7 +14,10 @@ has no data-dependent control flow, no in-place and no scalar operations.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import numbers
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -33,6 +36,7 @@ __all__ = [
     "ZooModel",
     "build_model",
     "example_input",
+    "validate_spec",
 ]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -708,6 +712,52 @@ FAMILIES: dict[str, type[ZooModel]] = {
 }
 
 
+# Sequence arguments that may be empty (an MLP without hidden layers is a linear model).
+_MAY_BE_EMPTY = frozenset({"hidden"})
+
+
+@functools.cache
+def _argument_types(family: str) -> dict[str, Any]:
+    """The annotated type of each constructor argument of a family."""
+    return typing.get_type_hints(FAMILIES[family].__init__)
+
+
+def _is_int(value: object) -> bool:
+    """True for an int that is no bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_argument(family: str, name: str, hint: Any, value: Any) -> None:
+    """Checks one spec value against its constructor annotation before anything is built.
+
+    Raises:
+        TypeError: If the value has the wrong type (e.g. a float where an int is expected).
+        ValueError: If a count is not positive, a sequence of counts is empty, or a float
+            is outside ``[0, 1]`` (every float argument is a probability or a fraction).
+    """
+    where = f"The {name!r} parameter of model family {family!r}"
+    if hint is int:
+        if not _is_int(value):
+            raise TypeError(f"{where} must be an int. Got {value!r} instead.")
+        if value < 1:
+            raise ValueError(f"{where} must be a positive int. Got {value!r} instead.")
+    elif typing.get_origin(hint) is Sequence:
+        if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+            raise TypeError(f"{where} must be a list of ints. Got {value!r} instead.")
+        if any(v < 1 for v in value):
+            raise ValueError(f"{where} must hold positive ints. Got {value!r} instead.")
+        if not value and name not in _MAY_BE_EMPTY:
+            raise ValueError(f"{where} must not be empty.")
+    elif hint is float:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{where} must be a number. Got {value!r} instead.")
+        if not 0 <= float(value) <= 1:  # False for NaN too
+            raise ValueError(f"{where} must be between 0 and 1. Got {value!r} instead.")
+    elif hint is bool or hint is str:
+        if not isinstance(value, hint):
+            raise TypeError(f"{where} must be a {hint.__name__}. Got {value!r} instead.")
+
+
 def _resolve(spec: Mapping[str, Any]) -> tuple[type[ZooModel], dict[str, Any]]:
     """Splits a spec into its family class and constructor arguments, checking both."""
     kwargs = dict(spec)
@@ -725,7 +775,26 @@ def _resolve(spec: Mapping[str, Any]) -> tuple[type[ZooModel], dict[str, Any]]:
                 f"Unknown argument {key!r} for model family {family!r}"
                 f"{_did_you_mean(key, accepted)}; it accepts {sorted(accepted)}."
             )
+    hints = _argument_types(family)
+    for key, value in kwargs.items():
+        _check_argument(family, key, hints[key], value)
     return cls, kwargs
+
+
+def validate_spec(spec: Mapping[str, Any]) -> None:
+    """Checks a spec without building anything: its family, argument names and values.
+
+    Arguments the spec leaves out take the family's defaults and are not checked.
+
+    Args:
+        spec: ``{"family": name, **kwargs}`` as for :func:`build_model`.
+
+    Raises:
+        ValueError: If the family is unknown, or an argument has an invalid value (a count
+            that is not positive, a fraction outside ``[0, 1]``, ...).
+        TypeError: If an argument is not one of the family's, or has the wrong type.
+    """
+    _resolve(spec)
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
@@ -740,7 +809,8 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
 
     Raises:
         ValueError: If the family is unknown, or an argument has an invalid value.
-        TypeError: If an argument is not one of the family's.
+        TypeError: If an argument is not one of the family's, or has the wrong type (see
+            :func:`validate_spec`).
     """
     cls, kwargs = _resolve(spec)
     return cls(**kwargs)

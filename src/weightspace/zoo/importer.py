@@ -7,7 +7,9 @@ inside ``SRC``, are left out. Then, by suffix (case-insensitive):
 - ``.safetensors``: a weightspace model file (its metadata holds the architecture spec) is
   rebuilt with :func:`~weightspace.zoo.families.build_model`; a plain safetensors state dict
   needs a spec from the metadata file or a sidecar ``<stem>.spec.json``.
-- ``.pt2``: a ``torch.export`` program, stored as is (catalog ``family`` ``"exported"``).
+- ``.pt2``: a ``torch.export`` program, stored as is (catalog ``family`` ``"exported"``);
+  read with :func:`weightspace.programs.load_program`, which refuses entries that need a
+  full unpickle unless ``trust_pickle``.
 - ``.pt`` / ``.pth``: a state dict (also under a ``"state_dict"``, ``"model_state_dict"`` or
   ``"model"`` key) read with ``torch.load(..., weights_only=True)``, plus a spec from the
   metadata or the sidecar. A file that needs code execution to unpickle is refused unless
@@ -19,10 +21,13 @@ inside ``SRC``, are left out. Then, by suffix (case-insensitive):
 - anything else: skipped with a reason if it looks binary (a NUL byte in its first 8 KiB),
   and silently ignored if it is text (sidecar specs, metadata, READMEs, logs).
 
-Every candidate is validated before it is written: it loads, its parameters are finite and
-:func:`~weightspace.to_graph` converts it; a file that fails is skipped with a one-line
-reason and never half-imported. Models are added in batches of :data:`BATCH_SIZE`, each one
-atomic (:meth:`~weightspace.zoo.store.ZooWriter.add`); a model's id is
+Every candidate is validated before it is written: its spec is checked and built on the
+meta device first, so a spec larger than ``max_params`` or of other shapes than the stored
+tensors allocates nothing; then it loads, its parameters are finite and
+:func:`~weightspace.to_graph` converts it. A file that fails, for whatever reason, is
+skipped with a one-line reason and never half-imported; the import goes on with the next
+file. Models are added in batches of :data:`BATCH_SIZE`, each one
+atomic (:meth:`~weightspace.zoo.ZooWriter.add`); a model's id is
 ``<sanitised file stem>-<first 8 hex digits of the file's sha256>``, so an interrupted or
 repeated import skips what is already in the zoo (``already_present``). A repeated import
 does not update the catalog rows of models already present.
@@ -53,13 +58,13 @@ from safetensors import safe_open
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._progress import progress_enabled
-from ..checkpoints import CheckpointError, load_model
 from ..exceptions import GraphError, InvalidWeightsError, TraceError, UnsupportedModuleError
 from ..graph import NeuralGraph, to_graph
+from ..infra import resolve_progress
+from ..limits import MAX_PARAMS
+from ..programs import ArchiveError, load_program
 from .families import ZooModel, build_model
-from .store import (
-    _COLUMN_TYPES,
+from .storage import (
     CATALOG_COLUMNS,
     EXPORTED_FAMILY,
     EXPORTED_SPEC,
@@ -67,10 +72,12 @@ from .store import (
     ZooError,
     ZooNotFoundError,
     ZooWriter,
-    _did_you_mean,
-    _state_mismatch,
     load_model_file,
+    read_spec,
 )
+from .storage.catalog import _COLUMN_TYPES
+from .storage.errors import _did_you_mean
+from .storage.modelfile import _state_mismatch, _too_large
 
 __all__ = [
     "BATCH_SIZE",
@@ -125,7 +132,8 @@ class ImportReport:
         skipped: ``(file path relative to SRC, one-line reason)`` for every file not
             imported, in walk order, then the metadata rows that match no checkpoint.
         already_present: Ids found in the zoo before the import (a repeated import).
-        repaired: What :meth:`ZooWriter.repair` cleaned up from an interrupted import.
+        repaired: What :meth:`ZooWriter.repair` found from an interrupted import; its
+            ``"orphans"`` are the model files still without a row after the import.
     """
 
     imported: list[str] = field(default_factory=list)
@@ -342,7 +350,7 @@ def _first_sentence(err: BaseException) -> str:
 
 
 def _without_path(err: BaseException, path: Path) -> str:
-    """The message of a store/checkpoint error without its leading ``"<path>: "``."""
+    """The message of a storage or program error without its leading ``"<path>: "``."""
     text = _one_line(err)
     prefix = f"{path}: "
     return text[len(prefix) :] if text.startswith(prefix) else text
@@ -365,15 +373,29 @@ def _spec_for(path: Path, given: dict[str, Any] | None) -> dict[str, Any]:
         raise _Skip(f"bad spec: {sidecar.name} is not a JSON object with a 'family' name") from None
 
 
-def _rebuild(spec: Mapping[str, Any], state: Mapping[str, Tensor]) -> nn.Module:
-    """``build_model(spec)`` with ``state`` loaded strictly, in the state's dtype."""
+def _meta_reference(spec: Mapping[str, Any], max_params: int) -> nn.Module:
+    """``build_model(spec)`` on the meta device (nothing allocated), within ``max_params``."""
     try:
-        module = build_model(spec)
-    except (TypeError, ValueError) as err:
+        with torch.device("meta"):
+            module = build_model(spec)
+    except (TypeError, ValueError, RuntimeError) as err:  # torch rejects sizes with RuntimeError
         raise _Skip(f"bad spec: {_one_line(err)}") from None
-    problem = _state_mismatch(module, state)
+    problem = _too_large(module, max_params)
+    if problem:
+        raise _Skip(f"too large: {problem}")
+    return module
+
+
+def _rebuild(spec: Mapping[str, Any], state: Mapping[str, Tensor], max_params: int) -> nn.Module:
+    """``build_model(spec)`` with ``state`` loaded strictly, in the state's dtype.
+
+    The spec's size and shapes are checked on the meta device before the network is built.
+    """
+    reference = _meta_reference(spec, max_params)
+    problem = _state_mismatch(reference, {k: t.shape for k, t in state.items()})
     if problem:
         raise _Skip(f"state does not match spec: {problem}")
+    module = build_model(spec)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         module = module.to(dtypes.pop())
@@ -468,7 +490,7 @@ def _rebuilt(module: nn.Module) -> _Loaded:
     return _Loaded(module, None, module, dict(module.spec))
 
 
-def _load_safetensors(path: Path, given: dict[str, Any] | None) -> _Loaded:
+def _load_safetensors(path: Path, given: dict[str, Any] | None, max_params: int) -> _Loaded:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -476,32 +498,38 @@ def _load_safetensors(path: Path, given: dict[str, Any] | None) -> _Loaded:
         raise _Skip(f"corrupt: not a safetensors file ({_one_line(err)})") from None
     if header.get("format") == FORMAT or "spec" in header:
         try:
-            module, spec = load_model_file(path)
+            _meta_reference(read_spec(path), max_params)  # a bad or huge spec: its own reason
+            module, spec = load_model_file(path, max_params=max_params)
         except ZooError as err:
             raise _Skip(f"corrupt: {_without_path(err, path)}") from None
         if given is not None and not _same_spec(given, spec):
             raise _Skip("the spec in the metadata differs from the spec in the file")
         return _rebuilt(module)
+    spec = _spec_for(path, given)
+    _meta_reference(spec, max_params)  # before the tensors are read
     try:
         state = safetensors.torch.load_file(str(path))
     except Exception as err:
         raise _Skip(f"corrupt: tensors are unreadable ({_one_line(err)})") from None
-    spec = _spec_for(path, given)
-    module = _rebuild(spec, state)
+    module = _rebuild(spec, state, max_params)
     return _rebuilt(module)
 
 
-def _load_exported(path: Path, given: dict[str, Any] | None) -> _Loaded:
+def _load_exported(
+    path: Path, given: dict[str, Any] | None, trust_pickle: bool, max_params: int
+) -> _Loaded:
     if given is not None:
         raise _Skip("the metadata gives a spec, but a torch.export program carries its own")
     try:
-        module, example = load_model(path)
-    except CheckpointError as err:
+        module, example = load_program(path, trust_pickle=trust_pickle, max_params=max_params)
+    except ArchiveError as err:
         raise _Skip(f"corrupt: {_without_path(err, path)}") from None
     return _Loaded(module, example, path, EXPORTED_SPEC)
 
 
-def _load_torch(path: Path, given: dict[str, Any] | None, trust_pickle: bool) -> _Loaded:
+def _load_torch(
+    path: Path, given: dict[str, Any] | None, trust_pickle: bool, max_params: int
+) -> _Loaded:
     obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
         spec = getattr(obj, "spec", None)
@@ -512,13 +540,13 @@ def _load_torch(path: Path, given: dict[str, Any] | None, trust_pickle: bool) ->
             )
         if given is not None and not _same_spec(given, spec):
             raise _Skip("the spec in the metadata differs from the network's spec")
-        module = _rebuild(dict(spec), obj.state_dict())
+        module = _rebuild(dict(spec), obj.state_dict(), max_params)
         return _rebuilt(module)
     state = _as_state_dict(obj)
     if state is None:
         raise _Skip(f"not a state dict or a network: the file holds a {type(obj).__name__}")
     spec = _spec_for(path, given)
-    module = _rebuild(spec, state)
+    module = _rebuild(spec, state, max_params)
     return _rebuilt(module)
 
 
@@ -571,20 +599,30 @@ def _architecture(loaded: _Loaded, graph: NeuralGraph) -> str:
     return f"{family}-{hashlib.sha256(payload.encode()).hexdigest()[:8]}"
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How an import reads its files."""
+
+    trust_pickle: bool
+    max_params: int
+    scratch: Path  # ONNX models are exported here as programs before they are stored
+
+
 def _candidate(
-    path: Path, rel: str, model_id: str, given: dict[str, Any], trust_pickle: bool, scratch: Path
+    path: Path, rel: str, model_id: str, given: dict[str, Any], options: _Options
 ) -> _Candidate:
     """Loads and validates one checkpoint; raises :class:`_Skip` with the reason."""
     suffix = path.suffix.lower()
     given_spec = given.get("spec")
+    trust, limit = options.trust_pickle, options.max_params
     if suffix == ".safetensors":
-        loaded = _load_safetensors(path, given_spec)
+        loaded = _load_safetensors(path, given_spec, limit)
     elif suffix == ".pt2":
-        loaded = _load_exported(path, given_spec)
+        loaded = _load_exported(path, given_spec, trust, limit)
     elif suffix == ".onnx":
-        loaded = _load_onnx(path, given_spec, scratch)
+        loaded = _load_onnx(path, given_spec, options.scratch)
     else:
-        loaded = _load_torch(path, given_spec, trust_pickle)
+        loaded = _load_torch(path, given_spec, trust, limit)
     graph = _graph(loaded.module, loaded.example)  # also checks that parameters are finite
     record: dict[str, Any] = {
         **DEFAULTS,
@@ -599,19 +637,24 @@ def _candidate(
 # --------------------------------------------------------------------------- import
 
 
-def _flush(writer: ZooWriter, pending: list[_Candidate], report: ImportReport) -> None:
+def _flush(
+    writer: ZooWriter, pending: list[_Candidate], report: ImportReport, trust_pickle: bool
+) -> None:
     """Adds the pending models in one atomic batch (one by one if the batch is rejected)."""
     if not pending:
         return
     try:
         writer.add(
-            [c.record for c in pending], [c.state for c in pending], [c.spec for c in pending]
+            [c.record for c in pending],
+            [c.state for c in pending],
+            [c.spec for c in pending],
+            trust_pickle=trust_pickle,
         )
         report.imported += [c.record["id"] for c in pending]
     except ZooError:
         for c in pending:  # keep the good ones, report the offenders
             try:
-                writer.add([c.record], [c.state], [c.spec])
+                writer.add([c.record], [c.state], [c.spec], trust_pickle=trust_pickle)
                 report.imported.append(c.record["id"])
             except ZooError as err:
                 report.skipped.append((c.rel, f"rejected by the zoo: {_one_line(err)}"))
@@ -624,6 +667,7 @@ def import_checkpoints(
     *,
     metadata: str | Path | None = None,
     trust_pickle: bool = False,
+    max_params: int = MAX_PARAMS,
     progress: bool | None = None,
 ) -> ImportReport:
     """Imports a folder of checkpoints into a zoo (created if missing).
@@ -638,8 +682,11 @@ def import_checkpoints(
         src: The folder of checkpoints, walked recursively.
         out: The zoo directory.
         metadata: Optional ``.csv`` / ``.json`` file, see :func:`read_metadata`.
-        trust_pickle: Unpickle ``.pt`` / ``.pth`` files that need code execution. Only
-            for files from a trusted source: unpickling can run arbitrary code.
+        trust_pickle: Unpickle ``.pt`` / ``.pth`` files that need code execution, and
+            ``.pt2`` entries that need a full unpickle. Only for files from a trusted
+            source: unpickling can run arbitrary code.
+        max_params: Most tensor elements one model may declare; a file over it is skipped
+            before anything is allocated.
         progress: Show a progress bar (default: when stderr is a terminal and ``CI`` is not
             ``true``).
 
@@ -650,7 +697,9 @@ def import_checkpoints(
         ZooNotFoundError: If ``src`` is not a directory.
         ImportMetadataError: If the metadata file is unreadable, has unknown columns or
             bad values; raised before anything is written.
-        ZooError: If ``out`` is ``src`` itself.
+        ZooError: If ``out`` is ``src`` itself, ``max_params`` is not a positive int, or
+            ``out`` holds model files but its catalog is missing, empty or unreadable
+            (nothing is written; rebuild it with ``weightspace zoo rebuild-catalog``).
         ZooLockedError: If another process writes the zoo.
     """
     src, out = Path(src), Path(out)
@@ -658,12 +707,14 @@ def import_checkpoints(
         raise ZooNotFoundError(f"{src}: no such directory (expected a folder of checkpoints)")
     if out.resolve() == src.resolve():
         raise ZooError(f"{out}: the zoo cannot be the folder it imports from; choose another --out")
+    if isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 1:
+        raise ZooError(f"max_params must be a positive int. Got {max_params!r} instead.")
     rows = read_metadata(metadata, src) if metadata is not None else {}
     files = _walk(src, exclude=out)
     report = ImportReport()
     considered: set[str] = set()  # checkpoint files and reported binary files
-    with ZooWriter(out) as writer, tempfile.TemporaryDirectory() as scratch_dir:
-        scratch = Path(scratch_dir)  # ONNX models exported as programs before they are stored
+    with ZooWriter(out) as writer, tempfile.TemporaryDirectory() as scratch:
+        options = _Options(trust_pickle, max_params, Path(scratch))
         report.repaired = writer.repair()
         present = writer.existing_ids()
         queued: dict[str, str] = {}  # id -> relative path, in this run
@@ -684,21 +735,22 @@ def import_checkpoints(
             elif model_id in queued:
                 report.skipped.append((rel, f"same file as {queued[model_id]} (id {model_id})"))
             else:
-                try:
-                    candidate = _candidate(
-                        path, rel, model_id, rows.get(rel, {}), trust_pickle, scratch
-                    )
-                    pending.append(candidate)
-                    queued[model_id] = rel
-                except _Skip as skip:
-                    report.skipped.append((rel, str(skip)))
-            if len(pending) >= BATCH_SIZE:
-                _flush(writer, pending, report)
+                pending.append(_candidate(path, rel, model_id, rows.get(rel, {}), options))
+                queued[model_id] = rel
 
-        show = progress_enabled() if progress is None else progress
+        show = resolve_progress(progress)
         with tqdm(total=len(files), unit="file", desc="zoo import", disable=not show) as bar:
             for path in files:
-                consider(path, path.relative_to(src).as_posix())
+                rel = path.relative_to(src).as_posix()
+                try:
+                    consider(path, rel)
+                except _Skip as skip:
+                    report.skipped.append((rel, str(skip)))
+                except Exception as err:  # one bad file must not end the import
+                    considered.add(rel)
+                    report.skipped.append((rel, f"failed: {type(err).__name__}: {_brief(err)}"))
+                if len(pending) >= BATCH_SIZE:
+                    _flush(writer, pending, report, trust_pickle)
                 bar.set_postfix(
                     imported=len(report.imported) + len(pending),
                     skipped=len(report.skipped),
@@ -706,7 +758,8 @@ def import_checkpoints(
                     refresh=False,
                 )
                 bar.update(1)
-            _flush(writer, pending, report)
+            _flush(writer, pending, report, trust_pickle)
+        report.repaired["orphans"] = writer.orphans()  # those this import did not rewrite
     for rel in sorted(set(rows) - considered):
         found = (src / rel).is_file()
         reason = f"listed in metadata but {'not a checkpoint file' if found else 'not found'}"

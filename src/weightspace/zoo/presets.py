@@ -6,7 +6,9 @@ ranges with a generator seeded by the zoo seed and the plan's position, so a bui
 is interrupted and started again trains exactly the same networks.
 
 Presets can also be written as YAML or JSON files: a mapping with a ``groups`` list whose
-items have the fields of :class:`GroupPlan`.
+items have the fields of :class:`GroupPlan`. Every field of a file's groups is checked
+(types, ranges, and the architecture arguments against the family) when it is read, before
+anything is planned or trained.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import difflib
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -23,6 +26,8 @@ from typing import Any
 import torch
 
 from ..exceptions import WeightspaceError
+from .datasets import DATASETS
+from .families import FAMILIES, validate_spec
 from .training import RunSettings, checkpoint_epochs
 
 
@@ -229,7 +234,68 @@ def _read_preset_file(path: Path) -> list[GroupPlan]:
             k: tuple(v) if isinstance(v, list) and k != "arch" else v for k, v in item.items()
         }
         try:
-            plans.append(GroupPlan(**values))
+            plan = GroupPlan(**values)
         except TypeError as err:
             raise PresetError(f"{path}: group {i}: {err}") from None
+        _check_group(plan, f"{path}: group {i}")
+        plans.append(plan)
     return plans
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _is_count(value: object) -> bool:
+    """True for a positive int (no bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value: object) -> bool:
+    """True for a finite real number (no bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Sampled hyperparameters: (field, what it must be, test of each value, a [low, high] pair?)
+_RANGES = (
+    ("lr", "a [low, high] pair of positive numbers", lambda v: v > 0, True),
+    ("init_scale", "a [low, high] pair of numbers >= 0", lambda v: v >= 0, True),
+    ("weight_decay", "a non-empty list of numbers >= 0", lambda v: v >= 0, False),
+    ("label_noise", "a non-empty list of numbers in [0, 1]", lambda v: 0 <= v <= 1, False),
+    ("train_fraction", "a non-empty list of numbers in (0, 1]", lambda v: 0 < v <= 1, False),
+)
+
+
+def _check_group(plan: GroupPlan, where: str) -> None:
+    """Raises PresetError if a group read from a file has a value of the wrong type or range."""
+
+    def fail(name: str, expected: str) -> None:
+        value = getattr(plan, name)
+        raise PresetError(f"{where}: {name!r} must be {expected}. Got {value!r} instead.")
+
+    if not isinstance(plan.architecture, str) or not plan.architecture:
+        fail("architecture", "a non-empty name")
+    if not isinstance(plan.family, str) or plan.family not in FAMILIES:
+        fail("family", f"one of {sorted(FAMILIES)}")
+    if not isinstance(plan.arch, Mapping) or "family" in plan.arch:
+        fail("arch", "a mapping of the family's arguments, without 'family'")
+    try:
+        validate_spec({"family": plan.family, **plan.arch})
+    except (TypeError, ValueError) as err:
+        raise PresetError(f"{where}: 'arch': {err}") from None
+    if plan.dataset not in DATASETS:
+        fail("dataset", f"one of {list(DATASETS)}")
+    for name in ("runs", "epochs", "batch_size"):
+        if not _is_count(getattr(plan, name)):
+            fail(name, "a positive int")
+    if plan.max_train is not None and not _is_count(plan.max_train):
+        fail("max_train", "a positive int or null")
+    if plan.optimizer not in OPTIMIZERS:
+        fail("optimizer", f"one of {list(OPTIMIZERS)}")
+    for name, expected, valid, pair in _RANGES:
+        value = getattr(plan, name)
+        ok = isinstance(value, tuple) and bool(value)
+        ok = ok and all(_is_number(v) and valid(v) for v in value)
+        if pair:
+            ok = ok and len(value) == 2 and value[0] <= value[1]
+        if not ok:
+            fail(name, expected)

@@ -135,15 +135,15 @@ def _train_masks(n: int, runs: Sequence[RunSettings]) -> Tensor:
     return masks
 
 
-def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """Per-example loss."""
+def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+    """Per-example training loss: squared error for regression, cross-entropy otherwise."""
     if task == "regression":
         return (out.squeeze(-1) - y) ** 2
     return F.cross_entropy(out, y, reduction="none")
 
 
-def _score(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """``[M]`` accuracy, or R² for regression, from outputs ``[M, N, C]``."""
+def task_score(out: Tensor, y: Tensor, task: str) -> Tensor:
+    """The score of each of M stacked models from outputs ``[M, N, C]``: accuracy, or R²."""
     if task == "regression":
         pred = out.squeeze(-1)
         residual = ((pred - y) ** 2).sum(-1)
@@ -209,7 +209,7 @@ class GroupTrainer:
 
         def loss_fn(p: dict, b: dict, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
             out = self._forward(base, p, b, x)
-            return (w * _loss(out, y, task)).sum() / w.sum().clamp(min=1.0)
+            return (w * task_loss(out, y, task)).sum() / w.sum().clamp(min=1.0)
 
         step = self._stepper(grad_and_value(loss_fn))
         gen = torch.Generator().manual_seed(self.runs[0].seed)
@@ -279,8 +279,8 @@ class GroupTrainer:
         """
         data, task = self.data, self.data.task
         test_out = self._outputs(base, params, buffers, data.x_test)
-        test_score = _score(test_out, data.y_test, task)
-        test_loss = torch.stack([_loss(o, data.y_test, task).mean() for o in test_out])
+        test_score = task_score(test_out, data.y_test, task)
+        test_loss = torch.stack([task_loss(o, data.y_test, task).mean() for o in test_out])
         k = min(TRAIN_EVAL_LIMIT, len(self.x_train))
         train_out = self._outputs(base, params, buffers, self.x_train[:k])
         seen = self.masks[:, :k]  # each model on its own training examples and labels
@@ -294,10 +294,10 @@ class GroupTrainer:
             train_score = (correct * seen).sum(1) / seen.sum(1).clamp(min=1.0)
         gen = torch.Generator().manual_seed(12345)
         noisy_x = _perturb(data.x_test, data, gen)
-        robust = _score(self._outputs(base, params, buffers, noisy_x), data.y_test, task)
+        robust = task_score(self._outputs(base, params, buffers, noisy_x), data.y_test, task)
         if data.x_test.is_floating_point():
             y_attacked = data.y_test[:FGSM_EVAL_LIMIT]
-            fgsm = _score(self._fgsm_outputs(base, params, buffers), y_attacked, task)
+            fgsm = task_score(self._fgsm_outputs(base, params, buffers), y_attacked, task)
         else:  # token ids have no gradient
             fgsm = torch.full((len(self.runs),), float("nan"))
         return {
@@ -316,7 +316,7 @@ class GroupTrainer:
         base.eval()
 
         def loss_of_input(p: dict, b: dict, x: Tensor, y: Tensor) -> Tensor:
-            return _loss(self._forward(base, p, b, x), y, task).sum()
+            return task_loss(self._forward(base, p, b, x), y, task).sum()
 
         def attacked(p: dict, b: dict, x: Tensor, y: Tensor) -> Tensor:
             x_adv = x + FGSM_EPSILON * torch.func.grad(loss_of_input, argnums=2)(p, b, x, y).sign()

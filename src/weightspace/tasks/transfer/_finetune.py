@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import copy
 import json
-import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +28,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .._progress import progress_enabled
-from ..checkpoints import load_model
-from ..zoo.build import shape_for_family
-from ..zoo.datasets import TaskData
-from ..zoo.families import build_model
-from ..zoo.training import EVAL_BATCH, _loss, _score
-from ._transfer_targets import TransferError, load_target
+from ...checkpoints import load_model
+from ...infra import process_pool, resolve_progress
+from ...zoo.build import shape_for_family
+from ...zoo.datasets import TaskData
+from ...zoo.families import build_model
+from ...zoo.training import EVAL_BATCH, task_loss, task_score
+from ._targets import TransferError, load_target
 
 __all__ = [
     "BATCH_SIZE",
@@ -93,8 +91,8 @@ def evaluate(module: nn.Module, data: TaskData) -> tuple[float, float]:
         )  # [N, C]
     finally:
         module.train(was_training)
-    accuracy = float(_score(out[None], data.y_test, data.task)[0])
-    return accuracy, float(_loss(out, data.y_test, data.task).mean())
+    accuracy = float(task_score(out[None], data.y_test, data.task)[0])
+    return accuracy, float(task_loss(out, data.y_test, data.task).mean())
 
 
 def _batches(n: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -142,7 +140,7 @@ def fine_tune_curve(module: nn.Module, data: TaskData, budgets: Sequence[int], s
                 model.train()
                 for _ in range(budget - done):
                     idx = next(batches)
-                    loss = _loss(model(data.x_train[idx]), data.y_train[idx], data.task).mean()
+                    loss = task_loss(model(data.x_train[idx]), data.y_train[idx], data.task).mean()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -240,12 +238,11 @@ def run_jobs(
     unique = list(dict.fromkeys(jobs))
     directory = None if data_dir is None else str(data_dir)
     payloads = [(job, list(budgets), split_seed, directory) for job in unique]
-    show = progress_enabled() if progress is None else progress
+    show = resolve_progress(progress)
     curves: list[Curve] = []
     with tqdm(total=len(unique), desc="fine-tuning", unit="run", disable=not show) as bar:
         if workers > 1 and len(unique) > 1:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(unique)), mp_context=context) as pool:
+            with process_pool(min(workers, len(unique))) as pool:
                 for curve in pool.map(_run_job, payloads):
                     curves.append(curve)
                     bar.update()

@@ -24,10 +24,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from ..exceptions import WeightspaceError
-from ..graph import NeuralGraph, to_graph
-from ..symmetry import permute_module
-from ..symmetry._permutation import gather_index
+from ...exceptions import WeightspaceError
+from ...graph import NeuralGraph, to_graph
+from ...symmetry import gather_index, permute_module
 
 MAX_SWEEPS = 100
 

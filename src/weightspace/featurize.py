@@ -24,26 +24,16 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor
 
-from ._features import (
+from .graph import NeuralGraph
+from .graph.features import (
     EDGE_TYPES,
-    NODE_FEATURE_DIM,
     NODE_FEATURES,
+    NODE_STATS,
     PARAMETRIC_EDGE_CODES,
+    is_prepared,
 )
-from ._graph import NeuralGraph
+from .symmetry import canonicalize
 
-NODE_STATS = (
-    "in_mean",
-    "in_std",
-    "in_abs_mean",
-    "in_log_count",
-    "out_mean",
-    "out_std",
-    "out_abs_mean",
-    "out_log_count",
-)
-NODE_STAT_DIM = len(NODE_STATS)
-PREPARED_NODE_DIM = NODE_FEATURE_DIM + NODE_STAT_DIM
 PREPARE_VERSION = 1  # bump whenever the output of prepare_graph changes
 
 
@@ -76,11 +66,6 @@ def node_weight_stats(graph: NeuralGraph) -> Tensor:
     incoming = _one_side_stats(dst, values, graph.num_nodes)
     outgoing = _one_side_stats(src, values, graph.num_nodes)
     return torch.stack(incoming + outgoing, dim=1)
-
-
-def is_prepared(node_features: Tensor) -> bool:
-    """Whether node features carry the :data:`NODE_STATS` columns."""
-    return node_features.shape[-1] == PREPARED_NODE_DIM
 
 
 @dataclass(frozen=True)
@@ -121,8 +106,6 @@ class Featurizer:
         if is_prepared(graph.node_features):
             raise ValueError("Featurizer: the graph is already prepared")
         if self.canonical:
-            from ..symmetry import canonicalize  # symmetry depends on graph, not vice versa
-
             graph = canonicalize(graph)
         stats = node_weight_stats(graph)
         block_sizes = graph.block_ptr.diff()
@@ -139,11 +122,4 @@ class Featurizer:
         )
 
 
-__all__ = [
-    "Featurizer",
-    "NODE_STATS",
-    "NODE_STAT_DIM",
-    "PREPARED_NODE_DIM",
-    "is_prepared",
-    "node_weight_stats",
-]
+__all__ = ["PREPARE_VERSION", "Featurizer", "node_weight_stats"]

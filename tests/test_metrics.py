@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from weightspace.tasks import (
+from weightspace.metrics import (
     clustering_metrics,
     regression_metrics,
     retrieval_metrics,

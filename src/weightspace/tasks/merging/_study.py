@@ -4,7 +4,7 @@
 - ``aligned``: B's hidden units are first permuted to match A's (:func:`align`, weight
   matching as in Git Re-Basin, Ainsworth et al. 2022), then interpolated naively. The
   aligned B computes the same function as B.
-- ``embedding``: the network decoded by a :class:`~weightspace.tasks.decoder.WeightDecoder`
+- ``embedding``: the network decoded by a :class:`~weightspace.tasks.merging.decoder.WeightDecoder`
   from ``(1 - alpha) * z_A + alpha * z_B``. Its end points are the decoded parents, not the
   parents themselves (see :meth:`WeightDecoder.reconstruction_error`).
 
@@ -24,28 +24,23 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..embedder import Embedder
-from ..zoo.datasets import TaskData
-from ..zoo.store import Zoo
-from ._merging_align import AlignmentError, align, weight_matching
-from ._merging_eval import evaluate_models, task_data
+from ...embedder import Embedder
+from ...zoo import Zoo
+from ...zoo.datasets import TaskData
+from ._align import AlignmentError, align
+from ._eval import evaluate_models, task_data
 from .decoder import DecoderError, WeightDecoder
 
 METHODS: tuple[str, ...] = ("naive", "aligned", "embedding")
 
 __all__ = [
     "METHODS",
-    "AlignmentError",
-    "align",
     "choose_pairs",
     "decoder_training_ids",
-    "evaluate_models",
     "interpolate",
     "interpolation_path",
     "loss_barrier",
     "merge_study",
-    "task_data",
-    "weight_matching",
 ]
 
 

@@ -24,6 +24,8 @@ graph to :data:`EDGE_FEATURE_DIM`.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 ROLES = ("input", "hidden", "output", "junction", "attention")
 ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
 EDGE_TYPES = (
@@ -78,3 +80,22 @@ PARAMETRIC_EDGE_CODES = tuple(sorted(EDGE_CODE[t] for t in PARAMETRIC_EDGE_TYPES
 
 # Rescaling symmetries a neuron admits (NeuralGraph.node_rescale).
 RESCALE_NONE, RESCALE_POSITIVE, RESCALE_SIGN = 0, 1, 2
+
+# Prepared graphs (weightspace.featurize.Featurizer) append these columns to the node features.
+NODE_STATS = (
+    "in_mean",
+    "in_std",
+    "in_abs_mean",
+    "in_log_count",
+    "out_mean",
+    "out_std",
+    "out_abs_mean",
+    "out_log_count",
+)
+NODE_STAT_DIM = len(NODE_STATS)
+PREPARED_NODE_DIM = NODE_FEATURE_DIM + NODE_STAT_DIM
+
+
+def is_prepared(node_features: Tensor) -> bool:
+    """Whether node features carry the :data:`NODE_STATS` columns."""
+    return node_features.shape[-1] == PREPARED_NODE_DIM

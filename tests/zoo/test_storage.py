@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 
 from weightspace.exceptions import WeightspaceError
-from weightspace.zoo.families import build_model
-from weightspace.zoo.store import (
+from weightspace.infra import atomic_write
+from weightspace.zoo import (
     CATALOG_COLUMNS,
     EXPORTED_FAMILY,
     EXPORTED_SPEC,
@@ -32,6 +33,7 @@ from weightspace.zoo.store import (
     read_spec,
     save_model_file,
 )
+from weightspace.zoo.families import build_model
 
 SPECS = {
     "mlp": {"family": "mlp", "in_features": 8, "hidden": [16], "num_classes": 3},
@@ -153,11 +155,16 @@ def test_catalog_refreshes_after_a_write(tmp_path):
     assert len(zoo.catalog) == 2
 
 
-def test_repair_cleans_temp_orphan_and_dangling(tmp_path):
+CLEAN = {"temp": [], "dangling": [], "orphans": [], "unreadable": []}
+
+
+def test_repair_deletes_temp_files_and_dangling_rows_but_no_model_file(tmp_path):
     root = tmp_path / "zoo"
     _fill(root)
     models = root / "models"
-    (models / "mlp-9.safetensors.tmp-12345").write_bytes(b"half a file")
+    (models / "mlp-9.safetensors.tmp-12345-0a1b2c3d").write_bytes(b"half a file")
+    (models / "mlp-8.safetensors.tmp-12345").write_bytes(b"half a file of an older version")
+    (models / "x.tmp-1.safetensors").write_bytes(b"an id with .tmp- in it")  # not a temp file
     orphan = _model("mlp", 9)
     save_model_file(models / "orphan.safetensors", orphan, orphan.spec, "orphan")
     (models / "vgg-0.safetensors").unlink()  # its row now dangles
@@ -166,15 +173,37 @@ def test_repair_cleans_temp_orphan_and_dangling(tmp_path):
     with ZooWriter(root) as writer:
         report = writer.repair()
         assert report == {
-            "temp": ["mlp-9.safetensors.tmp-12345"],
-            "orphans": ["orphan", "resnet-0"],
-            "dangling": ["resnet-0", "vgg-0"],
+            "temp": ["mlp-8.safetensors.tmp-12345", "mlp-9.safetensors.tmp-12345-0a1b2c3d"],
+            "dangling": ["vgg-0"],
+            "orphans": ["orphan", "x.tmp-1"],
+            "unreadable": ["resnet-0"],
         }
-        assert writer.repair() == {"temp": [], "orphans": [], "dangling": []}
-    assert sorted(p.name for p in models.iterdir()) == ["mlp-0.safetensors"]
+        assert writer.repair() == {
+            **CLEAN,
+            "orphans": ["orphan", "x.tmp-1"],
+            "unreadable": ["resnet-0"],
+        }
+    assert sorted(p.name for p in models.iterdir()) == [
+        "mlp-0.safetensors",
+        "orphan.safetensors",
+        "resnet-0.safetensors",
+        "x.tmp-1.safetensors",
+    ]
     zoo = Zoo.open(root)
-    assert zoo.ids() == ["mlp-0"]
+    assert zoo.ids() == ["mlp-0", "resnet-0"]
     zoo.load("mlp-0")
+
+
+def test_repair_deletes_what_a_killed_atomic_write_leaves(tmp_path):
+    root = tmp_path / "zoo"
+    _fill(root, families=("mlp",))
+    path = root / "models" / "mlp-9.safetensors"
+    temporary = []
+    atomic_write(path, lambda f: temporary.append(Path(f.name)) or f.write(b"half a file"))
+    os.replace(path, temporary[0])  # as if the writer was killed before its rename
+    with ZooWriter(root) as writer:
+        assert writer.repair() == {**CLEAN, "temp": [temporary[0].name]}
+    assert not temporary[0].exists()
 
 
 def test_failed_write_leaves_no_files(tmp_path, monkeypatch):
@@ -188,10 +217,8 @@ def test_failed_write_leaves_no_files(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    import weightspace.zoo.store as store
-
-    real = store.os.replace
-    monkeypatch.setattr(store.os, "replace", fail_second)
+    real = os.replace
+    monkeypatch.setattr(os, "replace", fail_second)
     models = [_model("mlp", 1), _model("mlp", 2)]
     with ZooWriter(root) as writer, pytest.raises(OSError, match="disk full"):
         writer.add([_record("mlp-1"), _record("mlp-2")], models, [m.spec for m in models])
@@ -498,7 +525,9 @@ def test_exported_state_must_be_a_readable_pt2_file(tmp_path):
     with ZooWriter(tmp_path / "zoo") as writer:
         with pytest.raises(ZooError, match=r"must be the path of its \.pt2 file"):
             writer.add([_record("a")], [model], [EXPORTED_SPEC])
-        with pytest.raises(ZooError, match=r"bad\.pt2: not a readable torch.export program"):
+        with pytest.raises(
+            ZooError, match=r"bad\.pt2: not a (readable torch.export program|zip archive)"
+        ):
             writer.add([_record("a")], [bad], [EXPORTED_SPEC])
         with pytest.raises(ZooError, match="a file path is a state only with the spec"):
             writer.add([_record("a")], [bad], [model.spec])
@@ -515,7 +544,8 @@ def test_repair_treats_exported_files_like_safetensors(tmp_path):
     with ZooWriter(root) as writer:
         writer.add([_record(i) for i in ids], [tmp_path / "net.pt2"] * 3, [EXPORTED_SPEC] * 3)
     models = root / "models"
-    (models / "net-3.pt2.tmp-999").write_bytes(b"half a file")
+    (models / "net-3.pt2.tmp-999-deadbeef").write_bytes(b"half a file")
+    (models / "net-3.record.json.tmp-999-deadbeef").write_bytes(b"half a row")
     shutil.copy(tmp_path / "net.pt2", models / "orphan.pt2")
     (models / "net-1.pt2").unlink()  # its row now dangles
     (models / "net-2.pt2").write_bytes(os.urandom(64))  # unreadable
@@ -524,16 +554,28 @@ def test_repair_treats_exported_files_like_safetensors(tmp_path):
     zoo = Zoo.open(root)
     with pytest.raises(ZooNotFoundError, match=r"net-1\.pt2: no such model file"):
         zoo.load("net-1")
-    with pytest.raises(ZooError, match=r"net-2\.pt2: not a readable torch.export program"):
+    with pytest.raises(
+        ZooError, match=r"net-2\.pt2: not a (readable torch.export program|zip archive)"
+    ):
         zoo.load("net-2")
 
     with ZooWriter(root) as writer:
+        kept = {"orphans": ["net-0", "orphan"], "unreadable": ["net-2"]}
         assert writer.repair() == {
-            "temp": ["net-3.pt2.tmp-999"],
-            "orphans": ["net-0", "net-2", "orphan"],
-            "dangling": ["net-1", "net-2"],
+            "temp": ["net-3.pt2.tmp-999-deadbeef", "net-3.record.json.tmp-999-deadbeef"],
+            "dangling": ["net-1"],
+            **kept,
         }
-        assert writer.repair() == {"temp": [], "orphans": [], "dangling": []}
-    assert sorted(p.name for p in models.iterdir()) == ["net-0.pt2"]
-    assert zoo.ids() == ["net-0"]
+        assert writer.repair() == {**CLEAN, **kept}
+    names = sorted(p.name for p in models.iterdir())
+    assert names == [
+        "net-0.pt2",
+        "net-0.record.json",
+        "net-0.safetensors",
+        "net-1.record.json",
+        "net-2.pt2",
+        "net-2.record.json",
+        "orphan.pt2",
+    ]
+    assert zoo.ids() == ["net-0", "net-2"]
     zoo.load("net-0")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..embedder import Embedder
-from ..zoo.store import Zoo
-from ._transfer_rankers import (
+from ...embedder import Embedder
+from ...zoo import Zoo
+from ._rankers import (
     LearnedRanker,
     PredictedAccuracyRanker,
     RandomRanker,
@@ -20,8 +20,8 @@ from ._transfer_rankers import (
     ZooEmbeddings,
     measure_outcomes,
 )
-from ._transfer_study import Bench, candidate_sample, check_positive, outcome_sample
-from ._transfer_targets import (
+from ._study import Bench, candidate_sample, check_positive, outcome_sample
+from ._targets import (
     TransferError,
     available_targets,
     fitting_ids,

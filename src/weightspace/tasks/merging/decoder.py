@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._progress import progress_enabled
-from ..embedder import Embedder
-from ..exceptions import WeightspaceError
-from ..graph import NeuralGraph, to_graph
-from ..symmetry import canonicalize, permute_module
-from ..train import embed_graphs, prepared_graphs
-from ..zoo.families import build_model
-from ..zoo.store import Zoo
-from ._merging_align import one_thread, weight_matching
+from ..._version import __version__
+from ...embedder import Embedder
+from ...exceptions import WeightspaceError
+from ...graph import NeuralGraph, to_graph
+from ...infra import atomic_write_bytes, atomic_write_json, resolve_progress
+from ...symmetry import canonicalize, permute_module
+from ...train import embed_graphs, prepared_graphs
+from ...zoo import Zoo
+from ...zoo.families import build_model
+from ._align import one_thread, weight_matching
 
 FORMAT = "weightspace-decoder"
 CONFIG_FILE = "decoder.json"
@@ -69,12 +69,6 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class WeightDecoder:
@@ -275,7 +269,7 @@ class WeightDecoder:
         params = [p for m in modules for p in m.parameters()]
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
-        show = progress_enabled() if self.progress is None else self.progress
+        show = resolve_progress(self.progress)
         n = len(inputs)
         best = (math.inf, 0, [copy.deepcopy(m.state_dict()) for m in modules])
         for epoch in tqdm(
@@ -374,8 +368,6 @@ class WeightDecoder:
     # ---------------------------------------------------------------- save/load
     def save(self, directory: str | Path) -> None:
         """Write ``decoder.json`` and ``decoder.safetensors`` into ``directory``."""
-        from .. import __version__
-
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -419,10 +411,8 @@ class WeightDecoder:
             "best_epoch": self.best_epoch_,
         }
         data = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-        _write_atomically(directory / WEIGHTS_FILE, safetensors.torch.save(data))
-        _write_atomically(
-            directory / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-        )
+        atomic_write_bytes(directory / WEIGHTS_FILE, safetensors.torch.save(data))
+        atomic_write_json(directory / CONFIG_FILE, config)
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Embedder | None = None) -> WeightDecoder:

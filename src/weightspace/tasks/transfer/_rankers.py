@@ -27,11 +27,11 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..embedder import Embedder
-from ..train import prepared_graphs
-from ..zoo.store import Zoo
-from ._transfer_finetune import FineTuneJob, run_jobs
-from ._transfer_targets import TransferError
+from ...embedder import Embedder
+from ...train import prepared_graphs
+from ...zoo import Zoo
+from ._finetune import FineTuneJob, run_jobs
+from ._targets import TransferError
 
 __all__ = [
     "OUTCOME_COLUMNS",

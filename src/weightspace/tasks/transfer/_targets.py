@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..exceptions import WeightspaceError
-from ..zoo.datasets import DatasetNotFoundError, TaskData, find_mnist, load_dataset
+from ...exceptions import WeightspaceError
+from ...zoo.datasets import DatasetNotFoundError, TaskData, find_mnist, load_dataset
 
 __all__ = [
     "TARGET_TASKS",

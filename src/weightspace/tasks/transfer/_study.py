@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..embedder import Embedder
-from ..zoo.store import Zoo
-from ._transfer_finetune import BATCH_SIZE, LR, Curve, FineTuneJob, check_steps, run_jobs
-from ._transfer_rankers import (
+from ...embedder import Embedder
+from ...zoo import Zoo
+from ._finetune import BATCH_SIZE, LR, Curve, FineTuneJob, check_steps, run_jobs
+from ._rankers import (
     LearnedRanker,
     PredictedAccuracyRanker,
     RandomRanker,
@@ -21,7 +21,7 @@ from ._transfer_rankers import (
     ZooEmbeddings,
     measure_outcomes,
 )
-from ._transfer_targets import (
+from ._targets import (
     TransferError,
     available_targets,
     fitting_ids,

@@ -16,7 +16,7 @@ one target and one run (``weightspace transfer``).
 
 from __future__ import annotations
 
-from ._transfer_finetune import (
+from ._finetune import (
     BATCH_SIZE,
     LR,
     Curve,
@@ -27,7 +27,7 @@ from ._transfer_finetune import (
     run_jobs,
     scratch_model,
 )
-from ._transfer_rankers import (
+from ._rankers import (
     LearnedRanker,
     PredictedAccuracyRanker,
     RandomRanker,
@@ -36,9 +36,9 @@ from ._transfer_rankers import (
     ZooEmbeddings,
     measure_outcomes,
 )
-from ._transfer_select import RANKERS, Selection, select_model
-from ._transfer_study import transfer_study
-from ._transfer_targets import (
+from ._select import RANKERS, Selection, select_model
+from ._study import transfer_study
+from ._targets import (
     TARGET_TASKS,
     TargetTask,
     TransferError,
