@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine with Python >= 3.10 and pip:
 #   make run    create .venv, install, run the study on the standard preset (report in
 #               runs/standard/report.md; PRESET=tiny for a 2-minute version)
-#   make test   create .venv, install, run the test suite
+#   make test   create .venv, install, run the test suite (the slow set: make test-slow)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export WEIGHTSPACE_DATA ?= $(abspath ../shared/data)
 PRESET ?= standard
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The long tests (the full tiny study, kill-and-resume, MNIST zoos); CI runs them too.
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 lint: install
 	$(BIN)/ruff check src tests bench

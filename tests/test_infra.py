@@ -53,7 +53,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX process model")
-@pytest.mark.parametrize("mechanism", ["prctl", pytest.param("poll", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("mechanism", ["prctl", "poll"])
 def test_worker_dies_with_its_killed_parent(tmp_path: Path, mechanism: str) -> None:
     script = tmp_path / "parent.py"
     script.write_text(PARENT)

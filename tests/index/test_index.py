@@ -30,10 +30,8 @@ needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_zoo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "statnn"
-    train(small_zoo, TrainConfig(encoder="statnn", epochs=1), out, progress=False)
-    return out
+def run_dir(statnn_run):
+    return statnn_run
 
 
 @pytest.fixture(scope="module")

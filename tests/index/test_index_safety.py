@@ -10,15 +10,13 @@ import weightspace.train._data as data_module
 from weightspace import Embedder, Zoo
 from weightspace.cli import _index
 from weightspace.index import EmbeddingIndex, IndexFileError, WhereError, build_index
-from weightspace.train import DataError, TrainConfig, featurizer_of, train
+from weightspace.train import DataError, TrainConfig, featurizer_of
 from weightspace.train._data import cache_dir
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_zoo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "statnn"
-    train(small_zoo, TrainConfig(encoder="statnn", epochs=1), out, progress=False)
-    return out
+def run_dir(statnn_run):
+    return statnn_run
 
 
 @pytest.fixture(scope="module")

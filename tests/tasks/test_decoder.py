@@ -7,9 +7,6 @@ import torch
 from weightspace import Embedder, Zoo
 from weightspace.symmetry import permute, rescale
 from weightspace.tasks.merging.decoder import DecoderError, WeightDecoder
-from weightspace.train import TrainConfig, train
-
-FAST = TrainConfig(encoder="statnn", epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +70,8 @@ def test_save_load_round_trip(tmp_path, zoo, mlp_ids, decoder):
     assert config["spec"] == models[0].spec and config["train_ids"] == mlp_ids
 
 
-def test_frozen_embedder(tmp_path, zoo, mlp_ids, small_zoo):
-    run = train(small_zoo, FAST, tmp_path / "run", progress=False)
-    embedder = Embedder.load(run.run_dir)
+def test_frozen_embedder(tmp_path, zoo, mlp_ids, statnn_run):
+    embedder = Embedder.load(statnn_run)
     dec = WeightDecoder(epochs=10, progress=False).fit(zoo, mlp_ids, embedder)
     models = [zoo.load(i) for i in mlp_ids[:2]]
     np.testing.assert_allclose(dec.encode(models), embedder.embed(models), atol=1e-6)

@@ -12,7 +12,6 @@ from weightspace.tasks.lineage import (
     strength_label,
 )
 from weightspace.testing import assert_function_preserved
-from weightspace.train import TrainConfig, train
 from weightspace.zoo.build import shape_for_family
 from weightspace.zoo.datasets import load_dataset
 
@@ -23,10 +22,8 @@ def zoo(small_zoo):
 
 
 @pytest.fixture(scope="module")
-def statnn(small_zoo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "statnn"
-    train(small_zoo, TrainConfig(encoder="statnn", epochs=1), out, progress=False)
-    return Embedder.load(out)
+def statnn(statnn_run):
+    return Embedder.load(statnn_run)
 
 
 def _first_of_each_family(zoo):

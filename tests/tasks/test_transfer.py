@@ -32,12 +32,10 @@ from weightspace.tasks.transfer import (
 )
 from weightspace.tasks.transfer import _study as transfer_study_module
 from weightspace.tasks.transfer._targets import MNIST_TEST_EXAMPLES
-from weightspace.train import TrainConfig, train
 from weightspace.zoo.datasets import TaskData, load_dataset
 from weightspace.zoo.families import build_model
 
 SHARED_MNIST = Path(__file__).parents[2].parent / "shared" / "data" / "mnist"
-FAST = TrainConfig(encoder="gnn", epochs=2, encoder_kwargs={"hidden": 32, "out_dim": 16})
 TWO_TARGETS = ["digits-rotated", "digits-0to4"]
 
 
@@ -47,10 +45,8 @@ def zoo(small_zoo):
 
 
 @pytest.fixture(scope="module")
-def gnn_run(small_zoo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "gnn"
-    train(small_zoo, FAST, out, progress=False)
-    return out
+def gnn_run(gnn_training):
+    return gnn_training.run_dir
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,10 @@ from weightspace.train import (
     train,
 )
 
-FAST = TrainConfig(encoder="gnn", epochs=2, encoder_kwargs={"hidden": 32, "out_dim": 16})
-
 
 @pytest.fixture(scope="module")
-def gnn_run(small_zoo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "gnn"
-    return train(small_zoo, FAST, out, progress=False)
+def gnn_run(gnn_training):
+    return gnn_training
 
 
 def test_config_rejects_unknown_and_bad_settings():
@@ -62,7 +59,7 @@ def test_split_keeps_runs_together_and_is_seeded(small_zoo):
     assert split_by_run(catalog, 0.15, 0.15, seed=1) != split
 
 
-def test_run_directory_is_self_describing(gnn_run):
+def test_run_directory_is_self_describing(gnn_run, fast_gnn_config):
     run = gnn_run.run_dir
     assert {p.name for p in run.iterdir()} >= {
         "config.json",
@@ -87,22 +84,22 @@ def test_run_directory_is_self_describing(gnn_run):
         "seconds",
     ]
     # cosine decay over the two epochs: half the learning rate after one, zero after two
-    np.testing.assert_allclose(history["lr"], [FAST.lr / 2, 0.0], atol=1e-12)
-    lam = FAST.contrastive_weight
+    np.testing.assert_allclose(history["lr"], [fast_gnn_config.lr / 2, 0.0], atol=1e-12)
+    lam = fast_gnn_config.contrastive_weight
     mixed = lam * history["val_contrastive"] + (1 - lam) * history["val_property"]
     np.testing.assert_allclose(history["val_total"], mixed, rtol=1e-6)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["properties"]) == set(FAST.properties)
+    assert set(metrics["properties"]) == set(fast_gnn_config.properties)
     assert metrics["properties"]["test_accuracy"]["n"] == len(config["splits"]["test"])
 
 
-def test_training_is_deterministic(small_zoo, gnn_run, tmp_path):
-    again = train(small_zoo, FAST, tmp_path / "again", progress=False)
+def test_training_is_deterministic(small_zoo, gnn_run, tmp_path, fast_gnn_config):
+    again = train(small_zoo, fast_gnn_config, tmp_path / "again", progress=False)
     cols = [c for c in gnn_run.history.columns if c != "seconds"]
     pd.testing.assert_frame_equal(gnn_run.history[cols], again.history[cols])
 
 
-def test_embedder_matches_training_graphs_and_predicts(small_zoo, gnn_run):
+def test_embedder_matches_training_graphs_and_predicts(small_zoo, gnn_run, fast_gnn_config):
     zoo = ws.Zoo.open(small_zoo)
     embedder = ws.Embedder.load(gnn_run.run_dir)
     ids = zoo.ids()[:3]
@@ -113,7 +110,7 @@ def test_embedder_matches_training_graphs_and_predicts(small_zoo, gnn_run):
     graphs = embedder.graphs([zoo.path(i) for i in ids])
     np.testing.assert_array_equal(from_files, embed_graphs(embedder.run.encoder, graphs).numpy())
     table = embedder.predict([zoo.path(i) for i in ids])
-    assert list(table.columns) == list(FAST.properties) and len(table) == 3
+    assert list(table.columns) == list(fast_gnn_config.properties) and len(table) == 3
     assert np.isfinite(table.to_numpy()).all()
 
 
@@ -126,14 +123,19 @@ def test_embedder_is_invariant_to_symmetries_of_a_module(gnn_run, examples32):
     np.testing.assert_allclose(z[1:], np.repeat(z[:1], 2, 0), rtol=0, atol=1e-4)
 
 
-def test_missing_property_and_empty_zoo_are_one_line_errors(small_zoo, tmp_path):
+def test_missing_property_and_empty_zoo_are_one_line_errors(small_zoo, tmp_path, fast_gnn_config):
     with pytest.raises(DataError, match="no property 'accuracy'; numeric columns"):
-        train(small_zoo, FAST.replace(properties=("accuracy",)), tmp_path / "r", progress=False)
+        train(
+            small_zoo,
+            fast_gnn_config.replace(properties=("accuracy",)),
+            tmp_path / "r",
+            progress=False,
+        )
     from weightspace.zoo import ZooWriter
 
     ZooWriter(tmp_path / "empty").close()
     with pytest.raises(DataError, match="the zoo is empty"):
-        train(tmp_path / "empty", FAST, tmp_path / "r", progress=False)
+        train(tmp_path / "empty", fast_gnn_config, tmp_path / "r", progress=False)
 
 
 def test_corrupt_run_directories(gnn_run, tmp_path):

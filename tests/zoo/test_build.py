@@ -151,6 +151,7 @@ def _count_rows(path):
         return 0
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_without_loss(tmp_path):
     out = tmp_path / "killed"
     command = [
