@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..exceptions import WeightspaceError
-from ..infra import progress_enabled, ray_imap
+from ..infra import ray_imap, resolve_progress
 from ..train import MAX_WORKERS, LoadedRun, embed_graphs, load_run, model_files, prepared_graphs
 from ..zoo import Zoo
 
@@ -99,7 +99,7 @@ def embed_zoo(
     if not ids:
         return np.zeros((0, run.encoder.out_dim), dtype=np.float32)
     model_files(zoo, ids)  # every file is there, before any work (or Ray) starts
-    show = progress_enabled() if progress is None else progress
+    show = resolve_progress(progress)
     bar = tqdm(total=len(ids), desc="embed", unit="model", disable=not show)
     try:
         if executor == "local":

@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..embedder import Embedder, ModelLike
 from ..exceptions import WeightspaceError
-from ..infra import atomic_write
+from ..infra import atomic_write, read_manifest
 from ..train import WEIGHTS_FILE, LoadedRun, RunError, load_run
 from ..zoo import Zoo
 from ._backends import (
@@ -344,11 +344,8 @@ def _read_info(path: Path) -> dict[str, Any]:
             f"{path}: not a weightspace index (no {INFO_FILE}); build one with "
             "'weightspace index build'"
         )
-    try:
-        info = json.loads(info_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexFileError(f"{info_path}: corrupt ({err}); rebuild the index") from None
-    missing = [k for k in _REQUIRED if not isinstance(info, dict) or k not in info]
+    info = read_manifest(info_path, lambda message: IndexFileError(f"{message}; rebuild the index"))
+    missing = [k for k in _REQUIRED if k not in info]
     if missing:
         raise IndexFileError(f"{info_path}: incomplete, missing {missing}; rebuild the index")
     if info["format"] != INDEX_FORMAT:

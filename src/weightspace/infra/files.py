@@ -86,22 +86,29 @@ def is_temporary(path: str | Path) -> bool:
     return _TEMP_MARK in Path(path).name
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Reads a JSON object from ``path``.
+def read_manifest(
+    path: str | Path, error: Callable[[str], Exception] = ManifestError
+) -> dict[str, Any]:
+    """Reads a JSON object from ``path`` (a run's config, an index's info, a decoder's).
+
+    Args:
+        path: The manifest file.
+        error: Builds the exception raised, from its one-line message (callers pass their
+            own error class, e.g. ``RunError``).
 
     Raises:
-        ManifestError: One line naming the file: missing, unreadable, not JSON, or not an
-            object.
+        ManifestError: (or ``error``) One line naming the file: missing, unreadable, not
+            JSON, or not an object.
     """
     path = Path(path)
     try:
         value = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ManifestError(f"{path}: missing") from None
+        raise error(f"{path}: missing") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{path}: unreadable ({err})") from None
+        raise error(f"{path}: unreadable ({err})") from None
     except json.JSONDecodeError as err:
-        raise ManifestError(f"{path}: not valid JSON ({err})") from None
+        raise error(f"{path}: corrupt, not valid JSON ({err})") from None
     if not isinstance(value, dict):
-        raise ManifestError(f"{path}: expected a JSON object, found {type(value).__name__}")
+        raise error(f"{path}: corrupt, expected a JSON object, found {type(value).__name__}")
     return value

@@ -18,7 +18,7 @@ from ..checkpoints import load_model
 from ..exceptions import WeightspaceError
 from ..featurize import Featurizer
 from ..graph import NeuralGraph, to_graph
-from ..infra import process_pool, progress_enabled
+from ..infra import process_pool, resolve_progress
 from ..zoo import Zoo
 
 CACHE_DIR = "cache"
@@ -207,7 +207,7 @@ def prepared_graphs(
         if graph is not None:
             graphs[i] = graph
     missing = [i for i in files if i not in graphs]
-    show = progress_enabled() if progress is None else progress
+    show = resolve_progress(progress)
     if missing:
         chunks = [missing[k : k + 8] for k in range(0, len(missing), 8)]
         tasks = [(str(zoo.root), chunk, featurizer, trust_pickle) for chunk in chunks]

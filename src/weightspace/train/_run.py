@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -26,9 +25,11 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .._version import __version__
 from ..encoders import Encoder, create_encoder
 from ..exceptions import WeightspaceError
 from ..featurize import Featurizer
+from ..infra import atomic_write_bytes, atomic_write_json, read_manifest
 from ..limits import MAX_PARAMS
 from ..objectives import PropertyHead
 
@@ -147,31 +148,22 @@ def clear_run(path: Path) -> None:
         (path / name).unlink(missing_ok=True)
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def save_run(path: Path, config: dict[str, Any], encoder: Encoder, head: PropertyHead) -> None:
     """Write ``config.json`` and ``encoder.safetensors`` (the weights last, atomically)."""
-    from .._version import __version__
-
     path.mkdir(parents=True, exist_ok=True)
-    _write_json(
+    atomic_write_json(
         path / CONFIG_FILE, {**config, "format": RUN_FORMAT, "library_version": __version__}
     )
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    tmp = path / f"{WEIGHTS_FILE}.tmp"
-    safetensors.torch.save_file(state, str(tmp), metadata={"format": str(RUN_FORMAT)})
-    os.replace(tmp, path / WEIGHTS_FILE)
+    data = safetensors.torch.save(state, metadata={"format": str(RUN_FORMAT)})
+    atomic_write_bytes(path / WEIGHTS_FILE, data, sync_dir=True)
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     """Write ``metrics.json``."""
-    _write_json(path / METRICS_FILE, metrics)
+    atomic_write_json(path / METRICS_FILE, metrics)
 
 
 def _brief(value: Any) -> str:
@@ -239,11 +231,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise RunError(f"{path}: not a weightspace run directory (no {CONFIG_FILE})")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{config_path}: corrupt ({err})") from None
-    missing = [k for k in _REQUIRED if not isinstance(config, dict) or k not in config]
+    config = read_manifest(config_path, RunError)
+    missing = [k for k in _REQUIRED if k not in config]
     if missing:
         raise RunError(f"{config_path}: incomplete, missing {missing}; retrain the run")
     if config["format"] != RUN_FORMAT:

@@ -20,7 +20,7 @@ from ..encoders import Encoder, create_encoder
 from ..exceptions import WeightspaceError
 from ..featurize import Featurizer
 from ..graph import GraphBatch, NeuralGraph
-from ..infra import progress_enabled
+from ..infra import resolve_progress
 from ..metrics import regression_metrics
 from ..objectives import PropertyHead, info_nce, make_view, masked_mse
 from ..zoo import Zoo
@@ -110,7 +110,7 @@ class Trainer:
         trust_pickle: bool = False,
     ) -> None:
         self.config = config
-        self.progress = progress_enabled() if progress is None else progress
+        self.progress = resolve_progress(progress)
         self.workers = workers
         self.trust_pickle = trust_pickle
         self.device = resolve_device(config.device)

@@ -44,7 +44,7 @@ from ..._version import __version__
 from ...embedder import Embedder
 from ...exceptions import WeightspaceError
 from ...graph import NeuralGraph, to_graph
-from ...infra import atomic_write_bytes, atomic_write_json, resolve_progress
+from ...infra import atomic_write_bytes, atomic_write_json, read_manifest, resolve_progress
 from ...symmetry import canonicalize, permute_module
 from ...train import embed_graphs, prepared_graphs
 from ...zoo import Zoo
@@ -434,7 +434,7 @@ class WeightDecoder:
                 f"{directory}: not a decoder directory (expected {CONFIG_FILE} and "
                 f"{WEIGHTS_FILE}, written by WeightDecoder.save)"
             )
-        config = json.loads(config_path.read_text())
+        config = read_manifest(config_path, DecoderError)
         if config.get("format") != FORMAT:
             raise DecoderError(
                 f"{config_path}: 'format' is {config.get('format')!r}, not {FORMAT!r}"
