@@ -32,6 +32,7 @@ from .graph.features import (
     PARAMETRIC_EDGE_CODES,
     is_prepared,
 )
+from .segment import scatter_sum
 from .symmetry import canonicalize
 
 PREPARE_VERSION = 1  # bump whenever the output of prepare_graph changes
@@ -39,12 +40,9 @@ PREPARE_VERSION = 1  # bump whenever the output of prepare_graph changes
 
 def _one_side_stats(nodes: Tensor, values: Tensor, num_nodes: int) -> list[Tensor]:
     """Mean, std, mean |w| and log(1 + n) of the weight values gathered at ``nodes``."""
-    dtype = values.dtype
-    counts = torch.full((len(nodes),), values.shape[1], dtype=dtype)
-    n = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, counts)
-    total = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, values.sum(1))
-    squares = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, (values * values).sum(1))
-    absolute = torch.zeros(num_nodes, dtype=dtype).index_add_(0, nodes, values.abs().sum(1))
+    counts = torch.full((len(nodes),), values.shape[1], dtype=values.dtype)
+    columns = [counts, values.sum(1), (values * values).sum(1), values.abs().sum(1)]
+    n, total, squares, absolute = scatter_sum(torch.stack(columns, 1), nodes, num_nodes).T
     safe = n.clamp(min=1)
     mean = total / safe
     std = (squares / safe - mean * mean).clamp(min=0).sqrt()

@@ -16,6 +16,7 @@ from ..graph.features import (
     RESCALE_POSITIVE,
     RESCALE_SIGN,
 )
+from ..segment import scatter_sum
 
 
 def sample_scales(
@@ -92,8 +93,7 @@ def canonical_scales(graph: NeuralGraph) -> Tensor:
         keep = parametric[start:end] & targets[d]
         s, d = s[keep], d[keep]
         w = weights[start:end][keep] / scales[s].unsqueeze(1)  # sources already canonical
-        norm_sq = torch.zeros(n, dtype=torch.float64).index_add_(0, d, (w * w).sum(1))
-        total = torch.zeros(n, dtype=torch.float64).index_add_(0, d, w.sum(1))
+        norm_sq, total = scatter_sum(torch.stack([(w * w).sum(1), w.sum(1)], 1), d, n).T
         nodes = torch.unique(d)
         positive = nodes[kind[nodes] == RESCALE_POSITIVE]
         norm = (norm_sq[positive] + bias[positive] ** 2).sqrt()
