@@ -194,3 +194,24 @@ def test_cli_errors_are_one_line(small_zoo, tmp_path, capsys):
     assert "not a weightspace run directory" in capsys.readouterr().err
     assert main(["embed", "--run", str(tmp_path), "m.pt2", "--out", "z.txt"]) == 2
     assert "expected a file name ending in .npy or .csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_bad_file_is_reported_and_the_others_go_on(
+    command, gnn_training, small_zoo, tmp_path, capsys
+):
+    good = next((small_zoo / "models").glob("*.safetensors"))
+    bad = tmp_path / "unsupported.pt2"
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Hardswish())
+    torch.export.save(torch.export.export(net, (torch.randn(2, 4),)), bad)
+    args = [command, "--run", str(gnn_training.run_dir), str(bad), str(good)]
+    if command == "embed":
+        args += ["--out", str(tmp_path / "z.csv")]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unsupported.pt2: " in lines[0] and "hardswish" in lines[0]
+    if command == "predict":
+        assert good.name in captured.out and "unsupported.pt2" not in captured.out
+    else:
+        assert (tmp_path / "z.csv").read_text().count("\n") == 2  # header and the good file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ EMBED_EXAMPLES = """examples:
 PREDICT_EXAMPLES = """examples:
   weightspace predict --run runs/gnn model.pt2
   weightspace predict --run runs/gnn zoos/tiny/models/*.safetensors
+
+A file that cannot be read or converted is reported on stderr and skipped; the others are
+still predicted, and the exit status is then 1 (2 for bad arguments).
 """
 
 
@@ -142,22 +146,48 @@ def run_embed(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise WeightspaceError(f"--out {out}: no such directory {out.parent}")
     embedder = Embedder.load(args.run_dir)
-    z = embedder.embed(args.models, trust_pickle=args.trust_pickle)
+    files, graphs = _graphs_or_report(embedder, args.models, args.trust_pickle)
+    if not graphs:
+        return 1
+    z = embedder.embed(graphs)
     if out.suffix == ".npy":
         np.save(out, z)
     else:
         import pandas as pd
 
         frame = pd.DataFrame(z, columns=[f"z{k}" for k in range(z.shape[1])])
-        frame.insert(0, "file", args.models)
+        frame.insert(0, "file", files)
         frame.to_csv(out, index=False)
     print(f"wrote {z.shape[0]} embeddings of dimension {z.shape[1]} to {out}")
-    return 0
+    return 0 if len(files) == len(args.models) else 1
 
 
 def run_predict(args: argparse.Namespace) -> int:
     embedder = Embedder.load(args.run_dir)
-    table = embedder.predict(args.models, trust_pickle=args.trust_pickle)
-    table.insert(0, "file", args.models)
-    print(tabulate(table, headers="keys", showindex=False, floatfmt=".3f"))
-    return 0
+    files, graphs = _graphs_or_report(embedder, args.models, args.trust_pickle)
+    if graphs:
+        table = embedder.predict(graphs)
+        table.insert(0, "file", files)
+        print(tabulate(table, headers="keys", showindex=False, floatfmt=".3f"))
+    return 0 if len(files) == len(args.models) else 1
+
+
+def _graphs_or_report(
+    embedder: Embedder, models: list[str], trust_pickle: bool
+) -> tuple[list[str], list]:
+    """The prepared graph of every model file that converts; one stderr line per other file.
+
+    A file that cannot be read or converted does not stop the others: the command goes on
+    and exits 1 at the end.
+    """
+    files, graphs = [], []
+    for model in models:
+        try:
+            graphs.extend(embedder.graphs([model], trust_pickle=trust_pickle))
+        except WeightspaceError as err:
+            message = " ".join(str(err).split())
+            where = "" if message.startswith(str(model)) else f"{model}: "
+            print(f"weightspace: skipped: {where}{message}", file=sys.stderr)
+            continue
+        files.append(model)
+    return files, graphs
