@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import weightspace.cli as cli_module
 from weightspace import Zoo, symmetry
-from weightspace.cli import _index
 from weightspace.index import (
     RESULT_COLUMNS,
     EmbeddingIndex,
@@ -27,26 +25,6 @@ from weightspace.index import (
 from weightspace.train import RunError, TrainConfig, load_run, train
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not installed")
-
-
-@pytest.fixture(scope="module")
-def run_dir(statnn_run):
-    return statnn_run
-
-
-@pytest.fixture(scope="module")
-def built(small_zoo, run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("indexes") / "full"
-    build_index(run_dir, small_zoo, out, progress=False)
-    return out
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """``weightspace.cli.main`` with the index commands registered."""
-    if _index not in cli_module._COMMANDS:
-        monkeypatch.setattr(cli_module, "_COMMANDS", (*cli_module._COMMANDS, _index))
-    return cli_module.main
 
 
 def test_build_writes_a_self_describing_index(built, small_zoo, run_dir):

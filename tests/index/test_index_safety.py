@@ -4,34 +4,12 @@ import shutil
 
 import pytest
 
-import weightspace.cli as cli_module
 import weightspace.embedder as embedder_module
 import weightspace.train._data as data_module
 from weightspace import Embedder, Zoo
-from weightspace.cli import _index
 from weightspace.index import EmbeddingIndex, IndexFileError, WhereError, build_index
 from weightspace.train import DataError, TrainConfig, featurizer_of
 from weightspace.train._data import cache_dir
-
-
-@pytest.fixture(scope="module")
-def run_dir(statnn_run):
-    return statnn_run
-
-
-@pytest.fixture(scope="module")
-def built(small_zoo, run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("indexes") / "full"
-    build_index(run_dir, small_zoo, out, progress=False)
-    return out
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """``weightspace.cli.main`` with the index commands registered."""
-    if _index not in cli_module._COMMANDS:
-        monkeypatch.setattr(cli_module, "_COMMANDS", (*cli_module._COMMANDS, _index))
-    return cli_module.main
 
 
 @pytest.fixture
