@@ -10,6 +10,9 @@ edge with a 16-byte int64 (source, target) pair and 4 * (1 + K) bytes of feature
 type, K kernel taps), against 4 bytes per weight in the network itself.
 
 Targets (issue "Foundation"): >= 10 million parameters per second; peak < 3x weights.
+The networks are four zoo families, a GPT-2-small-sized Hugging Face model built from its
+config with random weights (about 124 M parameters; needs the ``[hf]`` extra, skipped
+without it) and a small U-Net (transposed convolutions, skip concatenation).
 
 Usage:
     python bench/graph.py              # all networks, writes bench/results/graph.json
@@ -62,6 +65,71 @@ NETWORKS = {
 }
 
 
+OTHER_NETWORKS = ("gpt2-small-size", "unet")
+
+
+def _gpt2_small():
+    """GPT-2 small's shape (12 layers, width 768, 12 heads, vocabulary 50257), random weights."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    config = transformers.GPT2Config(use_cache=False)  # the defaults are GPT-2 small
+    model = transformers.GPT2LMHeadModel(config).eval()
+    return model, {"input_ids": torch.zeros(1, 16, dtype=torch.long)}
+
+
+def _unet():
+    """A two-level U-Net: conv blocks, max pooling, transposed-conv upsampling, skip concat."""
+    import torch
+    from torch import nn
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1)
+        )
+
+    class UNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down1, self.down2 = block(1, 32), block(32, 64)
+            self.bottom = block(64, 128)
+            self.pool = nn.MaxPool2d(2)
+            self.up2, self.dec2 = nn.ConvTranspose2d(128, 64, 2, stride=2), block(128, 64)
+            self.up1, self.dec1 = nn.ConvTranspose2d(64, 32, 2, stride=2), block(64, 32)
+            self.head = nn.Conv2d(32, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            d1 = self.down1(x)
+            d2 = self.down2(self.pool(d1))
+            b = self.bottom(self.pool(d2))
+            u2 = self.dec2(torch.cat([self.up2(b), d2], dim=1))
+            u1 = self.dec1(torch.cat([self.up1(u2), d1], dim=1))
+            return self.head(u1)
+
+    return UNet().eval(), torch.randn(1, 1, 32, 32)
+
+
+def _build(name: str):
+    """``(module, example input)`` of one benchmark network."""
+    if name == "gpt2-small-size":
+        return _gpt2_small()
+    if name == "unet":
+        return _unet()
+    from weightspace.zoo.families import build_model, example_input
+
+    spec = NETWORKS[name]
+    return build_model(spec).eval(), example_input(spec, batch_size=1)
+
+
+def _available(name: str) -> bool:
+    if name != "gpt2-small-size":
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
+
+
 def _memory_kib() -> tuple[int, int]:
     """Current and peak resident set size of this process, in KiB (Linux)."""
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -78,12 +146,9 @@ def measure_one(name: str, repeat: int) -> dict:
     import torch
 
     from weightspace import to_graph
-    from weightspace.zoo.families import build_model, example_input
 
     torch.manual_seed(0)
-    spec = NETWORKS[name]
-    module = build_model(spec).eval()
-    inputs = example_input(spec, batch_size=1)
+    module, inputs = _build(name)
     n_params = sum(p.numel() for p in module.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
 
@@ -133,7 +198,10 @@ def main() -> None:
     from tabulate import tabulate
 
     results = []
-    for name in NETWORKS:
+    for name in (*NETWORKS, *OTHER_NETWORKS):
+        if not _available(name):
+            print(f"skipped {name}: pip install 'weightspace[hf]'", file=sys.stderr)
+            continue
         out = subprocess.run(
             [sys.executable, __file__, "--one", name, "--repeat", str(args.repeat)],
             check=True,

@@ -35,7 +35,7 @@ from .graph.features import (
 from .segment import scatter_sum
 from .symmetry import canonicalize
 
-PREPARE_VERSION = 1  # bump whenever the output of prepare_graph changes
+PREPARE_VERSION = 2  # bump whenever the output of prepare_graph changes
 
 
 def _one_side_stats(nodes: Tensor, values: Tensor, num_nodes: int) -> list[Tensor]:

@@ -9,6 +9,7 @@ from ._batch import GraphBatch
 from ._convert import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, supported_operations, to_graph
 from ._folding import fold_batchnorm
 from ._graph import LayerInfo, NeuralGraph, ParamBinding
+from ._trace import ExampleInput
 from .features import (
     ACTIVATIONS,
     EDGE_FEATURE_DIM,
@@ -26,6 +27,7 @@ __all__ = [
     "ACTIVATIONS",
     "EDGE_FEATURE_DIM",
     "EDGE_TYPES",
+    "ExampleInput",
     "GraphBatch",
     "LayerInfo",
     "NODE_FEATURES",

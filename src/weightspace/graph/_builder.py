@@ -164,6 +164,8 @@ class GraphBuilder:
         self._no_sign: list[Tensor] = []
         self._groups: list[Tensor] = []
         self._blocks: list[Tensor] = []
+        self._partitions: list[tuple[Tensor, Tensor]] = []  # (nodes, part label per node)
+        self._explicit: list[Tensor] = []  # nodes taken off their creation axis
 
     # ----------------------------------------------------------------- operations
     @contextmanager
@@ -294,9 +296,48 @@ class GraphBuilder:
         """An explicit permutation group ``[R, k]`` (rows exchangeable)."""
         self._groups.append(rows)
 
+    def partition(self, nodes: Tensor, labels: Tensor) -> None:
+        """Nodes (and every node tied to them) may only trade places within one label.
+
+        GroupNorm uses it: a channel may move only within its group of channels.
+        """
+        self._partitions.append((nodes, labels))
+
     def add_block(self, blocks: Tensor) -> None:
         """Explicit exchangeable blocks ``[H, m]`` permuted after the groups."""
         self._blocks.append(blocks)
+
+    def make_explicit(self, nodes: Tensor) -> None:
+        """Take nodes off their creation axis: only explicit groups and blocks move them.
+
+        Hand-written attention uses it: the q/k/v nodes of Linear layers become heads.
+        """
+        self._explicit.append(nodes)
+
+    def is_tied(self, nodes: Tensor) -> bool:
+        """Whether any of ``nodes`` is tied to another node so far."""
+        return any(
+            bool(torch.isin(a, nodes).any() or torch.isin(b, nodes).any()) for a, b in self._ties
+        )
+
+    def retype_edges(self, dst: Tensor, edge_type: str) -> None:
+        """Give the edges added so far that enter ``dst`` the type ``edge_type``."""
+        code = EDGE_CODE[edge_type]
+        target = torch.zeros(self.num_nodes, dtype=torch.bool)
+        target[dst] = True
+        for i, chunk in enumerate(self._edges):
+            hit = target[chunk.dst_nodes if isinstance(chunk, _DenseEdges) else chunk.dst]
+            if not bool(hit.any()):
+                continue
+            if isinstance(chunk, _DenseEdges):
+                if bool(hit.all()):
+                    chunk.code = code
+                    continue
+                chunk = self._edges[i] = chunk.materialise(self.dtype)
+            codes = chunk.code
+            codes = torch.full((len(chunk),), codes) if isinstance(codes, int) else codes.clone()
+            codes[target[chunk.dst]] = code
+            chunk.code = codes
 
     def bind(
         self,
@@ -439,6 +480,8 @@ class GraphBuilder:
     def _tied_groups(self, component: Tensor, fixed: Tensor) -> tuple[Tensor, ...]:
         """Rows of tied nodes, grouped by the creation axes they span."""
         axis = torch.cat(self._axis) if self._axis else torch.zeros(0, dtype=torch.long)
+        for explicit in self._explicit:
+            axis[explicit] = -1
         movable = (axis >= 0) & ~fixed
         nodes = torch.nonzero(movable).squeeze(1)
         if len(nodes) == 0:
@@ -448,9 +491,19 @@ class GraphBuilder:
         nodes = nodes[order]
         nodes = nodes[torch.argsort(component[nodes], stable=True)]
         comps, counts = torch.unique_consecutive(component[nodes], return_counts=True)
+        # Each partition labels the components it touches; rows with different labels
+        # never trade places (no partitions: the signature is the creation axes alone).
+        part_labels = []
+        for part_nodes, labels in self._partitions:
+            label = torch.full((self.num_nodes,), -1, dtype=torch.long)
+            label.scatter_reduce_(0, component[part_nodes], labels.long(), "amax")
+            part_labels.append(label)
         by_signature: dict[tuple[int, ...], list[Tensor]] = {}
         for members in torch.split(nodes, counts.tolist()):
             signature = tuple(axis[members].tolist())
+            if part_labels:
+                root = component[members[0]]
+                signature += tuple(int(label[root]) for label in part_labels)
             by_signature.setdefault(signature, []).append(members)
         groups = []
         for rows in by_signature.values():

@@ -1,13 +1,19 @@
-"""Tracing a network with torch.fx and running it once to learn every tensor's shape."""
+"""Tracing a network and running it once to learn every tensor's shape.
+
+Networks are traced with torch.fx (torch.nn modules stay leaves). Code that fx cannot
+trace (data-dependent Python, as in Hugging Face models) is exported with ``torch.export``
+instead, when an example input is given; the converter reads either graph.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from ..exceptions import InvalidWeightsError, TraceError
@@ -53,20 +59,100 @@ def check_finite(module: nn.Module) -> None:
             )
 
 
-def trace(module: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``module``; torch.nn modules stay leaves."""
+ExampleInput = torch.Tensor | tuple | list | Mapping[str, Any]
+"""One batch of inputs: a tensor, positional inputs, or keyword inputs (``input_ids``, ...)."""
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _split(example_input: ExampleInput) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a call with ``example_input``."""
+    if isinstance(example_input, Mapping):
+        return (), dict(example_input)
+    if isinstance(example_input, (tuple, list)):
+        return tuple(example_input), {}
+    return (example_input,), {}
+
+
+# Activation modules of Hugging Face models whose forward() equals a torch activation exactly
+# (written elementwise, which the graph would otherwise see as a chain of operations).
+_EXACT_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "NewGELUActivation": lambda: nn.GELU(approximate="tanh"),
+    "GELUTanh": lambda: nn.GELU(approximate="tanh"),
+    "PytorchGELUTanh": lambda: nn.GELU(approximate="tanh"),
+    "GELUActivation": nn.GELU,
+    "SiLUActivation": nn.SiLU,
+}
+
+
+@contextmanager
+def _torch_activations(module: nn.Module) -> Iterator[None]:
+    """Swaps :data:`_EXACT_ACTIVATIONS` for their torch modules while the network is exported."""
+    swapped = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            make = _EXACT_ACTIVATIONS.get(type(child).__name__)
+            if make is not None:
+                swapped.append((parent, name, child))
+                setattr(parent, name, make())
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+def trace(module: nn.Module, example_input: ExampleInput | None = None) -> fx.GraphModule:
+    """Symbolically trace ``module`` (torch.nn modules stay leaves).
+
+    When torch.fx cannot trace it and ``example_input`` is given, the network is exported
+    with ``torch.export`` (in eval mode) instead; its graph holds ATen operations. Hugging
+    Face activation modules that equal a torch activation are exported as it.
+    """
     if isinstance(module, fx.GraphModule):
         return module
     try:
         graph = fx.Tracer().trace(module)
     except Exception as err:  # fx raises many types; all mean "cannot trace"
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TraceError(
-            f"cannot trace {type(module).__name__} with torch.fx ({first_line}); "
-            "remove data-dependent Python control flow from forward() or convert the "
-            "sub-module that contains it into a supported torch.nn layer"
-        ) from None
-    return fx.GraphModule(module, graph, class_name=type(module).__name__)
+        fx_error = _first_line(err)
+    else:
+        return fx.GraphModule(module, graph, class_name=type(module).__name__)
+    if example_input is not None:
+        args, kwargs = _split(example_input)
+        try:
+            with eval_mode(module), _torch_activations(module), torch.no_grad():
+                return torch.export.export(module, args, kwargs, strict=False).module()
+        except Exception as err:  # export raises many types too
+            fx_error = f"{fx_error}; torch.export: {_first_line(err)}"
+    raise TraceError(
+        f"cannot trace {type(module).__name__} with torch.fx ({fx_error[:160]}); "
+        "pass example_input so that torch.export can trace it, or remove data-dependent "
+        "Python control flow from forward()"
+    ) from None
+
+
+def flat_inputs(gm: fx.GraphModule, example_input: ExampleInput) -> tuple:
+    """The values of ``gm``'s placeholders, in order, for a call with ``example_input``.
+
+    An exported program flattens ``(args, kwargs)`` as the call did; an fx trace has one
+    placeholder per ``forward`` parameter, matched by name (defaults fill the rest).
+    """
+    args, kwargs = _split(example_input)
+    if hasattr(gm, "_in_spec"):  # exported: placeholders are the flattened call
+        return tuple(pytree.tree_leaves((args, kwargs)))
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    values = list(args)
+    for node in placeholders[len(args) :]:
+        name = str(node.target).lstrip("*")
+        if name in kwargs:
+            values.append(kwargs[name])
+        elif node.args:
+            values.append(node.args[0])
+        else:
+            raise TraceError(f"example_input has no value for forward() argument {name!r}")
+    return tuple(values)
 
 
 _IMAGE_SIZES = (32, 28, 224, 64, 8, 16)  # tried in order for conv-first networks
@@ -129,17 +215,20 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def record_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> dict[str, Any]:
+def record_shapes(gm: fx.GraphModule, example_input: ExampleInput) -> dict[str, Any]:
     """Run ``gm`` once on ``example_input`` and describe every intermediate result."""
     recorder = _Recorder(gm)
+    inputs = flat_inputs(gm, example_input)
     try:
         with torch.no_grad():
-            recorder.run(example_input)
+            recorder.run(*inputs)
     except Exception as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        shapes = ", ".join(
+            str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs
+        )
         raise TraceError(
-            f"running {gm.__class__.__name__} on example_input of shape "
-            f"{tuple(example_input.shape)} failed: {message}. Pass example_input with the "
-            "shape and dtype that forward() expects"
+            f"running {gm.__class__.__name__} on example_input of shape {shapes} failed: "
+            f"{_first_line(err)}. Pass example_input with the shape and dtype that forward() "
+            "expects"
         ) from None
     return recorder.seen

@@ -5,8 +5,11 @@ Node features (``NeuralGraph.node_features``, one row per neuron or channel):
 ====================  ===================================================================
 column                meaning
 ====================  ===================================================================
-``bias``              the neuron's bias (folded through BatchNorm); LayerNorm's shift; 0
-``scale``             LayerNorm / un-folded BatchNorm scale of a normalisation node; else 1
+``bias``              the neuron's bias (folded through BatchNorm); a normalisation's shift;
+                      on an input node, the shift of an affine map of the input; 0 else
+``scale``             scale of a normalisation node (LayerNorm, GroupNorm, RMSNorm, un-folded
+                      BatchNorm); on an input node, the factor of an affine map of the input
+                      (0 for a zero-padded channel); else 1
 ``depth``             number of graph-creating operations on the longest path from the input
 ``position``          index of an input / output unit (those are not exchangeable); 0 else
 ``role_*``            one-hot role: input, hidden, output, junction, attention
@@ -42,6 +45,9 @@ EDGE_TYPES = (
     "attention_o",
     "attention_head",
     "embedding",
+    "conv_transpose",
+    "group_norm",
+    "rms_norm",
 )
 # Edge types whose weight is a network parameter; the others are fixed identity links.
 PARAMETRIC_EDGE_TYPES = frozenset(
@@ -54,6 +60,7 @@ PARAMETRIC_EDGE_TYPES = frozenset(
         "attention_v",
         "attention_o",
         "embedding",
+        "conv_transpose",
     }
 )
 

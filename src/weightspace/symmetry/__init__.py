@@ -10,25 +10,29 @@ from __future__ import annotations
 from typing import overload
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..graph import NeuralGraph, to_graph
+from ..graph import ExampleInput, NeuralGraph, to_graph
 from ._modules import permute_module, rescale_module
 from ._permutation import gather_index, permute_graph, sample_permutation
 from ._scaling import canonical_scales, rescale_graph, sample_scales
 
 
-def _graph_of(obj: nn.Module | NeuralGraph, example_input: Tensor | None) -> NeuralGraph:
+def _graph_of(obj: nn.Module | NeuralGraph, example_input: ExampleInput | None) -> NeuralGraph:
     return obj if isinstance(obj, NeuralGraph) else to_graph(obj, example_input)
 
 
 @overload
 def permute(
-    obj: nn.Module, generator: torch.Generator | None = ..., example_input: Tensor | None = ...
+    obj: nn.Module,
+    generator: torch.Generator | None = ...,
+    example_input: ExampleInput | None = ...,
 ) -> nn.Module: ...
 @overload
 def permute(
-    obj: NeuralGraph, generator: torch.Generator | None = ..., example_input: Tensor | None = ...
+    obj: NeuralGraph,
+    generator: torch.Generator | None = ...,
+    example_input: ExampleInput | None = ...,
 ) -> NeuralGraph: ...
 def permute(obj, generator=None, example_input=None):
     """Randomly permute every exchangeable hidden axis, preserving the function.
@@ -53,11 +57,15 @@ def permute(obj, generator=None, example_input=None):
 
 @overload
 def rescale(
-    obj: nn.Module, generator: torch.Generator | None = ..., example_input: Tensor | None = ...
+    obj: nn.Module,
+    generator: torch.Generator | None = ...,
+    example_input: ExampleInput | None = ...,
 ) -> nn.Module: ...
 @overload
 def rescale(
-    obj: NeuralGraph, generator: torch.Generator | None = ..., example_input: Tensor | None = ...
+    obj: NeuralGraph,
+    generator: torch.Generator | None = ...,
+    example_input: ExampleInput | None = ...,
 ) -> NeuralGraph: ...
 def rescale(obj, generator=None, example_input=None):
     """Randomly rescale neurons without changing the function.
@@ -78,9 +86,9 @@ def rescale(obj, generator=None, example_input=None):
 
 
 @overload
-def canonicalize(obj: nn.Module, example_input: Tensor | None = ...) -> nn.Module: ...
+def canonicalize(obj: nn.Module, example_input: ExampleInput | None = ...) -> nn.Module: ...
 @overload
-def canonicalize(obj: NeuralGraph, example_input: Tensor | None = ...) -> NeuralGraph: ...
+def canonicalize(obj: NeuralGraph, example_input: ExampleInput | None = ...) -> NeuralGraph: ...
 def canonicalize(obj, example_input=None):
     """Bring every rescalable neuron to its canonical scale (see :func:`canonical_scales`).
 
