@@ -13,6 +13,7 @@ from torch import nn
 from .checkpoints import load_model
 from .graph import NeuralGraph, is_prepared, to_graph
 from .limits import MAX_PARAMS
+from .objectives import bound_predictions
 from .train import LoadedRun, embed_graphs, load_run
 
 ModelLike = nn.Module | NeuralGraph | str | Path
@@ -102,6 +103,10 @@ class Embedder:
     def predict_from_embeddings(self, z: np.ndarray) -> pd.DataFrame:
         """Predicted properties of models whose embeddings ``z`` ``[n, dim]`` are known.
 
+        Each prediction lies in its property's range
+        (:data:`weightspace.objectives.PROPERTY_RANGES`: accuracies in [0, 1], gaps in
+        [-1, 1]).
+
         Raises:
             ValueError: ``z`` is not of shape ``[n, dim]``.
         """
@@ -114,4 +119,5 @@ class Embedder:
             standardised = self.run.head(torch.as_tensor(z, dtype=torch.float32)).numpy()
         mean = np.asarray(self.run.config["target_mean"])
         std = np.asarray(self.run.config["target_std"])
-        return pd.DataFrame(standardised * std + mean, columns=self.properties)
+        predicted = bound_predictions(standardised * std + mean, self.properties)
+        return pd.DataFrame(predicted, columns=self.properties)

@@ -35,11 +35,15 @@ from .graph.features import (
 from .segment import scatter_sum
 from .symmetry import canonicalize
 
-PREPARE_VERSION = 2  # bump whenever the output of prepare_graph changes
+PREPARE_VERSION = 3  # bump whenever the output of prepare_graph changes
 
 
 def _one_side_stats(nodes: Tensor, values: Tensor, num_nodes: int) -> list[Tensor]:
-    """Mean, std, mean |w| and log(1 + n) of the weight values gathered at ``nodes``."""
+    """Mean, std, mean |w| and log(1 + n) of the weight values gathered at ``nodes``.
+
+    Computed in float64, so that squares of large weights do not overflow float32.
+    """
+    values = values.to(torch.float64)
     counts = torch.full((len(nodes),), values.shape[1], dtype=values.dtype)
     columns = [counts, values.sum(1), (values * values).sum(1), values.abs().sum(1)]
     n, total, squares, absolute = scatter_sum(torch.stack(columns, 1), nodes, num_nodes).T
@@ -49,6 +53,12 @@ def _one_side_stats(nodes: Tensor, values: Tensor, num_nodes: int) -> list[Tenso
     return [mean, std, absolute / safe, torch.log1p(n)]
 
 
+def _saturate(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """``values`` in ``dtype``, with magnitudes beyond its range held at its largest value."""
+    largest = torch.finfo(dtype).max
+    return torch.nan_to_num(values.to(dtype), posinf=largest, neginf=-largest)
+
+
 def node_weight_stats(graph: NeuralGraph) -> Tensor:
     """:data:`NODE_STATS` of every node from the weight values on its parametric edges.
 
@@ -56,14 +66,15 @@ def node_weight_stats(graph: NeuralGraph) -> Tensor:
     also has 3x3 kernels contributes its zero padding too, the same way in every copy).
 
     Returns:
-        ``[N, NODE_STAT_DIM]`` in the dtype of the graph's features.
+        ``[N, NODE_STAT_DIM]`` in the dtype of the graph's features (computed in float64;
+        values beyond the dtype's range saturate).
     """
     parametric = torch.isin(graph.edge_type, torch.tensor(PARAMETRIC_EDGE_CODES))
     src, dst = graph.edge_index[:, parametric]
     values = graph.edge_weight[parametric]
     incoming = _one_side_stats(dst, values, graph.num_nodes)
     outgoing = _one_side_stats(src, values, graph.num_nodes)
-    return torch.stack(incoming + outgoing, dim=1)
+    return _saturate(torch.stack(incoming + outgoing, dim=1), graph.node_features.dtype)
 
 
 @dataclass(frozen=True)
@@ -110,11 +121,12 @@ class Featurizer:
         keep_block = block_sizes <= self.max_block_edges
         keep_edge = keep_block.repeat_interleave(block_sizes)
         kept_sizes = torch.where(keep_block, block_sizes, torch.zeros_like(block_sizes))
+        dtype = graph.node_features.dtype  # canonical scales of huge weights may overflow it
         return replace(
             graph,
-            node_features=torch.cat([graph.node_features, stats], dim=1),
+            node_features=torch.cat([_saturate(graph.node_features, dtype), stats], dim=1),
             edge_index=graph.edge_index[:, keep_edge],
-            edge_features=graph.edge_features[keep_edge],
+            edge_features=_saturate(graph.edge_features[keep_edge], dtype),
             block_ptr=torch.cat([graph.block_ptr[:1], kept_sizes.cumsum(0)]),
             bindings={},
         )

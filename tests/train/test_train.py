@@ -215,3 +215,24 @@ def test_a_bad_file_is_reported_and_the_others_go_on(
         assert good.name in captured.out and "unsupported.pt2" not in captured.out
     else:
         assert (tmp_path / "z.csv").read_text().count("\n") == 2  # header and the good file
+
+
+@pytest.mark.parametrize("run", ["gnn", "statnn"])
+def test_no_prediction_leaves_its_property_range(run, gnn_training, statnn_run):
+    """Extreme weights give predictions in range, or NaN where the embedding overflowed."""
+    from weightspace.objectives import PROPERTY_RANGES
+
+    embedder = ws.Embedder.load(gnn_training.run_dir if run == "gnn" else statnn_run)
+    nets = []
+    for scale in (1e-30, 1e-3, 1e3, 1e15, 1e30):
+        net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter.mul_(scale)
+        nets.append(net)
+    table = embedder.predict(nets)
+    assert table.notna().any().all()  # the moderate scales are predicted
+    for name in table.columns:
+        low, high = PROPERTY_RANGES[name]
+        values = table[name].dropna()
+        assert ((values >= low) & (values <= high)).all(), (name, values.tolist())

@@ -2,6 +2,13 @@
 
 from ._augment import make_view
 from ._contrastive import info_nce
-from ._properties import PropertyHead, masked_mse
+from ._properties import PROPERTY_RANGES, PropertyHead, bound_predictions, masked_mse
 
-__all__ = ["PropertyHead", "info_nce", "make_view", "masked_mse"]
+__all__ = [
+    "PROPERTY_RANGES",
+    "PropertyHead",
+    "bound_predictions",
+    "info_nce",
+    "make_view",
+    "masked_mse",
+]

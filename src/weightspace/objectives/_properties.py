@@ -2,8 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+PROPERTY_RANGES: dict[str, tuple[float, float]] = {
+    "test_accuracy": (0.0, 1.0),
+    "train_accuracy": (0.0, 1.0),
+    "robustness": (0.0, 1.0),
+    "fgsm_accuracy": (0.0, 1.0),
+    "generalization_gap": (-1.0, 1.0),
+}
+"""The values a property can take; predictions are clipped to them (others are unbounded).
+
+Accuracy-like scores are fractions; for regression models the zoo stores R² in
+``test_accuracy``, so a predicted R² below 0 reads 0. A gap is a difference of two such
+fractions.
+"""
+
+
+def bound_predictions(values: np.ndarray, properties: Sequence[str]) -> np.ndarray:
+    """Clips column ``k`` of ``values`` ``[n, len(properties)]`` to its property's range.
+
+    A non-finite prediction (an embedding that overflowed on extreme weights) becomes the
+    nearest bound for ``±inf``; NaN stays NaN, so that it is never mistaken for a value.
+    """
+    out = np.array(values, dtype=np.float64, copy=True)
+    for k, name in enumerate(properties):
+        low, high = PROPERTY_RANGES.get(name, (-np.inf, np.inf))
+        out[:, k] = np.clip(out[:, k], low, high)
+    return out
 
 
 class PropertyHead(nn.Module):

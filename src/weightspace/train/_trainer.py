@@ -22,7 +22,7 @@ from ..featurize import Featurizer
 from ..graph import GraphBatch, NeuralGraph
 from ..infra import resolve_progress
 from ..metrics import regression_metrics
-from ..objectives import PropertyHead, info_nce, make_view, masked_mse
+from ..objectives import PropertyHead, bound_predictions, info_nce, make_view, masked_mse
 from ..zoo import Zoo
 from ._config import ConfigError, TrainConfig
 from ._data import DataError, Split, prepared_graphs, property_table, split_by_run
@@ -367,7 +367,8 @@ class Trainer:
         std: np.ndarray,
     ) -> dict[str, Any]:
         with torch.no_grad():
-            predicted = head(embed_graphs(encoder, graphs)).numpy() * std + mean
+            standardised = head(embed_graphs(encoder, graphs)).numpy()
+        predicted = bound_predictions(standardised * std + mean, self.config.properties)
         return {
             "test_models": len(graphs),
             "properties": {
