@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from .checkpoints import load_model
 from .graph import NeuralGraph, is_prepared, to_graph
 from .limits import MAX_PARAMS
 from .objectives import bound_predictions
-from .train import LoadedRun, embed_graphs, load_run
+from .train import REFERENCE_FILE, LoadedRun, RunError, embed_graphs, load_run, ood_scores
 
 ModelLike = nn.Module | NeuralGraph | str | Path
 
@@ -99,6 +100,56 @@ class Embedder:
         ``trust_pickle`` as for :meth:`graphs`.
         """
         return self.predict_from_embeddings(self.embed(models, trust_pickle=trust_pickle))
+
+    def predict_with_uncertainty(
+        self, models: ModelLike | Sequence[ModelLike], *, trust_pickle: bool = False
+    ) -> pd.DataFrame:
+        """:meth:`predict`, with how far to trust each prediction.
+
+        Columns: each property; ``<property> low`` and ``<property> high``, its conformal
+        interval (nominal coverage in the run's ``uncertainty.coverage``, 90 %); ``ood``, the
+        out-of-distribution score (about 1 or less: like the training models; see the README's
+        Training section); ``unseen``, what the run never saw in
+        training (``input width``: a number of input neurons no training model had), empty
+        if nothing. Runs trained before these were recorded give NaN and ``unknown``.
+        """
+        graphs = self.graphs(models, trust_pickle=trust_pickle)
+        z = embed_graphs(self.run.encoder, graphs).numpy()
+        table = self.predict_from_embeddings(z)
+        record = self.run.config.get("uncertainty")
+        reference = self._reference()
+        columns: dict[str, Any] = {}
+        for name in self.properties:
+            width = (record or {}).get("halfwidth", {}).get(name)
+            width = np.nan if width is None else width
+            bounded = bound_predictions(
+                np.stack([table[name] - width, table[name] + width], axis=1), [name, name]
+            )
+            columns[name] = table[name]
+            columns[f"{name} low"], columns[f"{name} high"] = bounded[:, 0], bounded[:, 1]
+        if record is None or reference is None:
+            columns["ood"] = np.full(len(graphs), np.nan)
+            columns["unseen"] = ["unknown"] * len(graphs)
+        else:
+            columns["ood"] = ood_scores(z, reference, record.get("ood_scale"))
+            widths = set(record.get("input_nodes", []))
+            columns["unseen"] = [
+                "" if int(g.count_roles()["input"]) in widths else "input width" for g in graphs
+            ]
+        return pd.DataFrame(columns)
+
+    def _reference(self) -> np.ndarray | None:
+        """The run's unit-normalised training embeddings, if it stored them."""
+        path = self.run.path / REFERENCE_FILE
+        if not path.is_file():
+            return None
+        reference = np.load(path, allow_pickle=False)
+        if reference.ndim != 2 or reference.shape[1] != self.dim:
+            raise RunError(
+                f"{path}: holds an array of shape {list(reference.shape)}, expected "
+                f"[n, {self.dim}]; retrain the run"
+            )
+        return reference
 
     def predict_from_embeddings(self, z: np.ndarray) -> pd.DataFrame:
         """Predicted properties of models whose embeddings ``z`` ``[n, dim]`` are known.

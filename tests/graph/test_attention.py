@@ -405,3 +405,115 @@ def test_one_head_without_a_head_dimension_and_an_integer_mask(generator):
     permuted = permute_module(net, g, perm)
     assert_function_preserved(WithMask(net, mask), WithMask(permuted, mask), x, atol=1e-10)
     assert ws.to_graph(permuted, inputs).equal(permute_graph(g, perm))
+
+
+# ------------------------------------------------------ rotary position embeddings
+def _rotate_half(t):
+    half = t.shape[-1] // 2
+    return torch.cat([-t[..., half:], t[..., :half]], dim=-1)
+
+
+class RotaryNet(nn.Module):
+    """A pre-norm block whose attention has Llama's rotary position embeddings.
+
+    cos/sin come from the positions and an ``inv_freq`` buffer (no weights); each pair of
+    dimensions (i, i + head_dim / 2) of q and k turns at its own frequency.
+    """
+
+    def __init__(self, sdpa=True):
+        super().__init__()
+        self.sdpa = sdpa
+        self.embed = nn.Linear(6, D)
+        self.norm = nn.LayerNorm(D)
+        self.q, self.k, self.v, self.out = (nn.Linear(D, D) for _ in range(4))
+        self.head = nn.Linear(D, 3)
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2) / HEAD_DIM)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _split(self, t):
+        return t.view(t.shape[0], T, HEADS, HEAD_DIM).transpose(1, 2)
+
+    def forward(self, x):
+        freqs = torch.arange(T)[:, None] * self.inv_freq  # [T, head_dim / 2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        h = self.embed(x)
+        n = self.norm(h)
+        q, k, v = self._split(self.q(n)), self._split(self.k(n)), self._split(self.v(n))
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(HEAD_DIM), dim=-1) @ v
+        h = h + self.out(y.transpose(1, 2).reshape(x.shape[0], T, D))
+        return self.head(h.mean(dim=1))
+
+
+def _rotary_net(sdpa=True):
+    torch.manual_seed(0)
+    return RotaryNet(sdpa).double().eval()
+
+
+def _permuted_rotary(net, qk_rows, v_rows):
+    """A copy of ``net`` with the q/k and v output rows reordered (out's columns with v)."""
+    permuted = _rotary_net(net.sdpa)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for name, rows in (("q", qk_rows), ("k", qk_rows), ("v", v_rows)):
+        state[f"{name}.weight"] = state[f"{name}.weight"][rows]
+        state[f"{name}.bias"] = state[f"{name}.bias"][rows]
+    state["out.weight"] = state["out.weight"][:, v_rows]
+    permuted.load_state_dict(state)
+    return permuted
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])
+def test_rotary_heads_move_as_units_and_pin_q_and_k(sdpa, generator):
+    net, x = _rotary_net(sdpa), _x()
+    graph = ws.to_graph(net, x)
+    assert graph.count_roles()["attention"] == 3 * D + HEADS  # the rotation adds no nodes
+    assert [b.shape for b in graph.perm_blocks] == [(HEADS, 1 + 3 * HEAD_DIM)]
+    exported = torch.export.export(net, (x,)).module()
+    assert ws.to_graph(exported, x).equal(graph, atol=1e-12)
+    # v dimensions still move within each head; q and k dimensions are pinned
+    base = 6 + D + D  # inputs, embedding, LayerNorm
+    q_k, v = torch.arange(base, base + 2 * D), torch.arange(base + 2 * D, base + 3 * D)
+    assert not any(bool(torch.isin(rows, q_k).any()) for rows in graph.perm_groups)
+    v_groups = [rows for rows in graph.perm_groups if bool(torch.isin(rows, v).any())]
+    assert [rows.shape for rows in v_groups] == [(HEAD_DIM, 1)] * HEADS
+    # By hand: heads as units, v dimensions within a head; the function is preserved ...
+    heads, _, v_rows = _hand_permutation(generator)
+    qk_rows = torch.cat([heads[h] * HEAD_DIM + torch.arange(HEAD_DIM) for h in range(HEADS)])
+    assert not torch.equal(heads, torch.arange(HEADS))
+    permuted = _permuted_rotary(net, qk_rows, v_rows)
+    assert_function_preserved(net, permuted, x, atol=1e-10)
+    # ... and the graph is the relabelled one.
+    perm = torch.arange(graph.num_nodes)
+    for j, rows in enumerate((qk_rows, qk_rows, v_rows)):
+        perm[base + j * D : base + (j + 1) * D] = base + j * D + rows
+    perm[base + 3 * D : base + 3 * D + HEADS] = base + 3 * D + heads
+    assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
+    # Exchanging q/k dimensions within a head would change the function: they are pinned.
+    swapped = torch.arange(D)
+    swapped[[0, 1]] = swapped[[1, 0]]
+    changed = _permuted_rotary(net, swapped, torch.arange(D))
+    with torch.no_grad():
+        assert not torch.allclose(changed(x), net(x), atol=1e-6)
+    # Sampled permutations preserve the function and relabel the graph.
+    for _ in range(3):
+        perm = sample_permutation(graph, generator)
+        permuted = permute_module(net, graph, perm)
+        assert_function_preserved(net, permuted, x, atol=1e-10)
+        assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
+
+
+def test_rotary_tables_that_differ_between_heads_are_refused():
+    class PerHead(RotaryNet):
+        def forward(self, x):
+            q = self._split(self.q(self.embed(x)))
+            table = torch.arange(HEADS * HEAD_DIM).reshape(HEADS, 1, HEAD_DIM).to(x.dtype)
+            y = F.scaled_dot_product_attention(q * table, q, q)
+            return y.sum(1)
+
+    with pytest.raises(ws.UnsupportedModuleError, match="differs between attention heads"):
+        ws.to_graph(PerHead().double(), _x())

@@ -3,14 +3,17 @@
 They cannot be traced by torch.fx, so ``to_graph`` exports them with ``torch.export`` from
 the dict of inputs they take. Conversion, function-preserving ``permute`` / ``rescale`` /
 ``canonicalize`` (float64) and the invariance of the graph's contents under a permutation
-are checked; Llama's rotary position embeddings are not supported yet and must say so in
-one line.
+are checked, Llama (RMSNorm, rotary position embeddings, SwiGLU) included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import weightspace as ws
 from weightspace import symmetry
@@ -67,7 +70,23 @@ def _vit():
     return transformers.ViTModel(config), {"pixel_values": pixels}
 
 
-MODELS = {"bert": _bert, "gpt2": _gpt2, "vit": _vit}
+def _llama(layers=2, heads=HEADS, kv_heads=HEADS):
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+    )
+    return transformers.LlamaForCausalLM(config), {"input_ids": _ids()}
+
+
+MODELS = {"bert": _bert, "gpt2": _gpt2, "vit": _vit, "llama": _llama}
 
 
 def _float64(model, inputs):
@@ -76,8 +95,23 @@ def _float64(model, inputs):
     return model, inputs
 
 
+@contextmanager
+def _float64_rms_norm() -> Iterator[None]:
+    """Llama's RMSNorm in the model's dtype: it computes in float32 whatever the dtype,
+    which would leave float32 rounding (about 1e-8) in a float64 comparison."""
+    cls = transformers.models.llama.modeling_llama.LlamaRMSNorm
+    original = cls.forward
+    cls.forward = lambda self, x: F.rms_norm(
+        x, self.weight.shape, self.weight, self.variance_epsilon
+    )
+    try:
+        yield
+    finally:
+        cls.forward = original
+
+
 def _output(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
+    with torch.no_grad(), _float64_rms_norm():
         return model(**inputs)[0]
 
 
@@ -124,21 +158,42 @@ def test_a_permuted_network_gives_the_same_graph_contents(hf) -> None:
         )
 
 
-def test_llama_rotary_embeddings_are_refused_in_one_line() -> None:
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        num_hidden_layers=1,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        bos_token_id=0,
-        eos_token_id=0,
-        use_cache=False,
+def _llama64():
+    torch.manual_seed(0)
+    return _float64(*_llama())
+
+
+def test_llama_rotary_attention_pins_q_and_k_within_heads() -> None:
+    model, inputs = _llama64()
+    graph = ws.to_graph(model, inputs)
+    head_dim = WIDTH // HEADS
+    assert graph.count_roles()["attention"] == 2 * (3 * WIDTH + HEADS)  # no rotary nodes
+    # Heads move as blocks [head, q, k, v]; within a head only v dimensions move.
+    assert [b.shape for b in graph.perm_blocks] == [(HEADS, 1 + 3 * head_dim)] * 2
+    q_k = torch.cat([blocks[:, 1 : 1 + 2 * head_dim].reshape(-1) for blocks in graph.perm_blocks])
+    v = torch.cat([blocks[:, 1 + 2 * head_dim :].reshape(-1) for blocks in graph.perm_blocks])
+    assert not any(bool(torch.isin(rows, q_k).any()) for rows in graph.perm_groups)
+    assert sum(bool(torch.isin(rows, v).any()) for rows in graph.perm_groups) == 2 * HEADS
+    assert graph.count_edge_types()["rms_norm"] == 5 * WIDTH  # 2 per layer and the last
+    assert sum(layer.n_params for layer in graph.layers) == sum(
+        p.numel() for p in model.parameters()
     )
-    model = transformers.LlamaForCausalLM(config).eval()
+
+
+def test_llama_permutation_with_its_own_float32_rms_norm() -> None:
+    """Without the float64 RMSNorm of the other tests, only float32 rounding is left."""
+    model, inputs = _llama64()
+    permuted = symmetry.permute(model, torch.Generator().manual_seed(3), example_input=inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(**inputs)[0], model(**inputs)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(HEADS, 1), (4, 2)])
+def test_llama_grouped_query_attention_is_refused_in_one_line(heads, kv_heads) -> None:
+    """Query heads sharing key/value heads (repeat_kv) are not represented yet."""
+    model, inputs = _llama(layers=1, heads=heads, kv_heads=kv_heads)
     with pytest.raises(UnsupportedModuleError) as info:
-        ws.to_graph(model, {"input_ids": _ids()})
+        ws.to_graph(model.eval(), inputs)
     message = str(info.value)
-    assert "\n" not in message and len(message) <= 200 and "rotary" in message
+    assert "\n" not in message and len(message) <= 200
+    assert "GQA" in message or "grouped-query" in message

@@ -415,6 +415,7 @@ def test_overwrite_replaces_only_the_run_files(small_zoo, run_dir, tmp_path):
     assert (copy / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in copy.iterdir()) == sorted(
         ["config.json", "encoder.safetensors", "history.csv", "metrics.json", "notes.txt"]
+        + ["reference.npy"]
     )
     assert result.run_dir == copy
 

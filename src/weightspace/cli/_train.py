@@ -33,8 +33,11 @@ PREDICT_EXAMPLES = """examples:
   weightspace predict --run runs/gnn model.pt2
   weightspace predict --run runs/gnn zoos/tiny/models/*.safetensors
 
-A file that cannot be read or converted is reported on stderr and skipped; the others are
-still predicted, and the exit status is then 1 (2 for bad arguments).
+Each prediction comes with its 90% conformal interval (calibrated on the run's validation
+models), an out-of-distribution score "ood" (about 1 or less: like the models the run was
+trained on; well above 1: a guess far outside them) and "unseen" flags (an input width no
+training model had). A file that cannot be read or converted is reported on stderr and
+skipped; the others are still predicted, and the exit status is then 1 (2 for bad arguments).
 """
 
 
@@ -101,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--run", dest="run_dir", required=True, help="run directory (from 'weightspace train')"
     )
     q.add_argument("models", nargs="+", metavar="MODEL_FILE", help="model files")
+    q.add_argument(
+        "--json", action="store_true", help="print the predictions as JSON records instead"
+    )
     add_trust_pickle(q)
     q.set_defaults(run=run_predict)
 
@@ -166,10 +172,29 @@ def run_predict(args: argparse.Namespace) -> int:
     embedder = Embedder.load(args.run_dir)
     files, graphs = _graphs_or_report(embedder, args.models, args.trust_pickle)
     if graphs:
-        table = embedder.predict(graphs)
+        table = embedder.predict_with_uncertainty(graphs)
         table.insert(0, "file", files)
-        print(tabulate(table, headers="keys", showindex=False, floatfmt=".3f"))
+        if args.json:
+            print(table.to_json(orient="records", indent=2))
+        else:
+            print(_prediction_table(table, embedder.properties))
     return 0 if len(files) == len(args.models) else 1
+
+
+def _prediction_table(table, properties: list[str]) -> str:
+    """One row per model: each property as ``value [low, high]``, the OOD score, flags."""
+
+    def cell(row, name: str) -> str:
+        if row[f"{name} low"] != row[f"{name} low"]:  # NaN: no interval recorded
+            return f"{row[name]:.3f}"
+        return f"{row[name]:.3f} [{row[f'{name} low']:.2f}, {row[f'{name} high']:.2f}]"
+
+    rows = [
+        [row["file"], *(cell(row, p) for p in properties), f"{row['ood']:.2f}", row["unseen"]]
+        for _, row in table.iterrows()
+    ]
+    headers = ["file", *(f"{p} [90% interval]" for p in properties), "ood", "unseen"]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
 def _graphs_or_report(

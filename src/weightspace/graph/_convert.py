@@ -69,11 +69,14 @@ class _Heads:
 
     ``grid`` holds the node of every channel; its dimension ``i`` lies along tensor
     dimension ``axes[i]`` (after ``view(B, T, heads, head_dim)``: ``[heads, head_dim]``).
+    ``pinned``: the dimensions within a head went through position-dependent operations
+    (rotary position embeddings), so they may no longer trade places.
     """
 
     grid: Tensor
     axes: tuple[int, ...]
     ndim: int
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,14 @@ class _Scores:
 
     ``q`` and ``k`` are ``[heads, head_dim]`` node grids; ``head_axis`` is the tensor
     dimension of the heads (None for one head written without a head dimension).
+    ``pinned``: q or k had rotary position embeddings (see :class:`_Heads`).
     """
 
     q: Tensor
     k: Tensor
     head_axis: int | None
     ndim: int
+    pinned: bool = False
 
 
 _ACTIVATION_MODULES: dict[type, str] = {
@@ -775,6 +780,11 @@ class _Converter:
         scores = [a for a in (*args, *kwargs.values()) if isinstance(a, _Scores)]
         if scores:
             return self._scores_step(name, args, scores[0])
+        if name == "cat":
+            return self._heads_cat(args, kwargs)
+        rotary = self._rotary_step(node, name, args)
+        if rotary is not None:
+            return rotary
         if not isinstance(x, _Heads):
             raise self._fail(f"{name or target!r} combining attention heads with other values")
         if name in ("mul", "div", "truediv") and all(
@@ -783,20 +793,75 @@ class _Converter:
             return x
         if name in ("transpose", "permute"):
             order = _transpose_order(name, args[1:], x.ndim)
-            return _Heads(x.grid, tuple(order.index(a) for a in x.axes), x.ndim)
+            return replace(x, axes=tuple(order.index(a) for a in x.axes))
         if name in ("flatten", "view", "reshape", "_unsafe_view"):
             source = node.args[0]
             assert isinstance(source, fx.Node)
             src, dst = self._shape(source), self._shape(node)
-            merged = self._regrid(x.grid, x.axes, src, dst)
+            merged = self._regrid(x.grid, x.axes, src, dst, x.pinned)
             if merged is None:
                 raise self._fail(f"reshape from {src} to {dst} that mixes heads with tokens")
+            if x.pinned and isinstance(merged, Value):
+                raise self._fail("heads with rotary position embeddings merged before attention")
             return merged
         if name in ("getitem", "select", "slice"):
             return self._heads_index(x, name, args)
         if name in ("split", "split_with_sizes", "chunk", "unbind"):
             return self._heads_split(node, name, x, args, kwargs)
+        if name in ("unsqueeze", "expand", "repeat_interleave"):  # repeat_kv
+            raise self._fail("grouped-query attention (key/value heads shared by query heads)")
         raise self._fail(f"{name or target!r} on channels split into heads (only attention is)")
+
+    # Rotary position embeddings: q * cos + rotate_half(q) * sin, rotate_half(q) being
+    # cat(-q2, q1) of the halves of each head, and the same for k. cos and sin come from
+    # positions and buffers (no weights): the nodes stay those of q and k, pinned within
+    # each head (every pair of dimensions turns at its own frequency).
+    def _rotary_step(self, node: fx.Node, name: str | None, args: tuple) -> _Heads | None:
+        """``heads * table``, ``-heads``, ``heads + heads`` of rotary embeddings; else None."""
+        heads = [a for a in args[:2] if isinstance(a, _Heads)]
+        if name == "neg" and len(heads) == 1:
+            return replace(heads[0], pinned=True)
+        if name in ("add", "sub") and len(heads) == 2:
+            a, b = heads
+            g = a.axes.index(a.ndim - 1) if a.ndim - 1 in a.axes else None
+            if (
+                (a.axes, a.ndim, a.grid.shape) != (b.axes, b.ndim, b.grid.shape)
+                or g is None
+                or not torch.equal(a.grid.sort(g).values, b.grid.sort(g).values)
+            ):
+                raise self._fail(f"{name} of attention heads whose dimensions do not line up")
+            return replace(a, pinned=a.pinned or b.pinned or not torch.equal(a.grid, b.grid))
+        if name != "mul" or len(heads) != 1 or len(args) != 2:
+            return None
+        x = heads[0]
+        at = 1 if args[0] is x else 0
+        table, source = args[at], node.args[at]
+        if isinstance(table, (int, float)) or not self._mask_like(table) or table is None:
+            return None
+        shape = self._shape(source) if isinstance(source, fx.Node) else ()
+        for axis in x.axes:  # every head is turned alike: the table is broadcast over heads
+            d = axis - (x.ndim - len(shape))
+            if axis != x.ndim - 1 and d >= 0 and shape[d] != 1:
+                raise self._fail("a position table that differs between attention heads")
+        return replace(x, pinned=True)
+
+    def _heads_cat(self, args: tuple, kwargs: dict) -> _Heads:
+        """``cat`` of parts of the same heads along a grid dimension (rotate_half)."""
+        parts = list(args[0])
+        first = parts[0]
+        if not all(isinstance(p, _Heads) for p in parts) or any(
+            (p.axes, p.ndim) != (first.axes, first.ndim) for p in parts
+        ):
+            raise self._fail("cat of attention heads with other values")
+        dim = kwargs.get("dim", _get(args, 1) or 0) % first.ndim
+        if dim not in first.axes:
+            raise self._fail("cat of attention heads along the tokens")
+        g = first.axes.index(dim)
+        try:
+            grid = torch.cat([p.grid for p in parts], g)
+        except RuntimeError:
+            raise self._fail("cat of attention heads whose heads do not line up") from None
+        return replace(first, grid=grid, pinned=any(p.pinned for p in parts))
 
     @staticmethod
     def _mask_like(a: Any) -> bool:
@@ -825,7 +890,8 @@ class _Converter:
                 v = b.nodes.unsqueeze(0)
             else:
                 v = self._head_grid(b, a.head_axis, a.ndim, feature_axis=a.ndim - 1)
-            self._attend(self._owner(node), a.q, a.k, v)
+            pin_v = isinstance(b, _Heads) and b.pinned
+            self._attend(self._owner(node), a.q, a.k, v, pin_qk=a.pinned, pin_v=pin_v)
             return self._heads(v, a.head_axis, a.ndim)
         if isinstance(a, Value) and isinstance(b, Value):  # one head
             if a.axis == a.ndim - 1 and b.axis == b.ndim - 2 == a.ndim - 2 and not a.fold:
@@ -834,7 +900,8 @@ class _Converter:
             head_axis = self._head_axis(a)
             q = self._head_grid(a, head_axis, a.ndim, feature_axis=a.ndim - 1)
             k = self._head_grid(b, head_axis, a.ndim, feature_axis=a.ndim - 2)
-            return _Scores(q, k, head_axis, a.ndim)
+            pinned = a.pinned or (isinstance(b, _Heads) and b.pinned)
+            return _Scores(q, k, head_axis, a.ndim, pinned)
         raise self._fail("matmul of activations other than attention's q @ k^T and scores @ v")
 
     def _head_axis(self, x: _Heads) -> int:
@@ -867,17 +934,24 @@ class _Converter:
             if any(t.axis != ndim - 1 or t.fold or t.ndim != ndim for t in (q, k, v)):
                 raise self._fail("scaled_dot_product_attention on features that are not last")
             grids = [t.nodes.unsqueeze(0) for t in (q, k, v)]
-            head_axis = None
+            head_axis, pinned = None, (False, False)
         else:
             if not isinstance(q, _Heads):
                 raise self._fail("scaled_dot_product_attention of unsplit and split heads")
             ndim, head_axis = q.ndim, self._head_axis(q)
             grids = [self._head_grid(t, head_axis, ndim, ndim - 1) for t in (q, k, v)]
-        self._attend(self._owner(node), *grids)
+            pinned = (q.pinned or k.pinned, v.pinned)
+        self._attend(self._owner(node), *grids, pin_qk=pinned[0], pin_v=pinned[1])
         return self._heads(grids[2], head_axis, ndim)
 
-    def _attend(self, path: str, q: Tensor, k: Tensor, v: Tensor) -> None:
-        """Turn the q/k/v projections (``[heads, head_dim]`` grids) into attention nodes."""
+    def _attend(
+        self, path: str, q: Tensor, k: Tensor, v: Tensor, *, pin_qk: bool, pin_v: bool
+    ) -> None:
+        """Turn the q/k/v projections (``[heads, head_dim]`` grids) into attention nodes.
+
+        ``pin_qk`` / ``pin_v``: the q and k (v) dimensions keep their places within each
+        head (rotary position embeddings); heads still move as blocks.
+        """
         heads, head_dim = q.shape
         if k.shape != q.shape or v.shape[0] != heads:
             raise self._fail(f"attention with q {tuple(q.shape)}, k {tuple(k.shape)} heads")
@@ -905,11 +979,13 @@ class _Converter:
             self.b.add_edges(q_nodes, per_head, "attention_head")
             self.b.add_edges(k_nodes, per_head, "attention_head")
             self.b.add_edges(head.repeat_interleave(v.shape[1]), v_nodes, "attention_head")
-        # Symmetry as for MultiheadAttention: (q_i, k_i) pairs and v_j move within a head,
-        # heads move as blocks.
+        # Symmetry as for MultiheadAttention: (q_i, k_i) pairs and v_j move within a head
+        # (unless pinned), heads move as blocks.
         for h in range(heads):
-            self.b.add_group(torch.stack([q[h], k[h]], dim=1))
-            self.b.add_group(v[h].unsqueeze(1))
+            if not pin_qk:
+                self.b.add_group(torch.stack([q[h], k[h]], dim=1))
+            if not pin_v:
+                self.b.add_group(v[h].unsqueeze(1))
         self.b.add_block(torch.cat([head.unsqueeze(1), q, k, v], dim=1))
         self.attended.append((nodes, v_nodes, depth))
 
@@ -924,9 +1000,17 @@ class _Converter:
         return None
 
     def _regrid(
-        self, grid: Tensor, axes: tuple[int, ...], src: tuple[int, ...], dst: tuple[int, ...]
+        self,
+        grid: Tensor,
+        axes: tuple[int, ...],
+        src: tuple[int, ...],
+        dst: tuple[int, ...],
+        pinned: bool = False,
     ) -> Value | _Heads | None:
-        """Channels on ``axes`` after a reshape from ``src`` to ``dst``; None if it mixes them."""
+        """Channels on ``axes`` after a reshape from ``src`` to ``dst``; None if it mixes them.
+
+        ``pinned`` is kept when the result is still split into heads (:class:`_Heads`).
+        """
         order = sorted(range(len(axes)), key=lambda i: axes[i])
         grid = grid.permute(order)
         ordered = [axes[i] for i in order]
@@ -941,10 +1025,11 @@ class _Converter:
         grid = grid.reshape([dst[d] for d in new_axes])
         if len(new_axes) == 1:
             return self._make(grid, new_axes[0], len(dst))
-        return _Heads(grid, tuple(new_axes), len(dst))
+        return _Heads(grid, tuple(new_axes), len(dst), pinned)
 
     def _heads_index(self, x: _Heads, name: str, args: tuple) -> Value | _Heads:
-        """Indexing: a grid dimension may be selected (``qkv[0]``) or kept whole."""
+        """Indexing: a grid dimension may be selected (``qkv[0]``) or kept whole; the
+        dimensions within a head may be sliced (the halves of rotary embeddings)."""
         if name == "getitem":
             index = args[1] if isinstance(args[1], tuple) else (args[1],)
         else:  # aten select(x, dim, i) / slice(x, dim, start, end, step)
@@ -964,6 +1049,7 @@ class _Converter:
         grid, kept, new_axes = x.grid, [], []
         dim = out_dim = 0
         dropped = []
+        parts = []  # (grid dimension, slice) within each head
         for item in index:
             if item is None:
                 out_dim += 1
@@ -972,9 +1058,11 @@ class _Converter:
                 g = x.axes.index(dim)
                 if isinstance(item, int):
                     dropped.append((g, item))
-                elif _full_slice(item):
+                elif _full_slice(item) or (isinstance(item, slice) and dim == x.ndim - 1):
                     kept.append(g)
                     new_axes.append(out_dim)
+                    if not _full_slice(item):
+                        parts.append((g, item))
                 else:
                     raise self._fail("indexing a part of the attention heads")
             if not isinstance(item, int):
@@ -982,13 +1070,17 @@ class _Converter:
                     raise self._fail(f"indexing attention heads with {type(item).__name__}")
                 out_dim += 1
             dim += 1
+        for g, part in parts:
+            grid = grid[(slice(None),) * g + (part,)]
         for g, i in sorted(dropped, reverse=True):
             grid = grid.select(g, i)
         remaining = [g for g in range(x.grid.dim()) if g not in dict(dropped)]
         new_axes = [new_axes[kept.index(g)] for g in remaining]
         if len(new_axes) == 1:
+            if x.pinned:
+                raise self._fail("one head with rotary position embeddings")
             return self._make(grid, new_axes[0], out_dim)
-        return _Heads(grid, tuple(new_axes), out_dim)
+        return _Heads(grid, tuple(new_axes), out_dim, x.pinned)
 
     def _heads_split(
         self, node: fx.Node, name: str, x: _Heads, args: tuple, kwargs: dict
@@ -1000,17 +1092,19 @@ class _Converter:
         if dim not in x.axes:
             if name == "unbind":
                 axes = tuple(a - (a > dim) for a in x.axes)
-                return tuple(_Heads(x.grid, axes, x.ndim - 1) for _ in parts)
+                return tuple(replace(x, axes=axes, ndim=x.ndim - 1) for _ in parts)
             return tuple(x for _ in parts)
         g = x.axes.index(dim)
         if name == "unbind":
             axes = tuple(a - (a > dim) for i, a in enumerate(x.axes) if i != g)
             grids = [x.grid.select(g, i) for i in range(x.grid.shape[g])]
-            if len(axes) == 1:
+            if len(axes) == 1 and not x.pinned:
                 return tuple(self._make(gr, axes[0], x.ndim - 1) for gr in grids)
-            return tuple(_Heads(gr, axes, x.ndim - 1) for gr in grids)
+            if len(axes) == 1:
+                raise self._fail("one head with rotary position embeddings")
+            return tuple(_Heads(gr, axes, x.ndim - 1, x.pinned) for gr in grids)
         sizes = [info.shape[dim] for info in parts]
-        return tuple(_Heads(gr, x.axes, x.ndim) for gr in x.grid.split(sizes, g))
+        return tuple(replace(x, grid=gr) for gr in x.grid.split(sizes, g))
 
     # Operation handlers for attention on unsplit tensors and for Hugging Face's Conv1D.
     def _op_matmul(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
@@ -1073,6 +1167,8 @@ class _Converter:
     def _combine(self, node: fx.Node, operands: list, kind: str) -> Any:
         values = [self._value(o) for o in operands if isinstance(o, (Value, _Raw))]
         params = [o for o in operands if isinstance(o, _Param)]
+        if any(isinstance(o, _Index) for o in operands) and values:
+            raise self._fail("a position table on channels not split into heads (rotary, GQA)")
         if len(values) + len(params) != len(operands) or not values:
             raise self._fail(f"{kind} of {[type(o).__name__ for o in operands]}")
         gates: tuple[bool, ...] = ()
@@ -1098,13 +1194,16 @@ class _Converter:
             return result
         if not node.users and name is not None and name.startswith("_assert"):
             return None
-        # 2b. Attention written by hand: operations on split heads and on scores.
-        if any(isinstance(a, (_Heads, _Scores)) for a in (*args, *kwargs.values())):
-            return self._attention_step(node, target, args, kwargs)
-        # 3. A call on no activation or parameter (sizes, torch.arange positions) adds no nodes.
         parts = list(args[0]) if name == "cat" else list(args)  # cat takes a list
+        # 2b. Attention written by hand: operations on split heads and on scores.
+        if any(isinstance(a, (_Heads, _Scores)) for a in (*parts, *kwargs.values())):
+            return self._attention_step(node, target, args, kwargs)
+        # 3. A call on no activation or parameter (sizes, torch.arange positions) adds no
+        #    nodes; nor does one on positions and buffers (rotary cos/sin from inv_freq).
         operands = (Value, _Raw, _Affine, _Param)
         if not any(isinstance(a, operands) for a in (*parts, *kwargs.values())):
+            return _Index() if isinstance(result, TensorInfo) else result
+        if name != "embedding" and self._positional_table(parts + list(kwargs.values())):
             return _Index() if isinstance(result, TensorInfo) else result
         operation = _OPERATIONS.get(name) if name is not None else None
         # 4. A parameter read in forward() (class token, positional embedding) reaches a
@@ -1120,6 +1219,14 @@ class _Converter:
         if name is None or operation is None:
             raise self._fail(f"function {name or getattr(target, '__name__', target)!r}")
         return operation.handler(self, node, name, args, kwargs)
+
+    def _positional_table(self, operands: list) -> bool:
+        """Whether ``operands`` are index tensors (at least one), numbers and buffers only."""
+        return any(isinstance(a, _Index) for a in operands) and not any(
+            isinstance(a, (Value, _Raw, _Affine))
+            or (isinstance(a, _Param) and not self._is_constant(a))
+            for a in operands
+        )
 
     # Operation handlers: (node, operation name, arguments, keyword arguments) -> result.
     def _exported_layer(self, name: str, args: tuple) -> tuple[str, list]:
@@ -1846,7 +1953,8 @@ def _positional(args: tuple, kwargs: dict, names: tuple[str, ...]) -> tuple:
 _HAND_ATTENTION = (
     "self-attention written by hand: q/k/v projections split into heads (view, transpose, "
     "split, unbind), q @ k.transpose(-2, -1), scaling, masks (inputs or buffers: +, "
-    "masked_fill, where), softmax, dropout, @ v, or F.scaled_dot_product_attention"
+    "masked_fill, where), softmax, dropout, @ v, or F.scaled_dot_product_attention; "
+    "rotary position embeddings of q and k (q * cos + rotate_half(q) * sin)"
 )
 # Operation names (as _op_name gives them) -> entry, looked up after the explicit steps of
 # _Converter._call, which handle what no name decides.

@@ -76,27 +76,41 @@ def _split(example_input: ExampleInput) -> tuple[tuple, dict]:
     return (example_input,), {}
 
 
-# Activation modules of Hugging Face models whose forward() equals a torch activation exactly
-# (written elementwise, which the graph would otherwise see as a chain of operations).
-_EXACT_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "NewGELUActivation": lambda: nn.GELU(approximate="tanh"),
-    "GELUTanh": lambda: nn.GELU(approximate="tanh"),
-    "PytorchGELUTanh": lambda: nn.GELU(approximate="tanh"),
-    "GELUActivation": nn.GELU,
-    "SiLUActivation": nn.SiLU,
+def _rms_norm(module: nn.Module) -> nn.Module:
+    """An ``nn.RMSNorm`` with ``module``'s own weight (the same parameter) and epsilon."""
+    weight, eps = module.weight, module.variance_epsilon
+    assert isinstance(weight, nn.Parameter) and isinstance(eps, (int, float))
+    norm = nn.RMSNorm(weight.shape, eps=float(eps), dtype=weight.dtype)
+    norm.weight = weight
+    return norm
+
+
+# Modules of Hugging Face models whose forward() equals a torch module (in exact arithmetic;
+# written elementwise, which the graph would otherwise see as a chain of operations), by
+# class name -> a factory of the torch module from the original.
+_EXACT_MODULES: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "NewGELUActivation": lambda _: nn.GELU(approximate="tanh"),
+    "GELUTanh": lambda _: nn.GELU(approximate="tanh"),
+    "PytorchGELUTanh": lambda _: nn.GELU(approximate="tanh"),
+    "GELUActivation": lambda _: nn.GELU(),
+    "SiLUActivation": lambda _: nn.SiLU(),
+    # weight * x / sqrt(mean(x^2) + eps), computed in float32 (Gemma's 1 + weight is not)
+    "LlamaRMSNorm": _rms_norm,
+    "MistralRMSNorm": _rms_norm,
+    "Qwen2RMSNorm": _rms_norm,
 }
 
 
 @contextmanager
-def _torch_activations(module: nn.Module) -> Iterator[None]:
-    """Swaps :data:`_EXACT_ACTIVATIONS` for their torch modules while the network is exported."""
+def _torch_modules(module: nn.Module) -> Iterator[None]:
+    """Swaps :data:`_EXACT_MODULES` for their torch modules while the network is exported."""
     swapped = []
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            make = _EXACT_ACTIVATIONS.get(type(child).__name__)
+            make = _EXACT_MODULES.get(type(child).__name__)
             if make is not None:
                 swapped.append((parent, name, child))
-                setattr(parent, name, make())
+                setattr(parent, name, make(child))
     try:
         yield
     finally:
@@ -109,7 +123,7 @@ def trace(module: nn.Module, example_input: ExampleInput | None = None) -> fx.Gr
 
     When torch.fx cannot trace it and ``example_input`` is given, the network is exported
     with ``torch.export`` (in eval mode) instead; its graph holds ATen operations. Hugging
-    Face activation modules that equal a torch activation are exported as it.
+    Face modules that equal a torch module (activations, Llama's RMSNorm) are exported as it.
     """
     if isinstance(module, fx.GraphModule):
         return module
@@ -122,7 +136,7 @@ def trace(module: nn.Module, example_input: ExampleInput | None = None) -> fx.Gr
     if example_input is not None:
         args, kwargs = _split(example_input)
         try:
-            with eval_mode(module), _torch_activations(module), torch.no_grad():
+            with eval_mode(module), _torch_modules(module), torch.no_grad():
                 return torch.export.export(module, args, kwargs, strict=False).module()
         except Exception as err:  # export raises many types too
             fx_error = f"{fx_error}; torch.export: {_first_line(err)}"

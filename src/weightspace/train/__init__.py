@@ -12,9 +12,12 @@ from ._trainer import (
     resolve_device,
     train,
 )
+from ._uncertainty import COVERAGE, REFERENCE_FILE, ood_scores
 
 __all__ = [
+    "COVERAGE",
     "MAX_WORKERS",
+    "REFERENCE_FILE",
     "PROPERTIES",
     "WEIGHTS_FILE",
     "ConfigError",
@@ -30,6 +33,7 @@ __all__ = [
     "featurizer_of",
     "load_run",
     "model_files",
+    "ood_scores",
     "prepared_graphs",
     "resolve_device",
     "split_by_run",

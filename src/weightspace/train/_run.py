@@ -32,13 +32,14 @@ from ..featurize import Featurizer
 from ..infra import atomic_write_bytes, atomic_write_json, read_manifest
 from ..limits import MAX_PARAMS
 from ..objectives import PropertyHead
+from ._uncertainty import REFERENCE_FILE
 
 RUN_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "encoder.safetensors"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
-RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE)
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, REFERENCE_FILE)
 _REQUIRED = (
     "format",
     "encoder",

@@ -20,13 +20,14 @@ from ..encoders import Encoder, create_encoder
 from ..exceptions import WeightspaceError
 from ..featurize import Featurizer
 from ..graph import GraphBatch, NeuralGraph
-from ..infra import resolve_progress
+from ..infra import atomic_write, resolve_progress
 from ..metrics import regression_metrics
 from ..objectives import PropertyHead, bound_predictions, info_nce, make_view, masked_mse
 from ..zoo import Zoo
 from ._config import ConfigError, TrainConfig
 from ._data import DataError, Split, prepared_graphs, property_table, split_by_run
 from ._run import HISTORY_FILE, check_out, clear_run, meta_modules, save_run, write_metrics
+from ._uncertainty import REFERENCE_FILE, fit_uncertainty
 
 EMBED_BATCH = 64
 LOSSES = ("total", "contrastive", "property")
@@ -246,8 +247,13 @@ class Trainer:
         }
         encoder.cpu()
         head.cpu()
+        uncertainty, reference = self._uncertainty(
+            encoder, head, graphs, split, catalog, targets, mean, std
+        )
+        config_json["uncertainty"] = uncertainty
         clear_run(out)
         save_run(out, config_json, encoder, head)
+        atomic_write(out / REFERENCE_FILE, lambda f: np.save(f, reference))
         frame = pd.DataFrame(history)
         frame.to_csv(out / HISTORY_FILE, index=False)
         metrics = self._test_metrics(
@@ -257,6 +263,7 @@ class Trainer:
             targets.loc[split.test].to_numpy(),
             mean,
             std,
+            uncertainty["halfwidth"],
         )
         metrics["epochs_run"] = len(history)
         metrics["best_val_total"] = best[0]
@@ -365,17 +372,59 @@ class Trainer:
         true: np.ndarray,
         mean: np.ndarray,
         std: np.ndarray,
+        halfwidth: Mapping[str, float | None],
     ) -> dict[str, Any]:
+        predicted = self._predict(encoder, head, graphs, mean, std)
+        properties: dict[str, Any] = {}
+        for k, name in enumerate(self.config.properties):
+            properties[name] = regression_metrics(true[:, k], predicted[:, k])
+            known = np.isfinite(true[:, k])
+            width = halfwidth[name]
+            inside = np.abs(predicted[known, k] - true[known, k]) <= (width or np.inf)
+            properties[name]["interval_coverage"] = (
+                float(inside.mean()) if known.any() and width is not None else None
+            )
+        return {"test_models": len(graphs), "properties": properties}
+
+    def _predict(
+        self,
+        encoder: Encoder,
+        head: PropertyHead,
+        graphs: Sequence[NeuralGraph],
+        mean: np.ndarray,
+        std: np.ndarray,
+    ) -> np.ndarray:
         with torch.no_grad():
             standardised = head(embed_graphs(encoder, graphs)).numpy()
-        predicted = bound_predictions(standardised * std + mean, self.config.properties)
-        return {
-            "test_models": len(graphs),
-            "properties": {
-                name: regression_metrics(true[:, k], predicted[:, k])
-                for k, name in enumerate(self.config.properties)
-            },
+        return bound_predictions(standardised * std + mean, self.config.properties)
+
+    def _uncertainty(
+        self,
+        encoder: Encoder,
+        head: PropertyHead,
+        graphs: Mapping[str, NeuralGraph],
+        split: Split,
+        catalog: pd.DataFrame,
+        targets: pd.DataFrame,
+        mean: np.ndarray,
+        std: np.ndarray,
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """Conformal half-widths from the validation split, and the OOD reference."""
+        train_graphs = [graphs[i] for i in split.train]
+        rows = catalog.set_index("id").loc[split.train]
+        context: dict[str, list] = {
+            "datasets": [str(d) for d in rows["dataset"]],
+            "families": [str(f) for f in rows["family"]],
+            "input_nodes": [int(g.count_roles()["input"]) for g in train_graphs],
         }
+        val_graphs = [graphs[i] for i in split.val]
+        return fit_uncertainty(
+            embed_graphs(encoder, train_graphs).numpy(),
+            self._predict(encoder, head, val_graphs, mean, std),
+            targets.loc[split.val].to_numpy(),
+            list(self.config.properties),
+            context,
+        )
 
 
 def train(
