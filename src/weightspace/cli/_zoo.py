@@ -8,6 +8,7 @@ import sys
 from tabulate import tabulate
 
 from ..limits import MAX_PARAMS
+from ..zoo import Zoo, build_zoo, import_checkpoints, rebuild_catalog
 from ..zoo.build import MAX_SIZE, MAX_WORKERS
 from ..zoo.storage import shorten_list
 from ._args import add_trust_pickle, int_in_range
@@ -165,8 +166,6 @@ def _print_repaired(repaired: dict[str, list[str]], out: str) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..zoo.build import build_zoo
-
     report = build_zoo(
         args.preset,
         args.out,
@@ -193,8 +192,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from ..zoo.importer import import_checkpoints
-
     report = import_checkpoints(
         args.src,
         args.out,
@@ -214,8 +211,6 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_rebuild_catalog(args: argparse.Namespace) -> int:
-    from ..zoo import rebuild_catalog
-
     report = rebuild_catalog(args.zoo)
     if report.backup is not None:
         print(f"kept the previous catalog as {report.backup}")
@@ -237,8 +232,6 @@ def run_rebuild_catalog(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..zoo import Zoo
-
     summary = Zoo.open(args.zoo).summary()
     print(f"{args.zoo}: {summary['models']} models\n")
     for key, title in (

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._version import __version__
 from ..embedder import Embedder, ModelLike
 from ..exceptions import WeightspaceError
 from ..infra import atomic_write, read_manifest
@@ -527,8 +528,6 @@ def build_index(
     z = embed_zoo(loaded, zoo, ids, workers, executor, progress, trust_pickle=trust_pickle)
     embeddings = normalize(z)
     search = create_search(embeddings, backend, hnsw_threshold)
-    from .._version import __version__
-
     info = {
         "format": INDEX_FORMAT,
         "library_version": __version__,
