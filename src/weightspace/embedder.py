@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from .checkpoints import load_model
+from .exceptions import WeightspaceError
 from .graph import NeuralGraph, is_prepared, to_graph
 from .limits import MAX_PARAMS
 from .objectives import bound_predictions
 from .train import REFERENCE_FILE, LoadedRun, RunError, embed_graphs, load_run, ood_scores
+from .zoo import read_spec
 
 ModelLike = nn.Module | NeuralGraph | str | Path
 
@@ -102,18 +104,37 @@ class Embedder:
         return self.predict_from_embeddings(self.embed(models, trust_pickle=trust_pickle))
 
     def predict_with_uncertainty(
-        self, models: ModelLike | Sequence[ModelLike], *, trust_pickle: bool = False
+        self,
+        models: ModelLike | Sequence[ModelLike],
+        *,
+        dataset: str | None = None,
+        sources: Sequence[ModelLike] | None = None,
+        trust_pickle: bool = False,
     ) -> pd.DataFrame:
         """:meth:`predict`, with how far to trust each prediction.
 
         Columns: each property; ``<property> low`` and ``<property> high``, its conformal
         interval (nominal coverage in the run's ``uncertainty.coverage``, 90 %); ``ood``, the
-        out-of-distribution score (about 1 or less: like the training models; see the README's
-        Training section); ``unseen``, what the run never saw in
-        training (``input width``: a number of input neurons no training model had), empty
-        if nothing. Runs trained before these were recorded give NaN and ``unknown``.
+        out-of-distribution score (about 1 or less: like the training models; see the
+        README's Training section); ``unseen``, what the run never saw in training, comma
+        separated, empty if nothing: ``input width`` (a number of input neurons no training
+        model had), ``family`` (a zoo architecture family the training models did not
+        have; known for zoo model files and zoo modules) and ``dataset`` (``dataset`` is
+        not one the training models were trained on). Runs trained before these were
+        recorded give NaN and ``unknown``.
+
+        Args:
+            models: networks, neural graphs or model files.
+            dataset: the data set the models were trained on, when the caller knows it.
+            sources: where each of ``models`` came from (model files or modules), for the
+                family flag, when ``models`` are graphs prepared from them already.
+            trust_pickle: as for :meth:`graphs`.
         """
-        graphs = self.graphs(models, trust_pickle=trust_pickle)
+        items = [models] if isinstance(models, (nn.Module, NeuralGraph, str, Path)) else models
+        graphs = self.graphs(items, trust_pickle=trust_pickle)
+        origins = list(items) if sources is None else list(sources)
+        if len(origins) != len(graphs):
+            raise ValueError(f"got {len(origins)} sources for {len(graphs)} models")
         z = embed_graphs(self.run.encoder, graphs).numpy()
         table = self.predict_from_embeddings(z)
         record = self.run.config.get("uncertainty")
@@ -132,11 +153,16 @@ class Embedder:
             columns["unseen"] = ["unknown"] * len(graphs)
         else:
             columns["ood"] = ood_scores(z, reference, record.get("ood_scale"))
-            widths = set(record.get("input_nodes", []))
             columns["unseen"] = [
-                "" if int(g.count_roles()["input"]) in widths else "input width" for g in graphs
+                ", ".join(_unseen(record, origin, graph, dataset))
+                for origin, graph in zip(origins, graphs)
             ]
         return pd.DataFrame(columns)
+
+    @property
+    def training_datasets(self) -> list[str]:
+        """The data sets of the run's training models (empty for runs that did not record them)."""
+        return list((self.run.config.get("uncertainty") or {}).get("datasets", []))
 
     def _reference(self) -> np.ndarray | None:
         """The run's unit-normalised training embeddings, if it stored them."""
@@ -172,3 +198,29 @@ class Embedder:
         std = np.asarray(self.run.config["target_std"])
         predicted = bound_predictions(standardised * std + mean, self.properties)
         return pd.DataFrame(predicted, columns=self.properties)
+
+
+def _family_of(model: ModelLike) -> str | None:
+    """The zoo family of a zoo model file or module; None for anything else."""
+    if isinstance(model, (str, Path)) and str(model).endswith(".safetensors"):
+        try:
+            return str(read_spec(model)["family"])
+        except WeightspaceError:
+            return None
+    spec = getattr(model, "spec", None)
+    return str(spec["family"]) if isinstance(spec, dict) and "family" in spec else None
+
+
+def _unseen(
+    record: dict[str, Any], model: ModelLike, graph: NeuralGraph, dataset: str | None
+) -> list[str]:
+    """What about ``model`` the run's training models never had."""
+    flags = []
+    if int(graph.count_roles()["input"]) not in set(record.get("input_nodes", [])):
+        flags.append("input width")
+    family = _family_of(model)
+    if family is not None and family not in set(record.get("families", [])):
+        flags.append("family")
+    if dataset is not None and dataset not in set(record.get("datasets", [])):
+        flags.append("dataset")
+    return flags

@@ -65,3 +65,23 @@ def test_predict_prints_and_dumps_the_uncertainty(gnn_training, small_zoo, capsy
     assert main(["predict", "--run", str(gnn_training.run_dir), model, "--json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
     assert record["file"] == model and {"ood", "unseen", "test_accuracy low"} <= set(record)
+
+
+def test_family_and_dataset_flags(gnn_training, small_zoo, capsys):
+    embedder = ws.Embedder.load(gnn_training.run_dir)
+    config = json.loads((gnn_training.run_dir / "config.json").read_text())
+    zoo = Zoo.open(small_zoo)
+    known = str(zoo.path(config["splits"]["train"][0]))
+    dataset = zoo.catalog.set_index("id").loc[config["splits"]["train"][0], "dataset"]
+    assert dataset in embedder.training_datasets
+    assert embedder.predict_with_uncertainty([known], dataset=dataset)["unseen"][0] == ""
+    flagged = embedder.predict_with_uncertainty([known], dataset="cifar10")["unseen"][0]
+    assert flagged == "dataset"
+    module = zoo.load(config["splits"]["train"][0])
+    module.spec = {**module.spec, "family": "a-family-never-seen"}
+    assert "family" in embedder.predict_with_uncertainty([module])["unseen"][0]
+    run = str(gnn_training.run_dir)
+    assert main(["predict", "--run", run, known]) == 0
+    assert "predictions assume a data set the run was trained on" in capsys.readouterr().out
+    assert main(["predict", "--run", run, known, "--dataset", "cifar10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["unseen"] == "dataset"

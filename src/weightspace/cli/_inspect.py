@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.supported == (args.model is not None):  # both, or neither
         args.usage_error("give either MODEL_FILE or --supported")
     if args.supported:
-        rows = supported_operations()
-        print(tabulate(rows, headers=("kind", "supported"), maxcolwidths=[None, 88]))
+        catalogue = supported_operations()
+        print(tabulate(catalogue, headers=("kind", "supported"), maxcolwidths=[None, 88]))
         return 0
     module, example = load_model(
         args.model, trust_pickle=args.trust_pickle, max_params=args.max_params

@@ -107,6 +107,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--json", action="store_true", help="print the predictions as JSON records instead"
     )
+    q.add_argument(
+        "--dataset",
+        help="the data set the models were trained on; flagged 'dataset' if the run never saw it",
+    )
     add_trust_pickle(q)
     q.set_defaults(run=run_predict)
 
@@ -172,11 +176,17 @@ def run_predict(args: argparse.Namespace) -> int:
     embedder = Embedder.load(args.run_dir)
     files, graphs = _graphs_or_report(embedder, args.models, args.trust_pickle)
     if graphs:
-        table = embedder.predict_with_uncertainty(graphs)
+        table = embedder.predict_with_uncertainty(graphs, dataset=args.dataset, sources=files)
         table.insert(0, "file", files)
         if args.json:
             print(table.to_json(orient="records", indent=2))
         else:
+            if args.dataset is None and embedder.training_datasets:
+                known = ", ".join(embedder.training_datasets)
+                print(
+                    f"predictions assume a data set the run was trained on ({known}); "
+                    "pass --dataset to check"
+                )
             print(_prediction_table(table, embedder.properties))
     return 0 if len(files) == len(args.models) else 1
 
