@@ -490,7 +490,7 @@ class GraphBuilder:
         order = torch.argsort(axis[nodes], stable=True)
         nodes = nodes[order]
         nodes = nodes[torch.argsort(component[nodes], stable=True)]
-        comps, counts = torch.unique_consecutive(component[nodes], return_counts=True)
+        _, counts = torch.unique_consecutive(component[nodes], return_counts=True)
         # Each partition labels the components it touches; rows with different labels
         # never trade places (no partitions: the signature is the creation axes alone).
         part_labels = []
