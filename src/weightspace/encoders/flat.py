@@ -18,6 +18,7 @@ from ._registry import register_encoder
 
 MIN_STD = 1e-6  # standard deviations are clamped to this, so constant inputs map to 0
 STD_FLOOR = 0.1  # ... and to this fraction of the mean std over positions
+MAX_STANDARD_UNITS = 1e4  # standardised inputs saturate here (trained values are far below)
 
 
 def build_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float) -> nn.Sequential:
@@ -75,8 +76,9 @@ class Standardize(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[n, dim]`` -> ``[n, dim]``."""
-        return (x - self.mean) / self.std
+        """``[n, dim]`` -> ``[n, dim]``, saturated at ``MAX_STANDARD_UNITS`` (absurd inputs
+        stay finite)."""
+        return ((x - self.mean) / self.std).clamp(-MAX_STANDARD_UNITS, MAX_STANDARD_UNITS)
 
 
 class PCA(nn.Module):

@@ -30,6 +30,7 @@ from ._registry import EncoderConfigError, register_encoder
 _WEIGHT_DIM = EDGE_FEATURE_DIM - 1
 _STD_EPS = 1e-6  # keeps sqrt smooth (and float error small) where a variance is ~0
 _MIN_SCALE = 1e-2  # floor of fitted feature scales, so unseen values are not blown up
+_MAX_WEIGHT_UNITS = 1e4  # edge weights are read up to this many RMS of their edge type
 _N_AGGREGATES = 4  # mean, std, sum / sqrt(degree), mean * log(1 + degree)
 _CHUNK_COST = 16_384  # edges + nodes per chunk: keeps [E, 3 * edge_dim] tensors in cache
 # Readout groups: input neurons, output neurons, and the others (hidden, junction, ...) in
@@ -245,7 +246,9 @@ class GNNEncoder(Encoder):
         h = initial = self.node_in(x)  # [n, hidden]
         ef = chunk.edge_features.to(dtype)
         code = ef[:, 0].long()
-        weights = ef[:, 1:] / self.weight_rms[code]  # [E, 9] unit RMS per edge type and column
+        # [E, 9] unit RMS per edge type and column; saturated far beyond any trained weight,
+        # so that absurd weights give finite embeddings
+        weights = (ef[:, 1:] / self.weight_rms[code]).clamp(-_MAX_WEIGHT_UNITS, _MAX_WEIGHT_UNITS)
         e = self.edge_type(code) + self.edge_in(weights)  # [E, d]
         inc = _incidence(chunk.src, chunk.dst, h.shape[0], h)
         for layer in self.layers:

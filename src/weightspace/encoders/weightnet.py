@@ -26,6 +26,8 @@ from ._registry import register_encoder
 _WEIGHT_COLUMNS = EDGE_FEATURE_DIM - 1
 _MAX_BUCKETS = 40  # size buckets 2**k; covers any layer with fewer than 2**39 neurons
 
+_MAX_WEIGHT = 1e4  # weight values are read up to this magnitude (trained ones are far below)
+
 
 @dataclass(frozen=True)
 class _PaddedGroup:
@@ -235,7 +237,8 @@ class WeightNetEncoder(Encoder):
         n = batch.num_nodes
         ef = batch.edge_features
         edge_type = F.one_hot(ef[:, 0].long(), len(EDGE_TYPES)).to(ef.dtype)  # [E, types]
-        phi = F.relu(self.edge_in(torch.cat([edge_type, ef[:, 1:]], dim=1)))  # [E, d]
+        weights = ef[:, 1:].clamp(-_MAX_WEIGHT, _MAX_WEIGHT)  # absurd weights stay finite
+        phi = F.relu(self.edge_in(torch.cat([edge_type, weights], dim=1)))  # [E, d]
         src, dst = batch.edge_index
         in_mean, in_count = scatter_mean(phi, dst, n)  # [N, d], [N]
         out_mean, out_count = scatter_mean(phi, src, n)
