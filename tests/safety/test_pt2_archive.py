@@ -198,3 +198,17 @@ def test_garbage_is_one_line(tmp_path: Path, content: bytes) -> None:
     with pytest.raises(CheckpointError) as info:
         load_model(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_run_commands_refuse_the_payload(
+    tmp_path: Path, program: Path, gnn_training, command, capsys
+) -> None:
+    evil, marker = _pickled_weight(tmp_path, program)
+    args = [command, "--run", str(gnn_training.run_dir), str(evil)]
+    if command == "embed":
+        args += ["--out", str(tmp_path / "z.npy")]
+    assert main(args) == 1  # the only file was skipped
+    err = capsys.readouterr().err
+    assert "pickled object" in err and "Traceback" not in err
+    assert not marker.exists()
