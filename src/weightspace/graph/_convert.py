@@ -538,23 +538,56 @@ class _Converter:
     ) -> Value:
         if x.fold:
             raise self._fail("a convolution after flatten")
-        out_ch, in_ch = weight.shape[0], weight.shape[1] * groups
+        edge_type = "conv" if groups == 1 else "grouped_conv"
+        kind = f"Conv{weight.dim() - 2}d"
+        out = self._conv_layer(path, weight, weight.detach(), bias, groups, x, kind, edge_type)
+        self.producers[node] = (self.b.block, out, path, bias)
+        return self._make(out, 1, x.ndim)
+
+    def _conv_layer(
+        self,
+        path: str,
+        weight: Tensor,
+        conv_weight: Tensor,
+        bias: Tensor | None,
+        groups: int,
+        x: Value,
+        kind: str,
+        edge_type: str,
+        *,
+        transposed: bool = False,
+    ) -> Tensor:
+        """The output channels and edges of a convolution or a transposed convolution.
+
+        Args:
+            weight: the parameter as the module holds it: ``[out, in / groups, *kernel]``,
+                or ``[in, out / groups, *kernel]`` when ``transposed``.
+            conv_weight: the same values as a convolution weight ``[out, in / groups,
+                *kernel]``, from which the edges are made.
+            kind: the layer's name in ``layers`` (" (depthwise)" is appended).
+
+        Returns:
+            The output channel nodes.
+        """
+        out_ch, in_ch = conv_weight.shape[0], conv_weight.shape[1] * groups
         depthwise = groups > 1 and groups == in_ch == out_ch
         pinned = groups > 1 and not depthwise
         n_params = weight.numel() + (bias.numel() if bias is not None else 0)
-        kind = f"Conv{weight.dim() - 2}d" + (" (depthwise)" if depthwise else "")
+        kind += " (depthwise)" if depthwise else ""
         with self.b.layer(path, kind, n_params):
             depth = self.b.depth(x.nodes) + 1
             out = self.b.add_nodes(
                 out_ch, "hidden", depth, exchangeable=not pinned, rescale_candidate=not pinned
             )
-            edge_type = "conv" if groups == 1 else "grouped_conv"
-            self.b.add_dense_edges(x.nodes, out, weight.detach(), edge_type, groups)
-            taps = (None,) * (weight.dim() - 2)
+            self.b.add_dense_edges(x.nodes, out, conv_weight, edge_type, groups)
+            taps = (None,) * (conv_weight.dim() - 2)
+            # the parameter's axes of output and input channels
+            out_axis, in_axis = (1, 0) if transposed else (0, 1)
+            dims: tuple[Tensor | None, ...]
             terms: tuple[tuple[int, Tensor, int], ...]
             if groups == 1:
-                dims = (out, x.nodes, *taps)
-                terms = ((0, out, 1), (1, x.nodes, -1))
+                dims = (x.nodes, out, *taps) if transposed else (out, x.nodes, *taps)
+                terms = ((out_axis, out, 1), (in_axis, x.nodes, -1))
             elif depthwise:  # channel c reads only input channel c: they move together
                 self.b.tie(x.nodes, out)
                 dims = (out, None, *taps)
@@ -562,11 +595,11 @@ class _Converter:
             else:  # general grouped conv: channels keep their places (no symmetry used)
                 self.b.fix(x.nodes)
                 self.b.fix(out)
-                dims, terms = (out, None, *taps), ((0, out, 1),)
+                dims = (x.nodes if transposed else out, None, *taps)
+                terms = () if transposed else ((0, out, 1),)
             self.b.bind(f"{path}.weight", dims, terms)
             self._bias(path, out, bias)
-        self.producers[node] = (self.b.block, out, path, bias)
-        return self._make(out, 1, x.ndim)
+        return out
 
     def _batchnorm(
         self, node: fx.Node, path: str, affine: tuple[Tensor, Tensor], x: Value
@@ -1749,30 +1782,10 @@ class _Converter:
             .transpose(1, 2)
             .reshape(out_ch, in_g, *kernel)
         )
-        depthwise = groups > 1 and groups == in_ch == out_ch
-        pinned = groups > 1 and not depthwise
-        n_params = weight.numel() + (bias.numel() if bias is not None else 0)
-        kind = f"ConvTranspose{len(kernel)}d" + (" (depthwise)" if depthwise else "")
-        with self.b.layer(path, kind, n_params):
-            depth = self.b.depth(value.nodes) + 1
-            out = self.b.add_nodes(
-                out_ch, "hidden", depth, exchangeable=not pinned, rescale_candidate=not pinned
-            )
-            self.b.add_dense_edges(value.nodes, out, as_conv, "conv_transpose", groups)
-            taps = (None,) * len(kernel)
-            terms: tuple[tuple[int, Tensor, int], ...]
-            if groups == 1:
-                dims: tuple[Tensor | None, ...] = (value.nodes, out, *taps)
-                terms = ((1, out, 1), (0, value.nodes, -1))
-            elif depthwise:
-                self.b.tie(value.nodes, out)
-                dims, terms = (out, None, *taps), ((0, out, 1), (0, value.nodes, -1))
-            else:  # general grouped: channels keep their places, as for Conv
-                self.b.fix(value.nodes)
-                self.b.fix(out)
-                dims, terms = (value.nodes, None, *taps), ()
-            self.b.bind(f"{path}.weight", dims, terms)
-            self._bias(path, out, bias)
+        kind = f"ConvTranspose{len(kernel)}d"
+        out = self._conv_layer(
+            path, weight, as_conv, bias, groups, value, kind, "conv_transpose", transposed=True
+        )
         return self._make(out, 1, value.ndim)
 
     def _mod_resample(self, node: fx.Node, path: str, mod: nn.Upsample, x: Any) -> Value:
