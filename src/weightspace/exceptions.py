@@ -25,3 +25,12 @@ class InvalidWeightsError(WeightspaceError, ValueError):
 
 class GraphError(WeightspaceError, ValueError):
     """A neural graph or graph batch is malformed."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none.
+
+    Third-party libraries raise many-line messages; ours quote their first line only.
+    """
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

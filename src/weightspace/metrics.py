@@ -22,6 +22,7 @@ __all__ = [
     "retrieval_metrics",
     "similarity_ranking",
     "symmetry_robustness",
+    "unit_rows",
 ]
 
 
@@ -60,6 +61,13 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, flo
     }
 
 
+def unit_rows(z: np.ndarray) -> np.ndarray:
+    """Rows of ``z`` scaled to unit L2 norm in float64 (zero rows stay zero)."""
+    z = np.asarray(z, dtype=np.float64)
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    return z / np.where(norms > 0, norms, 1.0)
+
+
 def similarity_ranking(embeddings: np.ndarray) -> np.ndarray:
     """For each model, the other models ordered by decreasing cosine similarity.
 
@@ -67,9 +75,7 @@ def similarity_ranking(embeddings: np.ndarray) -> np.ndarray:
         ``[n, n - 1]`` indices; row ``i`` never contains ``i`` (the query is not in its own
         gallery). Ties are broken by index, so the ranking is deterministic.
     """
-    z = np.asarray(embeddings, dtype=np.float64)
-    norms = np.linalg.norm(z, axis=1, keepdims=True)
-    z = z / np.where(norms > 0, norms, 1.0)
+    z = unit_rows(embeddings)
     sim = z @ z.T
     np.fill_diagonal(sim, -np.inf)
     order = np.argsort(-sim, axis=1, kind="stable")

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .exceptions import WeightspaceError
+from .exceptions import WeightspaceError, first_line
 from .limits import MAX_PARAMS
 
 __all__ = ["ArchiveError", "check_program_archive", "load_program"]
@@ -348,7 +348,7 @@ def _check_sample_inputs(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None)
             warnings.simplefilter("ignore")
             torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as err:  # UnpicklingError and whatever a corrupt file raises
-        detail = str(err).strip().splitlines()[0][:80] if str(err).strip() else type(err).__name__
+        detail = first_line(err)[:80]
         raise ArchiveError(
             f"its sample inputs need a full unpickle ({detail}); pass --trust-pickle to load it"
         ) from None

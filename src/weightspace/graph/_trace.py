@@ -16,7 +16,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from ..exceptions import InvalidWeightsError, TraceError
+from ..exceptions import InvalidWeightsError, TraceError, first_line
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,6 @@ def check_finite(module: nn.Module) -> None:
 
 ExampleInput = torch.Tensor | tuple | list | Mapping[str, Any]
 """One batch of inputs: a tensor, positional inputs, or keyword inputs (``input_ids``, ...)."""
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _split(example_input: ExampleInput) -> tuple[tuple, dict]:
@@ -130,7 +126,7 @@ def trace(module: nn.Module, example_input: ExampleInput | None = None) -> fx.Gr
     try:
         graph = fx.Tracer().trace(module)
     except Exception as err:  # fx raises many types; all mean "cannot trace"
-        fx_error = _first_line(err)
+        fx_error = first_line(err)
     else:
         return fx.GraphModule(module, graph, class_name=type(module).__name__)
     if example_input is not None:
@@ -139,7 +135,7 @@ def trace(module: nn.Module, example_input: ExampleInput | None = None) -> fx.Gr
             with eval_mode(module), _torch_modules(module), torch.no_grad():
                 return torch.export.export(module, args, kwargs, strict=False).module()
         except Exception as err:  # export raises many types too
-            fx_error = f"{fx_error}; torch.export: {_first_line(err)}"
+            fx_error = f"{fx_error}; torch.export: {first_line(err)}"
     raise TraceError(
         f"cannot trace {type(module).__name__} with torch.fx ({fx_error[:160]}); "
         "pass example_input so that torch.export can trace it, or remove data-dependent "
@@ -242,7 +238,7 @@ def record_shapes(gm: fx.GraphModule, example_input: ExampleInput) -> dict[str, 
         )
         raise TraceError(
             f"running {gm.__class__.__name__} on example_input of shape {shapes} failed: "
-            f"{_first_line(err)}. Pass example_input with the shape and dtype that forward() "
+            f"{first_line(err)}. Pass example_input with the shape and dtype that forward() "
             "expects"
         ) from None
     return recorder.seen

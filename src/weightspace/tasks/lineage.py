@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .. import symmetry
 from ..embedder import Embedder
 from ..infra import resolve_progress
+from ..metrics import unit_rows
 from ..train import embed_graphs, prepared_graphs
 from ..zoo import Zoo
 from ..zoo.build import shape_for_family
@@ -158,12 +159,6 @@ def derive(
     return result.eval()
 
 
-def _unit(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    norms = np.linalg.norm(z, axis=1, keepdims=True)
-    return z / np.where(norms > 0, norms, 1.0)
-
-
 def evaluate_lineage(
     embedders: Embedder | Mapping[str, Embedder],
     zoo: Zoo | str | Path,
@@ -215,7 +210,7 @@ def evaluate_lineage(
             _check(name, strength)
     generator = generator or torch.Generator().manual_seed(0)
     gallery_z = {
-        name: _unit(
+        name: unit_rows(
             embed_graphs(
                 e.run.encoder, prepared_graphs(zoo, e.run.featurizer, gallery, progress=False)
             ).numpy()
@@ -240,7 +235,7 @@ def evaluate_lineage(
             data = datasets[key]
         derived = [derive(module, t, s, generator, data) for t, s in keys]
         for name, embedder in named.items():
-            scores = _unit(embedder.embed(derived)) @ gallery_z[name].T  # [len(keys), G]
+            scores = unit_rows(embedder.embed(derived)) @ gallery_z[name].T  # [len(keys), G]
             hits[name] += scores.argmax(1) == position[source]
             similarity[name] += scores[:, position[source]]
     n = max(len(source_ids), 1)

@@ -19,17 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import unit_rows
+
 COVERAGE = 0.9
 """Nominal coverage of the prediction intervals."""
 REFERENCE_FILE = "reference.npy"
 """The run's unit-normalised training embeddings, ``[n_train, dim]`` float32."""
-
-
-def unit_rows(z: np.ndarray) -> np.ndarray:
-    """Rows of ``z`` scaled to unit norm (zero rows stay zero)."""
-    z = np.asarray(z, dtype=np.float64)
-    norms = np.linalg.norm(z, axis=1, keepdims=True)
-    return z / np.where(norms > 0, norms, 1.0)
 
 
 def nearest_distance(z: np.ndarray, reference: np.ndarray, *, exclude_self: bool = False):

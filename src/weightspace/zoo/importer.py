@@ -58,7 +58,13 @@ from safetensors import safe_open
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..exceptions import GraphError, InvalidWeightsError, TraceError, UnsupportedModuleError
+from ..exceptions import (
+    GraphError,
+    InvalidWeightsError,
+    TraceError,
+    UnsupportedModuleError,
+    first_line,
+)
 from ..graph import NeuralGraph, to_graph
 from ..infra import resolve_progress
 from ..limits import MAX_PARAMS
@@ -241,7 +247,7 @@ def read_metadata(path: str | Path, src: str | Path) -> dict[str, dict[str, Any]
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise _metadata_error(path, f"not a readable CSV file ({first})") from None
         columns = [str(c) for c in frame.columns]
         raw_rows = [dict(zip(columns, row)) for row in frame.itertuples(index=False)]

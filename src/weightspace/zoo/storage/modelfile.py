@@ -35,6 +35,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..._version import __version__
+from ...exceptions import first_line
 from ...infra import atomic_write_bytes
 from ...limits import MAX_PARAMS
 from ...programs import ArchiveError, load_program
@@ -188,7 +189,7 @@ def _open_safetensors(path: Path) -> Iterator[Any]:
     try:
         handle = safe_open(str(path), framework="pt")
     except Exception as err:  # SafetensorError, OSError, ...: all mean unreadable
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         raise ZooError(f"{path}: not a safetensors file ({detail})") from None
     with handle as f:
         yield f
