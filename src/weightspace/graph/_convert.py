@@ -71,6 +71,9 @@ class _Heads:
     dimension ``axes[i]`` (after ``view(B, T, heads, head_dim)``: ``[heads, head_dim]``).
     ``pinned``: the dimensions within a head went through position-dependent operations
     (rotary position embeddings), so they may no longer trade places.
+    Key/value heads repeated for grouped-query attention (``repeat_kv``) repeat their nodes
+    in ``grid``: after ``repeat_interleave(n_rep, dim=1)`` row ``h`` holds kv head
+    ``h // n_rep``.
     """
 
     grid: Tensor
@@ -164,6 +167,7 @@ _FUNCTION_NAMES: dict[Any, str] = {
     F.group_norm: "group_norm",
     torch.chunk: "chunk",
     torch.split: "split",
+    torch.repeat_interleave: "repeat_interleave",
 }
 _ACTIVATION_NAMES = tuple(_ACTIVATION_MODULES.values())
 _PASS_THROUGH = (
@@ -327,7 +331,8 @@ class _Converter:
         self.inputs: dict[str, Value] = {}
         self.input_affines: dict[str, tuple[Tensor, Tensor]] = {}  # on input nodes
         self.node: fx.Node | None = None
-        # Hand-written attention: (q/k/v nodes, v nodes, depth of the head nodes) per layer
+        # Hand-written attention, per layer: (q/k/v nodes, output nodes, depth the output
+        # projection builds on: that of the head nodes, or of the output nodes with GQA)
         self.attended: list[tuple[Tensor, Tensor, int]] = []
 
     # --------------------------------------------------------------------- driver
@@ -732,20 +737,9 @@ class _Converter:
                 self.b.set_bias(out, mod.out_proj.bias)
                 self.b.bind(f"{path}.out_proj.bias", (out,), ((0, out, 1),))
             # Symmetry: within a head, (q_i, k_i) pairs and v_j move; heads move as blocks.
-            for h in range(heads):
-                span = slice(h * head_dim, (h + 1) * head_dim)
-                self.b.add_group(torch.stack([q[span], k[span]], dim=1))
-                self.b.add_group(v[span].unsqueeze(1))
-            blocks = torch.cat(
-                [
-                    head.unsqueeze(1),
-                    q.reshape(heads, head_dim),
-                    k.reshape(heads, head_dim),
-                    v.reshape(heads, head_dim),
-                ],
-                dim=1,
-            )  # [heads, 1 + 3 * head_dim]
-            self.b.add_block(blocks)
+            q, k, v = (part.reshape(heads, head_dim) for part in (q, k, v))
+            group = torch.arange(heads).unsqueeze(1)  # every head its own kv head
+            self._attention_symmetry(group, head, q, k, v, v, pin_qk=False, pin_v=False)
         return self._make(out, x.axis, x.ndim)
 
     def _encoder_layer(self, path: str, mod: nn.TransformerEncoderLayer, x: Value) -> Value:
@@ -836,14 +830,56 @@ class _Converter:
                 raise self._fail(f"reshape from {src} to {dst} that mixes heads with tokens")
             if x.pinned and isinstance(merged, Value):
                 raise self._fail("heads with rotary position embeddings merged before attention")
-            return merged
+            return self._unrepeated(merged)
         if name in ("getitem", "select", "slice"):
-            return self._heads_index(x, name, args)
+            return self._unrepeated(self._heads_index(x, name, args))
         if name in ("split", "split_with_sizes", "chunk", "unbind"):
-            return self._heads_split(node, name, x, args, kwargs)
-        if name in ("unsqueeze", "expand", "repeat_interleave"):  # repeat_kv
-            raise self._fail("grouped-query attention (key/value heads shared by query heads)")
+            parts = self._heads_split(node, name, x, args, kwargs)
+            return tuple(self._unrepeated(part) for part in parts)
+        if name in ("unsqueeze", "expand", "expand_as", "repeat_interleave"):  # repeat_kv
+            return self._heads_repeat(node, name, x, args, kwargs)
         raise self._fail(f"{name or target!r} on channels split into heads (only attention is)")
+
+    # Grouped-query attention: key/value heads repeated for the query heads that share
+    # them, as Hugging Face's repeat_kv writes it (k[:, :, None].expand(B, kv, n_rep, T, d)
+    # .reshape(B, kv * n_rep, T, d)) or k.repeat_interleave(n_rep, dim=1). The grid repeats
+    # the nodes of each kv head; _attend finds the kv heads and their groups again.
+    def _heads_repeat(
+        self, node: fx.Node, name: str, x: _Heads, args: tuple, kwargs: dict
+    ) -> _Heads:
+        """``unsqueeze``, ``expand`` / ``expand_as`` and ``repeat_interleave`` of split heads.
+
+        ``expand`` repeats a grid dimension of size 1, or adds the expanded dimension to
+        the grid (the ``n_rep`` copies of repeat_kv, merged with the heads by its reshape).
+        """
+        if name == "unsqueeze":
+            dim = args[1] % (x.ndim + 1)
+            return replace(x, axes=tuple(a + (a >= dim) for a in x.axes), ndim=x.ndim + 1)
+        if name == "repeat_interleave":
+            repeats = kwargs.get("repeats", _get(args, 1))
+            dim = kwargs.get("dim", _get(args, 2))
+            if not isinstance(repeats, int) or dim is None or dim % x.ndim not in x.axes:
+                raise self._fail("repeat_interleave other than of whole attention heads")
+            g = x.axes.index(dim % x.ndim)
+            return replace(x, grid=x.grid.repeat_interleave(repeats, g))
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        src, dst = self._shape(source), self._shape(node)
+        offset = len(dst) - len(src)  # expand adds dimensions in front
+        axes = [a + offset for a in x.axes]
+        grid = x.grid.expand([dst[a] for a in axes])
+        for d in range(len(src)):
+            if d not in x.axes and src[d] != dst[d + offset]:
+                grid = grid.unsqueeze(-1).expand(*grid.shape, dst[d + offset])
+                axes.append(d + offset)
+        return replace(x, grid=grid, axes=tuple(axes), ndim=len(dst))
+
+    def _unrepeated(self, x: Any) -> Any:
+        """``x``, refused when it is channels that repeat nodes (a repeat_kv result read
+        other than by attention)."""
+        if isinstance(x, Value) and len(torch.unique(x.nodes)) != len(x.nodes):
+            raise self._fail("repeated key/value heads read other than by attention")
+        return x
 
     # Rotary position embeddings: q * cos + rotate_half(q) * sin, rotate_half(q) being
     # cat(-q2, q1) of the halves of each head, and the same for k. cos and sin come from
@@ -924,8 +960,8 @@ class _Converter:
             else:
                 v = self._head_grid(b, a.head_axis, a.ndim, feature_axis=a.ndim - 1)
             pin_v = isinstance(b, _Heads) and b.pinned
-            self._attend(self._owner(node), a.q, a.k, v, pin_qk=a.pinned, pin_v=pin_v)
-            return self._heads(v, a.head_axis, a.ndim)
+            out = self._attend(self._owner(node), a.q, a.k, v, pin_qk=a.pinned, pin_v=pin_v)
+            return self._heads(out, a.head_axis, a.ndim)
         if isinstance(a, Value) and isinstance(b, Value):  # one head
             if a.axis == a.ndim - 1 and b.axis == b.ndim - 2 == a.ndim - 2 and not a.fold:
                 return _Scores(a.nodes.unsqueeze(0), b.nodes.unsqueeze(0), None, a.ndim)
@@ -943,7 +979,14 @@ class _Converter:
         return x.axes[0] if x.axes[1] == x.ndim - 1 else x.axes[1]
 
     def _head_grid(self, x: Any, head_axis: int | None, ndim: int, feature_axis: int) -> Tensor:
-        """The ``[heads, head_dim]`` node grid of ``x``, checked against the scores."""
+        """The ``[heads, head_dim]`` node grid of ``x``, checked against the scores.
+
+        Channels not split into heads, read by split heads, are one key/value head that
+        every query head reads (multi-query attention): a ``[1, head_dim]`` grid.
+        """
+        if isinstance(x, Value) and head_axis is not None:
+            if x.ndim == ndim and x.axis == feature_axis and not x.fold:
+                return x.nodes.unsqueeze(0)
         if not isinstance(x, _Heads) or x.ndim != ndim or set(x.axes) != {head_axis, feature_axis}:
             raise self._fail("attention whose q, k and v heads do not line up")
         return x.grid if x.axes == (head_axis, feature_axis) else x.grid.T
@@ -954,14 +997,15 @@ class _Converter:
         return _Heads(grid, (head_axis, ndim - 1), ndim)
 
     def _sdpa(self, node: fx.Node, args: tuple, kwargs: dict) -> Value | _Heads:
-        """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)``."""
+        """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
+        enable_gqa)``; with ``enable_gqa``, query head ``h`` reads kv head ``h // n_rep``."""
         names = ("query", "key", "value", "attn_mask")
         operands: list[Any] = [
             args[i] if len(args) > i else kwargs.get(n) for i, n in enumerate(names)
         ]
         q, k, v, mask = operands
-        if not self._mask_like(mask) or kwargs.get("enable_gqa"):
-            raise self._fail("scaled_dot_product_attention with a learned mask or GQA")
+        if not self._mask_like(mask):
+            raise self._fail("scaled_dot_product_attention with a learned mask")
         if all(isinstance(t, Value) for t in (q, k, v)):  # one head, [B, T, D]
             ndim = q.ndim
             if any(t.axis != ndim - 1 or t.fold or t.ndim != ndim for t in (q, k, v)):
@@ -973,27 +1017,43 @@ class _Converter:
                 raise self._fail("scaled_dot_product_attention of unsplit and split heads")
             ndim, head_axis = q.ndim, self._head_axis(q)
             grids = [self._head_grid(t, head_axis, ndim, ndim - 1) for t in (q, k, v)]
-            pinned = (q.pinned or k.pinned, v.pinned)
-        self._attend(self._owner(node), *grids, pin_qk=pinned[0], pin_v=pinned[1])
-        return self._heads(grids[2], head_axis, ndim)
+            if kwargs.get("enable_gqa"):
+                n_rep = len(grids[0]) // len(grids[1])
+                grids[1:] = [grid.repeat_interleave(n_rep, 0) for grid in grids[1:]]
+            pinned = (
+                q.pinned or (isinstance(k, _Heads) and k.pinned),
+                isinstance(v, _Heads) and v.pinned,
+            )
+        out = self._attend(self._owner(node), *grids, pin_qk=pinned[0], pin_v=pinned[1])
+        return self._heads(out, head_axis, ndim)
 
     def _attend(
         self, path: str, q: Tensor, k: Tensor, v: Tensor, *, pin_qk: bool, pin_v: bool
-    ) -> None:
+    ) -> Tensor:
         """Turn the q/k/v projections (``[heads, head_dim]`` grids) into attention nodes.
 
-        ``pin_qk`` / ``pin_v``: the q and k (v) dimensions keep their places within each
-        head (rotary position embeddings); heads still move as blocks.
+        ``k`` and ``v`` hold the key/value head that each query head reads; with
+        grouped-query attention the query heads of a group repeat its rows (see
+        :meth:`_kv_groups`); a single row is read by every query head. ``pin_qk`` /
+        ``pin_v``: the q and k (v) dimensions keep their places within each head (rotary
+        position embeddings); heads still move as blocks.
+
+        Returns:
+            The ``[heads, v_dim]`` grid of the attention's output nodes: the v nodes, or
+            with grouped-query attention one new node per query head and v dimension.
         """
         heads, head_dim = q.shape
+        k, v = (t.expand(heads, -1) if len(t) == 1 else t for t in (k, v))  # broadcast
         if k.shape != q.shape or v.shape[0] != heads:
             raise self._fail(f"attention with q {tuple(q.shape)}, k {tuple(k.shape)} heads")
-        q_nodes, k_nodes, v_nodes = q.reshape(-1), k.reshape(-1), v.reshape(-1)
+        group = self._kv_groups(k, v)  # [kv_heads, n_rep]: the query heads of each kv head
+        kv_k, kv_v = k[group[:, 0]], v[group[:, 0]]
+        q_nodes, k_nodes, v_nodes = q.reshape(-1), kv_k.reshape(-1), kv_v.reshape(-1)
         nodes = torch.cat([q_nodes, k_nodes, v_nodes])
         produced = torch.zeros(self.b.num_nodes, dtype=torch.bool)
-        for _block, out, _path, _bias in self.producers.values():
-            produced[out] = True
-        for used, _v, _depth in self.attended:
+        for _block, made, _path, _bias in self.producers.values():
+            produced[made] = True
+        for used, _out, _depth in self.attended:
             produced[used] = False
         if (
             len(torch.unique(nodes)) != len(nodes)
@@ -1010,25 +1070,83 @@ class _Converter:
             head = self.b.add_nodes(heads, "attention", depth, exchangeable=False)
             per_head = head.repeat_interleave(head_dim)
             self.b.add_edges(q_nodes, per_head, "attention_head")
-            self.b.add_edges(k_nodes, per_head, "attention_head")
-            self.b.add_edges(head.repeat_interleave(v.shape[1]), v_nodes, "attention_head")
-        # Symmetry as for MultiheadAttention: (q_i, k_i) pairs and v_j move within a head
-        # (unless pinned), heads move as blocks.
-        for h in range(heads):
+            self.b.add_edges(k.reshape(-1), per_head, "attention_head")
+            out, out_depth = v, depth  # one query head per kv head: v is the heads' output
+            if group.shape[1] > 1:  # each query head's own output of its kv head's values
+                out_depth = depth + 1
+                out = self.b.add_nodes(v.numel(), "attention", out_depth, exchangeable=False)
+                out = out.reshape(v.shape)
+                self.b.add_edges(v.reshape(-1), out.reshape(-1), "attention_head")
+            self.b.add_edges(head.repeat_interleave(v.shape[1]), out.reshape(-1), "attention_head")
+        self._attention_symmetry(group, head, q, kv_k, kv_v, out, pin_qk=pin_qk, pin_v=pin_v)
+        self.attended.append((nodes, out.reshape(-1), out_depth))
+        return out
+
+    def _kv_groups(self, k: Tensor, v: Tensor) -> Tensor:
+        """The query heads that share each key/value head, ``[kv_heads, n_rep]``.
+
+        ``k`` and ``v`` are ``[heads, dim]`` grids of the kv head each query head reads:
+        heads of one group hold the same row (``h // n_rep`` after repeat_kv or
+        ``enable_gqa``). Groups are listed in the order of their first query head.
+        """
+        same = (k.unsqueeze(1) == k.unsqueeze(0)).all(-1)  # [heads, heads]
+        if not torch.equal(same, (v.unsqueeze(1) == v.unsqueeze(0)).all(-1)):
+            raise self._fail("attention whose k and v heads are shared by different query heads")
+        first = same.int().argmax(1)  # each query head's first head reading its kv head
+        kv_of = torch.unique(first, return_inverse=True)[1]
+        sizes = torch.bincount(kv_of)
+        if not bool((sizes == sizes[0]).all()):
+            raise self._fail("grouped-query attention whose groups differ in size")
+        return torch.argsort(kv_of, stable=True).reshape(len(sizes), -1)
+
+    def _attention_symmetry(
+        self,
+        group: Tensor,
+        head: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        *,
+        pin_qk: bool,
+        pin_v: bool,
+    ) -> None:
+        """Record what may move in attention, grouped-query or not (``n_rep`` 1).
+
+        Within a kv group, the q dimensions of its query heads move together with its k
+        dimensions (``q_i k_i`` is summed over ``i``), and its v dimensions with the
+        output dimensions of its query heads (unless pinned); the query heads of a group
+        move as blocks (each reads the same k and v), then whole kv groups as blocks.
+
+        Args:
+            group: ``[kv_heads, n_rep]`` the query heads of each kv head.
+            head: ``[heads]`` the head nodes.
+            q, out: ``[heads, dim]`` the q and output nodes of each query head (``out``
+                is ``v`` when ``n_rep`` is 1).
+            k, v: ``[kv_heads, dim]`` the k and v nodes of each kv head.
+        """
+        n_kv, n_rep = group.shape
+        for g, members in enumerate(group):
             if not pin_qk:
-                self.b.add_group(torch.stack([q[h], k[h]], dim=1))
+                self.b.add_group(torch.stack([*q[members], k[g]], dim=1))
             if not pin_v:
-                self.b.add_group(v[h].unsqueeze(1))
-        self.b.add_block(torch.cat([head.unsqueeze(1), q, k, v], dim=1))
-        self.attended.append((nodes, v_nodes, depth))
+                outputs = list(out[members]) if n_rep > 1 else []
+                self.b.add_group(torch.stack([v[g], *outputs], dim=1))
+            if n_rep > 1:
+                self.b.add_block(torch.cat([head[members, None], q[members], out[members]], 1))
+        blocks = [head[group], q[group].reshape(n_kv, -1), k, v]
+        if n_rep > 1:
+            blocks.append(out[group].reshape(n_kv, -1))
+        self.b.add_block(torch.cat(blocks, dim=1))  # [kv_heads, n_rep * (1 + ...) + ...]
 
     def _attention_output(self, x: Value) -> int | None:
-        """The depth of the head nodes when ``x`` is the output of hand-written attention."""
+        """The depth the output projection builds on when ``x`` is the output of
+        hand-written attention (that of its head nodes, or of its GQA output nodes)."""
         if not self.attended or x.fold:
             return None
         nodes = x.nodes.sort().values
-        for _used, v, depth in self.attended:
-            if len(v) == len(nodes) and torch.equal(v.sort().values, nodes):
+        for _used, out, depth in self.attended:
+            if len(out) == len(nodes) and torch.equal(out.sort().values, nodes):
                 return depth
         return None
 
@@ -1413,6 +1531,15 @@ class _Converter:
         if name == "unsqueeze" and (args[1] % ndim) <= value.axis:
             return self._make(value.nodes, value.axis + 1, ndim, value.fold)
         return self._make(value.nodes, value.axis + ndim - value.ndim, ndim, value.fold)
+
+    def _op_repeat_interleave(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        """Repeats along a dimension other than the channels (the one kv head of
+        multi-query attention, repeated for its query heads): the same channels."""
+        value = self._value(_get(args, 0))
+        dim = kwargs.get("dim", _get(args, 2))
+        if dim is None or dim % value.ndim == value.axis:
+            raise self._fail("repeat_interleave of the channels")
+        return value
 
     def _reshaped(self, node: fx.Node, x: Any, shape: tuple[int, ...]) -> Any:
         source = node.args[0]
@@ -1967,7 +2094,9 @@ _HAND_ATTENTION = (
     "self-attention written by hand: q/k/v projections split into heads (view, transpose, "
     "split, unbind), q @ k.transpose(-2, -1), scaling, masks (inputs or buffers: +, "
     "masked_fill, where), softmax, dropout, @ v, or F.scaled_dot_product_attention; "
-    "rotary position embeddings of q and k (q * cos + rotate_half(q) * sin)"
+    "rotary position embeddings of q and k (q * cos + rotate_half(q) * sin); grouped-query "
+    "attention (k/v heads repeated by unsqueeze/expand/reshape or repeat_interleave, "
+    "or enable_gqa)"
 )
 # Operation names (as _op_name gives them) -> entry, looked up after the explicit steps of
 # _Converter._call, which handle what no name decides.
@@ -2020,6 +2149,12 @@ _OPERATIONS = _operation_table(
     (("getitem",), _Converter._op_getitem, "indexing of non-channel dimensions", False),
     (("select", "slice"), _Converter._op_select, "indexing of non-channel dimensions", False),
     (("expand", "expand_as", "unsqueeze"), _Converter._op_expand, "expand/unsqueeze", False),
+    (
+        ("repeat_interleave",),
+        _Converter._op_repeat_interleave,
+        "repeat_interleave of non-channel dimensions",
+        False,
+    ),
     # issue 14
     (
         ("sub", "truediv", "div", "neg"),
