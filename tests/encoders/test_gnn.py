@@ -113,8 +113,8 @@ def test_dtypes_shapes_and_gradients(dtype, examples32, examples64):
 def test_fit_sets_scales_and_keeps_invariance(examples64, generator):
     graphs = [_prepared(ex.module, ex.inputs) for ex in examples64.values()]
     enc = _encoder().fit([ws.GraphBatch.from_graphs(graphs)])
-    assert not torch.equal(enc.node_mean, torch.zeros_like(enc.node_mean))
-    assert (enc.weight_rms > 0).all()
+    assert not torch.equal(enc.scales.node_mean, torch.zeros_like(enc.scales.node_mean))
+    assert (enc.scales.weight_rms > 0).all()
     ex = examples64["resnet"]
     assert_invariant(
         lambda m: _embed(enc, m, ex.inputs),

@@ -22,15 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import PREPARED_NODE_DIM, GraphBatch
-from ..graph.features import DEPTH, EDGE_FEATURE_DIM, EDGE_TYPES, ROLE_CODE, ROLE_OFFSET
-from ..segment import scatter_max, scatter_sum, symlog
+from ..graph.features import DEPTH, EDGE_TYPES, ROLE_CODE, ROLE_OFFSET
+from ..segment import scatter_max, scatter_sum
 from ._base import Encoder, check_prepared
 from ._registry import EncoderConfigError, register_encoder
+from ._scales import WEIGHT_DIM, FeatureScales
 
-_WEIGHT_DIM = EDGE_FEATURE_DIM - 1
 _STD_EPS = 1e-6  # keeps sqrt smooth (and float error small) where a variance is ~0
-_MIN_SCALE = 1e-2  # floor of fitted feature scales, so unseen values are not blown up
-_MAX_WEIGHT_UNITS = 1e4  # edge weights are read up to this many RMS of their edge type
 _N_AGGREGATES = 4  # mean, std, sum / sqrt(degree), mean * log(1 + degree)
 _CHUNK_COST = 16_384  # edges + nodes per chunk: keeps [E, 3 * edge_dim] tensors in cache
 # Readout groups: input neurons, output neurons, and the others (hidden, junction, ...) in
@@ -168,9 +166,6 @@ class GNNEncoder(Encoder):
     """
 
     symmetry = "permutation"
-    node_mean: Tensor
-    node_std: Tensor
-    weight_rms: Tensor
 
     def __init__(
         self,
@@ -188,12 +183,10 @@ class GNNEncoder(Encoder):
                 f"layers={layers}, dropout={dropout})"
             )
         self.out_dim = out_dim
-        self.register_buffer("node_mean", torch.zeros(PREPARED_NODE_DIM))
-        self.register_buffer("node_std", torch.ones(PREPARED_NODE_DIM))
-        self.register_buffer("weight_rms", torch.ones(len(EDGE_TYPES), _WEIGHT_DIM))
+        self.scales = FeatureScales()
         self.node_in = nn.Linear(PREPARED_NODE_DIM, hidden)
         self.edge_type = nn.Embedding(len(EDGE_TYPES), edge_dim)
-        self.edge_in = nn.Linear(_WEIGHT_DIM, edge_dim, bias=False)
+        self.edge_in = nn.Linear(WEIGHT_DIM, edge_dim, bias=False)
         self.layers = nn.ModuleList(
             _Layer(hidden, edge_dim, dropout, update_edges=i < layers - 1) for i in range(layers)
         )
@@ -206,27 +199,9 @@ class GNNEncoder(Encoder):
             nn.Linear(hidden, out_dim),
         )
 
-    @torch.no_grad()
     def fit(self, batches: Iterable[GraphBatch]) -> GNNEncoder:
         """Standardise node features and scale each edge type's weight columns to unit RMS."""
-        like = self.node_mean
-        node_sums = like.new_zeros(3, PREPARED_NODE_DIM)  # count, sum, sum of squares
-        weight_sq = like.new_zeros(len(EDGE_TYPES), _WEIGHT_DIM)
-        type_counts = like.new_zeros(len(EDGE_TYPES), 1)
-        for batch in batches:
-            x = symlog(batch.node_features.to(like))
-            node_sums += torch.stack([torch.ones_like(x), x, x * x]).sum(1)
-            code = batch.edge_features[:, 0].long()
-            w = batch.edge_features[:, 1:].to(like)
-            weight_sq.index_add_(0, code, w * w)
-            type_counts.index_add_(0, code, torch.ones_like(w[:, :1]))
-        count = node_sums[0].clamp(min=1)
-        mean = node_sums[1] / count
-        self.node_mean.copy_(mean)
-        self.node_std.copy_((node_sums[2] / count - mean * mean).clamp(min=0).sqrt())
-        self.node_std.clamp_(min=_MIN_SCALE)
-        rms = (weight_sq / type_counts.clamp(min=1)).sqrt()
-        self.weight_rms.copy_(torch.where(rms > 0, rms.clamp(min=_MIN_SCALE), torch.ones_like(rms)))
+        self.scales.fit(batches)
         return self
 
     def forward(self, batch: GraphBatch) -> Tensor:
@@ -241,14 +216,9 @@ class GNNEncoder(Encoder):
         Pooling the initial states as well (a jumping-knowledge readout) keeps the nodes'
         own weight statistics within direct reach of the readout.
         """
-        dtype = self.node_in.weight.dtype
-        x = (symlog(chunk.node_features.to(dtype)) - self.node_mean) / self.node_std
-        h = initial = self.node_in(x)  # [n, hidden]
-        ef = chunk.edge_features.to(dtype)
-        code = ef[:, 0].long()
-        # [E, 9] unit RMS per edge type and column; saturated far beyond any trained weight,
-        # so that absurd weights give finite embeddings
-        weights = (ef[:, 1:] / self.weight_rms[code]).clamp(-_MAX_WEIGHT_UNITS, _MAX_WEIGHT_UNITS)
+        h = initial = self.node_in(self.scales.nodes(chunk.node_features))  # [n, hidden]
+        code = chunk.edge_features[:, 0].long()
+        weights = self.scales.weights(chunk.edge_features)  # [E, 9] unit RMS per edge type
         e = self.edge_type(code) + self.edge_in(weights)  # [E, d]
         inc = _incidence(chunk.src, chunk.dst, h.shape[0], h)
         for layer in self.layers:

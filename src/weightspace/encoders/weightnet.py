@@ -10,7 +10,7 @@ invariant to them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -18,15 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import GraphBatch
-from ..graph.features import DEPTH, EDGE_FEATURE_DIM, EDGE_TYPES, PREPARED_NODE_DIM
-from ..segment import rank_within, scatter_max, scatter_mean, symlog
+from ..graph.features import DEPTH, EDGE_TYPES, PREPARED_NODE_DIM
+from ..segment import rank_within, scatter_max, scatter_mean
 from ._base import Encoder, check_prepared
 from ._registry import register_encoder
+from ._scales import WEIGHT_DIM, FeatureScales
 
-_WEIGHT_COLUMNS = EDGE_FEATURE_DIM - 1
 _MAX_BUCKETS = 40  # size buckets 2**k; covers any layer with fewer than 2**39 neurons
-
-_MAX_WEIGHT = 1e4  # weight values are read up to this magnitude (trained ones are far below)
 
 
 @dataclass(frozen=True)
@@ -155,10 +153,11 @@ class WeightNetEncoder(Encoder):
     """A permutation-invariant transformer over neurons within layers, then over layers.
 
     1. Neuron tokens: a DeepSets over each node's edges (ReLU of a linear map of the edge
-       type (one-hot) and its 9 weight columns, averaged over incoming edges at the target
-       and over outgoing edges at the source, with log edge counts) and the node's 24
-       prepared features (sign-log scaled), mixed by an MLP. Hidden neurons carry no
-       position.
+       type (one-hot) and its 9 weight columns in RMS units of their edge type, averaged
+       over incoming edges at the target and over outgoing edges at the source, with log
+       edge counts) and the node's 24 prepared features (sign-log scaled and standardised;
+       both scales fitted on the training graphs by :meth:`fit`), mixed by an MLP. Hidden
+       neurons carry no position.
     2. Intra-layer blocks: pre-norm transformer blocks over the neurons of one layer (nodes
        sharing ``batch`` and ``node_block``), padded in size buckets and masked.
     3. Layer summaries: masked mean and max of the tokens, the log layer width and a
@@ -195,7 +194,8 @@ class WeightNetEncoder(Encoder):
             raise ValueError(f"max_depth must be >= 1, got {max_depth}")
         self.out_dim = out_dim
         self.max_depth = max_depth
-        self.edge_in = nn.Linear(len(EDGE_TYPES) + _WEIGHT_COLUMNS, d_model)
+        self.scales = FeatureScales()
+        self.edge_in = nn.Linear(len(EDGE_TYPES) + WEIGHT_DIM, d_model)
         self.token = nn.Sequential(
             nn.Linear(PREPARED_NODE_DIM + 2 * d_model + 2, d_model),
             nn.GELU(),
@@ -213,6 +213,16 @@ class WeightNetEncoder(Encoder):
         self.readout = nn.Sequential(
             nn.Linear(2 * d_model, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
         )
+
+    def fit(self, batches: Iterable[GraphBatch]) -> WeightNetEncoder:
+        """Standardise node features and scale each edge type's weight columns to unit RMS.
+
+        Without it the tokens hardly vary between networks: trained weights are about
+        ``1/sqrt(fan_in)`` (0.04 for a 784-input layer), far below the edge-type one-hot
+        they are read with.
+        """
+        self.scales.fit(batches)
+        return self
 
     def forward(self, batch: GraphBatch) -> Tensor:
         """Embed every graph of ``batch``: ``[B, out_dim]``."""
@@ -237,13 +247,13 @@ class WeightNetEncoder(Encoder):
         n = batch.num_nodes
         ef = batch.edge_features
         edge_type = F.one_hot(ef[:, 0].long(), len(EDGE_TYPES)).to(ef.dtype)  # [E, types]
-        weights = ef[:, 1:].clamp(-_MAX_WEIGHT, _MAX_WEIGHT)  # absurd weights stay finite
+        weights = self.scales.weights(ef)  # [E, 9] unit RMS per edge type, saturated
         phi = F.relu(self.edge_in(torch.cat([edge_type, weights], dim=1)))  # [E, d]
         src, dst = batch.edge_index
         in_mean, in_count = scatter_mean(phi, dst, n)  # [N, d], [N]
         out_mean, out_count = scatter_mean(phi, src, n)
         counts = torch.log1p(torch.stack([in_count, out_count], dim=1))  # [N, 2]
-        features = [symlog(batch.node_features), in_mean, out_mean, counts]
+        features = [self.scales.nodes(batch.node_features), in_mean, out_mean, counts]
         return self.token(torch.cat(features, dim=1))
 
     def _layer_summaries(
