@@ -4,16 +4,22 @@ Trains ``gnn``, ``weightnet``, ``statnn``, ``mlp`` and the NFN peer (NFN-NP and 
 from the ``nfn`` package) on a fixed-architecture zoo (default ``mnist-mlp``: 1000 MLPs
 784-32-32-10 on MNIST) with identical splits, views and seeds, and records for each
 Kendall τ and R² of test-accuracy and generalization-gap prediction on the test split
-(mean ± std over seeds), training seconds per epoch (median), and embedding throughput on
-the zoo's cached graphs (median of 3 passes).
+(mean ± std over seeds), training seconds per epoch (median), the epochs and seconds each
+run trained (one budget rule for every encoder: at most ``--epochs``, stopped after
+``--patience`` epochs without a better validation loss), and embedding throughput on the
+zoo's cached graphs (median of 3 passes). ``gnn-pos`` and ``gnn-rff`` are ablations of the
+gnn's optional inputs (learned input/output position embeddings, random Fourier features
+of the weights).
 
 A peer variant is skipped, with the reason recorded, when it does not fit the machine: NFN-HNP
 ties parameters to the identity of every input neuron, which for 784 inputs gives 348
 million parameters (its weight tensors grow with the square of the input width).
 
-Targets (issue "benchmarks against the field"): gnn beats statnn by at least 0.02 Kendall τ
-on accuracy prediction, is at least as accurate as the best NFN variant on the same split,
-and embeds at least as many models per second.
+Targets (issue "encoders that beat weight statistics", mean over seeds on identical
+splits): gnn beats statnn by at least 0.03 Kendall τ on accuracy, weightnet at least
+matches statnn, the best of our encoders reaches accuracy R² 0.9 on these
+fixed-architecture zoos, the seed-to-seed std of the gnn's τ is at most 0.02, and the gnn
+embeds at least as many models per second as the fastest NFN variant.
 
 On ``mnist-cnn`` (1000 CNNs: two 3x3 convolutions, then a dense head) the NFN arrays carry
 the kernels as filter dimensions; the dense layer after the flatten of the 7x7 map reaches
@@ -22,6 +28,7 @@ NFN, like every other encoder, as the graph's 3x3 summary per channel.
 Usage:
     WEIGHTSPACE_DATA=../shared/data python bench/quality.py --preset mnist-mlp
     WEIGHTSPACE_DATA=../shared/data python bench/quality.py --preset mnist-cnn
+    WEIGHTSPACE_DATA=../shared/data python bench/quality.py --preset cnn-zoo-mnist
     python bench/quality.py --zoo zoos/mnist-mlp --encoders gnn,statnn --seeds 1 --epochs 3
 """
 
@@ -53,12 +60,16 @@ from weightspace.zoo.build import build_zoo
 # label -> (registered encoder, its keyword arguments)
 ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
     "gnn": ("gnn", {}),
+    # ablations of the gnn's optional inputs (issue: keep only those that measurably help)
+    "gnn-pos": ("gnn", {"positions": 64}),
+    "gnn-rff": ("gnn", {"fourier_features": 8}),
     "weightnet": ("weightnet", {}),
     "statnn": ("statnn", {}),
     "mlp": ("mlp", {}),
     "nfn-np": ("nfn", {"variant": "np"}),
     "nfn-hnp": ("nfn", {"variant": "hnp"}),
 }
+PRESETS = ("mnist-mlp", "mnist-cnn", "cnn-zoo-mnist")
 MAX_PARAMETERS = 50_000_000
 PROPERTIES = ("test_accuracy", "generalization_gap")
 METRICS = ("kendall", "r2")
@@ -96,12 +107,19 @@ def stat(values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="mnist-mlp", choices=("mnist-mlp", "mnist-cnn"))
+    parser.add_argument("--preset", default="mnist-mlp", choices=PRESETS)
     parser.add_argument("--zoo", help="the zoo (default zoos/<preset>, built there if missing)")
     parser.add_argument("--out", help="run directories (default bench/results/quality-<preset>)")
     parser.add_argument("--encoders", default=",".join(ENCODERS))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=60, help="most epochs per run (default 60)")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="stop a run after this many epochs without a better validation loss; the same "
+        "budget rule for every encoder (default 10)",
+    )
     parser.add_argument(
         "--contrastive-weight",
         type=float,
@@ -123,7 +141,7 @@ def main() -> None:
         build_zoo(args.preset, zoo_dir, workers=2, progress=False)
     zoo = ws.Zoo.open(zoo_dir)
     base = TrainConfig(
-        epochs=args.epochs, patience=args.epochs, contrastive_weight=args.contrastive_weight
+        epochs=args.epochs, patience=args.patience, contrastive_weight=args.contrastive_weight
     )
     ids = zoo.ids()
     graphs = dict(zip(ids, prepared_graphs(zoo, featurizer_of(base), progress=False)))
@@ -147,6 +165,8 @@ def main() -> None:
             continue
         scores: dict[str, list[float]] = {f"{p}.{m}": [] for p in PROPERTIES for m in METRICS}
         epoch_seconds: list[float] = []
+        epochs_trained: list[int] = []
+        run_seconds: list[float] = []
         for seed, split in enumerate(splits):
             config = base.replace(encoder=ENCODERS[label][0], encoder_kwargs=kwargs, seed=seed)
             run_dir = out / f"{label}-seed{seed}"
@@ -157,6 +177,8 @@ def main() -> None:
                 for m in METRICS:
                     scores[f"{p}.{m}"].append(result.metrics["properties"][p][m])
             epoch_seconds += result.history["seconds"].tolist()
+            epochs_trained.append(len(result.history))
+            run_seconds.append(float(result.history["seconds"].sum()))
             print(
                 f"{label} seed {seed}: accuracy Kendall "
                 f"{result.metrics['properties']['test_accuracy']['kendall']:.3f}",
@@ -167,6 +189,8 @@ def main() -> None:
             "parameters": n_parameters,
             **{key: stat(values) for key, values in scores.items()},
             "seconds_per_epoch": statistics.median(epoch_seconds),
+            "epochs_trained": statistics.median(epochs_trained),
+            "seconds_per_run": statistics.median(run_seconds),
             "models_per_second": embedding_rate(encoder, all_graphs),
         }
 
@@ -195,6 +219,7 @@ def main() -> None:
             "layer_shapes": ws.encoders.nfn.layer_shapes(all_graphs[0]),
             "seeds": args.seeds,
             "epochs": args.epochs,
+            "patience": args.patience,
             "split": {k: len(v) for k, v in splits[0].as_dict().items()},
             "encoders": table,
             "skipped": skipped,
@@ -203,25 +228,44 @@ def main() -> None:
     )
 
 
+OUR_ENCODERS = ("gnn", "gnn-pos", "gnn-rff", "weightnet")
+GNN_MARGIN = 0.03  # Kendall τ on accuracy over statnn
+BEST_R2 = 0.9
+MAX_TAU_STD = 0.02
+
+
 def check_targets(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The issue's targets that the measured encoders allow to check."""
 
-    def accuracy(label: str) -> float:
-        return table[label]["test_accuracy.kendall"]["mean"]
+    def accuracy(label: str, metric: str = "kendall") -> float:
+        return table[label][f"test_accuracy.{metric}"]["mean"]
 
     targets: dict[str, dict[str, Any]] = {}
     if {"gnn", "statnn"} <= set(table):
         margin = accuracy("gnn") - accuracy("statnn")
-        targets["gnn beats statnn by 0.02 Kendall τ"] = {"margin": margin, "met": margin >= 0.02}
+        targets["gnn beats statnn (Kendall τ margin)"] = _target(margin, GNN_MARGIN)
+    if {"weightnet", "statnn"} <= set(table):
+        margin = accuracy("weightnet") - accuracy("statnn")
+        targets["weightnet matches statnn (Kendall τ margin)"] = _target(margin, 0.0)
+    ours = [label for label in OUR_ENCODERS if label in table]
+    if ours:
+        best = max(ours, key=lambda label: accuracy(label, "r2"))
+        r2 = accuracy(best, "r2")
+        targets[f"best of our encoders ({best}): accuracy R²"] = _target(r2, BEST_R2)
+    if "gnn" in table:
+        std = table["gnn"]["test_accuracy.kendall"]["std"]
+        targets["gnn accuracy τ seed-to-seed std"] = _target(std, MAX_TAU_STD, higher=False)
     peers = [label for label in table if label.startswith("nfn")]
     if "gnn" in table and peers:
-        best = max(peers, key=accuracy)
-        diff = accuracy("gnn") - accuracy(best)
-        targets[f"gnn at least as accurate as {best}"] = {"difference": diff, "met": diff >= 0}
         fastest = max(peers, key=lambda label: table[label]["models_per_second"])
         ratio = table["gnn"]["models_per_second"] / table[fastest]["models_per_second"]
-        targets[f"gnn embeds at least as fast as {fastest}"] = {"ratio": ratio, "met": ratio >= 1}
+        targets[f"gnn embedding speed / {fastest}'s"] = _target(ratio, 1.0)
     return targets
+
+
+def _target(value: float, target: float, higher: bool = True) -> dict[str, Any]:
+    met = value >= target if higher else value <= target
+    return {"value": value, "target": target, "higher_is_better": higher, "met": met}
 
 
 if __name__ == "__main__":

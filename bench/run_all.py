@@ -40,10 +40,12 @@ STANDARD_ZOO = "zoos/standard"
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "graph": ("graph", []),
     "zoo_build": ("zoo_build", []),
+    "zoo_build-cnn-zoo-mnist": ("zoo_build", ["--preset", "cnn-zoo-mnist"]),
     "encoders": ("encoders", ["--zoo", STANDARD_ZOO]),
     "search": ("search", []),
     "quality-mnist-mlp": ("quality", ["--preset", "mnist-mlp"]),
     "quality-mnist-cnn": ("quality", ["--preset", "mnist-cnn"]),
+    "quality-cnn-zoo-mnist": ("quality", ["--preset", "cnn-zoo-mnist"]),
     "make_run": ("make_run", []),
 }
 
@@ -99,7 +101,7 @@ def _graph_rows(r: dict) -> list[list]:
 
 
 def _zoo_rows(r: dict) -> list[list]:
-    return [
+    rows = [
         _target_row(
             f"zoo build, {r['preset']} ({r['models']} models, {r['workers']} workers)",
             r["seconds"],
@@ -108,6 +110,21 @@ def _zoo_rows(r: dict) -> list[list]:
             False,
         )
     ]
+    checked = [a for a in r.get("architectures", []) if a["meets_recipe_target"] is not None]
+    if checked:
+        worst = min(checked, key=lambda a: a["best"])
+        rows.append(
+            _target_row(
+                f"{r['preset']}: lowest best-checkpoint accuracy of the digits/MNIST "
+                f"classifiers ({worst['architecture']}; "
+                f"{sum(a['meets_recipe_target'] for a in checked)}/{len(checked)} met)",
+                worst["best"],
+                r["recipe_target"],
+                "",
+                True,
+            )
+        )
+    return rows
 
 
 def _encoder_rows(r: dict) -> list[list]:
@@ -143,17 +160,25 @@ def _search_rows(r: dict) -> list[list]:
 def _quality_rows(r: dict) -> list[list]:
     rows = []
     for name, verdict in r["targets"].items():
-        what, value = next((k, v) for k, v in verdict.items() if k != "met")
-        target = ">= 1x" if what == "ratio" else (">= 0.02" if what == "margin" else ">= 0")
-        rows.append(
-            [
-                f"{name} ({r['preset']}, {what})",
-                f"{value:+.3f}" if what != "ratio" else f"{value:.2f}x",
-                target,
-                "",
-                "met" if verdict["met"] else "NOT met",
-            ]
-        )
+        if "value" in verdict:
+            value, target = verdict["value"], verdict["target"]
+            rows.append(
+                _target_row(
+                    f"{name} ({r['preset']})", value, target, "", verdict["higher_is_better"]
+                )
+            )
+        else:  # results written before targets carried their value and target
+            what, value = next((k, v) for k, v in verdict.items() if k != "met")
+            ratio = what == "ratio"
+            rows.append(
+                [
+                    f"{name} ({r['preset']}, {what}; measured by an older bench/quality.py)",
+                    f"{value:.2f}x" if ratio else f"{value:+.3f}",
+                    ">= 1x" if ratio else (">= 0.02" if what == "margin" else ">= 0"),
+                    "",
+                    "met" if verdict["met"] else "NOT met",
+                ]
+            )
     return rows
 
 
@@ -171,15 +196,22 @@ def _quality_details(r: dict) -> list[str]:
                 "generalization_gap.r2",
             )
         ]
-        + [f"{e['seconds_per_epoch']:.1f}", f"{e['models_per_second']:.0f}"]
+        + [
+            f"{e['seconds_per_epoch']:.1f}",
+            f"{e['epochs_trained']:g} / {e['seconds_per_run']:.0f} s"
+            if "epochs_trained" in e
+            else f"{r['epochs']} (fixed)",
+            f"{e['models_per_second']:.0f}",
+        ]
         for n, e in r["encoders"].items()
     ]
     lines = [
         f"Preset `{r['preset']}`: {r['models']} models, layer widths "
         f"{'-'.join(map(str, widths))}, values per connection {'/'.join(map(str, kernels))}; "
         f"{r['seeds']} seeds (split {r['split']['train']}/{r['split']['val']}/"
-        f"{r['split']['test']} models), {r['epochs']} epochs, identical splits and objective "
-        f"for every encoder. Mean ± std over seeds on the test split.",
+        f"{r['split']['test']} models), at most {r['epochs']} epochs with patience "
+        f"{r.get('patience', r['epochs'])}, identical splits and objective for every encoder. "
+        "Mean ± std over seeds on the test split.",
         "",
         tabulate(
             rows,
@@ -191,6 +223,7 @@ def _quality_details(r: dict) -> list[str]:
                 "gap Kendall τ",
                 "gap R²",
                 "train s/epoch",
+                "epochs / s per run",
                 "embed models/s",
             ),
             tablefmt="github",
@@ -215,10 +248,12 @@ def _make_run_rows(r: dict) -> list[list]:
 SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "graph": _graph_rows,
     "zoo_build": _zoo_rows,
+    "zoo_build-cnn-zoo-mnist": _zoo_rows,
     "encoders": _encoder_rows,
     "search": _search_rows,
     "quality-mnist-mlp": _quality_rows,
     "quality-mnist-cnn": _quality_rows,
+    "quality-cnn-zoo-mnist": _quality_rows,
     "make_run": _make_run_rows,
 }
 
@@ -258,7 +293,7 @@ def _details(name: str, r: dict) -> list[str]:
         )
     elif name.startswith("quality"):
         lines += _quality_details(r)
-    elif name == "zoo_build":
+    elif name.startswith("zoo_build"):
         group = r["group"]
         lines.append(
             f"vmap group training vs one network at a time: "
@@ -266,6 +301,23 @@ def _details(name: str, r: dict) -> list[str]:
             f"{group['models_per_min']['sequential']:,.0f} models/min "
             f"({group['speedup']:.1f}x)."
         )
+        if r.get("architectures"):
+            lines += ["", "Test score per architecture (best and mean over its checkpoints):", ""]
+            rows = [
+                [
+                    a["architecture"],
+                    a["dataset"],
+                    a["task"],
+                    a["models"],
+                    f"{a['best']:.3f}",
+                    f"{a['mean']:.3f}",
+                    {True: "met", False: "NOT met", None: ""}[a["meets_recipe_target"]],
+                ]
+                for a in r["architectures"]
+            ]
+            headers = ("architecture", "dataset", "task", "models", "best", "mean")
+            target = f">= {r['recipe_target']} (digits/MNIST classifiers)"
+            lines.append(tabulate(rows, headers=(*headers, target), tablefmt="github"))
     elif name == "search":
         rows = [
             [

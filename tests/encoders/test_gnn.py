@@ -142,3 +142,12 @@ def test_raw_graphs_are_rejected(examples64, encoder64):
 def test_bad_hyperparameters_are_rejected():
     with pytest.raises(EncoderConfigError):
         create_encoder("gnn", edge_dim=0)
+
+
+@pytest.mark.parametrize("family", ["mlp", "vgg", "vit"])
+def test_position_embeddings_and_fourier_features_keep_invariance(family, examples64, generator):
+    enc = _encoder(positions=8, fourier_features=4)
+    ex = examples64[family]
+    assert_invariant(
+        lambda m: _embed(enc, m, ex.inputs), ex.module, ex.inputs, atol=1e-9, generator=generator
+    )

@@ -14,8 +14,9 @@ from weightspace.cli import main
 from weightspace.zoo import Zoo, ZooLockedError, ZooWriter
 from weightspace.zoo.build import build_zoo, fit_spec, plan_jobs, shape_for_family
 from weightspace.zoo.datasets import load_dataset
+from weightspace.zoo.families import build_model
 from weightspace.zoo.presets import PresetError, load_preset
-from weightspace.zoo.training import GroupTrainer, checkpoint_epochs
+from weightspace.zoo.training import OPTIMIZERS, GroupTrainer, _Optimizer, checkpoint_epochs
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,14 @@ def test_standard_preset_spans_families_tasks_and_sizes():
         "efficientnet",
         "vit",
         "bert",
+        "unet",
+        "detector",
+        "autoencoder",
     }
     datasets = {p.dataset for p in plans}
     assert {"digits", "mnist", "wine", "breast_cancer", "diabetes", "sentiment"} <= datasets
+    # one data set of every task kind: segmentation, detection, generation
+    assert {"mnist_segmentation", "mnist_detection", "digits_reconstruction"} <= datasets
     from weightspace.zoo.families import build_model
 
     sizes = []
@@ -260,3 +266,65 @@ def test_standard_preset_varies_optimizer_and_dropout():
     plans = load_preset("standard")
     assert {p.optimizer for p in plans} == {"adam", "sgd"}
     assert {p.arch.get("dropout", 0.0) for p in plans} >= {0.0, 0.1, 0.2}
+
+
+def test_plans_without_an_initializer_choice_keep_their_ids():
+    """Adding the initializer field left the ids (and so resumable zoos) of older plans."""
+    plan = load_preset("tiny")[0]
+    runs = plan.sample_runs(0, 0, 2)
+    assert [plan.run_id(0, 0, run) for run in runs] == [
+        "mlp-digits-s-9d9a972148",  # the ids given before the field existed
+        "mlp-digits-s-4d090550d7",
+    ]
+    assert {run.initializer for run in runs} == {"default"}
+
+
+def test_cnn_zoo_mnist_follows_the_small_cnn_zoo_protocol():
+    plans = load_preset("cnn-zoo-mnist")
+    assert len(plan_jobs(plans, None, 0, None)[1]) >= 2000
+    assert {p.family for p in plans} == {"cnn"} and {p.dataset for p in plans} == {"mnist"}
+    assert {p.arch["activation"] for p in plans} == {"relu", "tanh"}
+    assert {p.optimizer for p in plans} == {"sgd", "adam", "rmsprop"}
+    assert len({p.arch["dropout"] for p in plans}) > 1
+    model = build_model({"family": "cnn", **plans[0].arch})
+    assert sum(p.numel() for p in model.parameters()) == 4970
+    runs = [run for i, p in enumerate(plans) for run in p.sample_runs(0, i, p.runs)]
+    assert len({run.initializer for run in runs}) == 5
+    assert len({run.train_fraction for run in runs}) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MNIST_DIR / "mnist").is_dir(), reason="../shared/data/mnist is absent")
+def test_cnn_zoo_mnist_builds_with_every_optimizer(tmp_path):
+    report = build_zoo("cnn-zoo-mnist", tmp_path / "cnn", size=24, data_dir=str(MNIST_DIR))
+    catalog = Zoo.open(tmp_path / "cnn").catalog
+    assert report.built == 24
+    assert set(catalog["optimizer"]) == {"sgd", "adam", "rmsprop"}
+    assert catalog["initializer"].notna().all() and catalog["test_accuracy"].max() > 0.3
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_stacked_optimizers_match_torch(kind):
+    """Each model of a stack steps as torch.optim would with its own lr and weight decay."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64)
+    lr, wd = torch.tensor([1e-2, 3e-3], dtype=torch.float64), torch.tensor([0.0, 1e-2])
+    stacked = {"w": start.clone()}
+    ours = _Optimizer(kind, stacked, lr, wd.double())
+    singles = [start[i].clone().requires_grad_() for i in range(2)]
+    reference = {
+        "sgd": lambda p, i: torch.optim.SGD([p], lr[i].item(), 0.9, weight_decay=wd[i].item()),
+        "adam": lambda p, i: torch.optim.Adam([p], lr[i].item(), weight_decay=wd[i].item()),
+        "rmsprop": lambda p, i: torch.optim.RMSprop(
+            [p], lr[i].item(), alpha=0.99, eps=1e-8, weight_decay=wd[i].item()
+        ),
+    }[kind]
+    theirs = [reference(p, i) for i, p in enumerate(singles)]
+    for _ in range(5):
+        grads = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64)
+        ours.step(stacked, {"w": grads})
+        for i, (p, opt) in enumerate(zip(singles, theirs)):
+            p.grad = grads[i].clone()
+            opt.step()
+    for i, p in enumerate(singles):
+        torch.testing.assert_close(stacked["w"][i], p.detach(), rtol=1e-12, atol=1e-12)

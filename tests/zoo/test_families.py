@@ -60,12 +60,24 @@ def test_build_model_rebuilds_the_architecture(family: str) -> None:
     assert _shapes(rebuilt) == _shapes(model)
 
 
-def test_forward_gives_finite_logits(family: str) -> None:
+def _output_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """What each family's forward returns for the batch ``x``."""
+    spec = model.spec
+    if spec["family"] == "unet":  # per-pixel class logits
+        return (len(x), spec["num_classes"], *x.shape[2:])
+    if spec["family"] == "detector":  # class logits, then the box
+        return (len(x), spec["num_classes"] + 4)
+    if spec["family"] == "autoencoder":  # the reconstructed input
+        return tuple(x.shape)
+    return (len(x), spec["num_classes"])
+
+
+def test_forward_gives_finite_outputs_of_the_documented_shape(family: str) -> None:
     model = build_model({"family": family}).eval()
     x = model.example_input(3, generator=torch.Generator().manual_seed(0))
-    logits = model(x)
-    assert logits.shape == (3, model.spec["num_classes"])
-    assert torch.isfinite(logits).all()
+    out = model(x)
+    assert out.shape == _output_shape(model, x)
+    assert torch.isfinite(out).all()
 
 
 def test_every_parameter_gets_a_gradient(family: str) -> None:
@@ -111,7 +123,7 @@ def test_default_residual_nets_have_a_residual_addition(family: str) -> None:
 def test_unknown_family_lists_the_families() -> None:
     with pytest.raises(ValueError, match=r"Unknown model family 'mpl' \(did you mean 'mlp'"):
         build_model({"family": "mpl"})
-    with pytest.raises(ValueError, match=r"expected one of \['bert'"):
+    with pytest.raises(ValueError, match=r"expected one of \['autoencoder', 'bert'"):
         example_input({"hidden": [8]})
 
 

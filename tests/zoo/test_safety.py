@@ -491,7 +491,7 @@ def test_build_api_checks_sizes_before_planning(tmp_path):
         ({"arch": {"family": "vgg"}}, r"'arch' must be a mapping .* without 'family'"),
         ({"lr": [0.1, 0.01]}, r"'lr' must be a \[low, high\] pair of positive numbers"),
         ({"train_fraction": [0]}, r"'train_fraction' must be a non-empty list of numbers in"),
-        ({"optimizer": "rmsprop"}, r"'optimizer' must be one of"),
+        ({"optimizer": "lbfgs"}, r"'optimizer' must be one of"),
         ({"max_train": -1}, r"'max_train' must be a positive int or null"),
     ],
 )

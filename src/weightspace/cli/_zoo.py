@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pandas as pd
 from tabulate import tabulate
 
 from ..limits import MAX_PARAMS
@@ -121,8 +122,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     info = zoo_sub.add_parser(
         "info",
         help="summarise a model zoo",
-        description="Models by type, task, data set and "
-        "architecture, and parameter-count statistics.",
+        description="Models by type, task (with the metric of its test_accuracy), data set "
+        "and architecture, and parameter-count statistics.",
         epilog=INFO_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -231,8 +232,18 @@ def run_rebuild_catalog(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
+def _metrics_by_task(catalog: pd.DataFrame) -> dict[str, str]:
+    """The metrics recorded for each task's models, comma-separated ("" where none is)."""
+    return {
+        str(task): ", ".join(sorted(map(str, metrics.dropna().unique())))
+        for task, metrics in catalog.groupby("task")["metric"]
+    }
+
+
 def run_info(args: argparse.Namespace) -> int:
-    summary = Zoo.open(args.zoo).summary()
+    zoo = Zoo.open(args.zoo)
+    summary = zoo.summary()
+    metrics = _metrics_by_task(zoo.catalog)
     print(f"{args.zoo}: {summary['models']} models\n")
     for key, title in (
         ("by_type", "type"),
@@ -241,7 +252,11 @@ def run_info(args: argparse.Namespace) -> int:
         ("by_architecture", "architecture"),
     ):
         rows = sorted(summary[key].items(), key=lambda kv: (-kv[1], kv[0]))
-        print(tabulate(rows, headers=(title, "models"), tablefmt="simple"))
+        headers: tuple[str, ...] = (title, "models")
+        if key == "by_task":
+            rows = [(task, metrics.get(task, ""), n) for task, n in rows]
+            headers = (title, "metric", "models")
+        print(tabulate(rows, headers=headers, tablefmt="simple"))
         print()
     stats = summary["n_params"]
     print(

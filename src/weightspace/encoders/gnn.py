@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import PREPARED_NODE_DIM, GraphBatch
-from ..graph.features import DEPTH, EDGE_TYPES, ROLE_CODE, ROLE_OFFSET
+from ..graph.features import DEPTH, EDGE_TYPES, POSITION, ROLE_CODE, ROLE_OFFSET
 from ..segment import scatter_max, scatter_sum
 from ._base import Encoder, check_prepared
 from ._registry import EncoderConfigError, register_encoder
@@ -163,9 +163,16 @@ class GNNEncoder(Encoder):
         layers: message-passing rounds.
         edge_dim: edge state and message width (all per-edge work happens at this width).
         dropout: dropout rate inside the node and readout MLPs.
+        positions: learned embeddings of the first ``positions`` input and output positions
+            (added to those nodes' initial states; later positions share the last one).
+            Input and output units never permute, so their index may be read; 0 disables.
+        fourier_features: read each weight value through ``fourier_features`` random
+            Fourier features (sin and cos of fixed frequencies drawn from N(0, 1) in RMS
+            units) instead of linearly; 0 disables.
     """
 
     symmetry = "permutation"
+    frequencies: Tensor
 
     def __init__(
         self,
@@ -174,19 +181,32 @@ class GNNEncoder(Encoder):
         layers: int = 3,
         edge_dim: int = 16,
         dropout: float = 0.0,
+        positions: int = 0,
+        fourier_features: int = 0,
     ) -> None:
         super().__init__()
-        if min(hidden, out_dim, edge_dim) < 1 or layers < 0 or not 0.0 <= dropout < 1.0:
+        if (
+            min(hidden, out_dim, edge_dim) < 1
+            or min(layers, positions, fourier_features) < 0
+            or not 0.0 <= dropout < 1.0
+        ):
             raise EncoderConfigError(
-                "gnn needs hidden, out_dim, edge_dim >= 1, layers >= 0 and 0 <= dropout < 1 "
+                "gnn needs hidden, out_dim, edge_dim >= 1, layers, positions, "
+                "fourier_features >= 0 and 0 <= dropout < 1 "
                 f"(got hidden={hidden}, out_dim={out_dim}, edge_dim={edge_dim}, "
-                f"layers={layers}, dropout={dropout})"
+                f"layers={layers}, positions={positions}, fourier_features={fourier_features}, "
+                f"dropout={dropout})"
             )
+        self.positions = positions
         self.out_dim = out_dim
         self.scales = FeatureScales()
         self.node_in = nn.Linear(PREPARED_NODE_DIM, hidden)
         self.edge_type = nn.Embedding(len(EDGE_TYPES), edge_dim)
-        self.edge_in = nn.Linear(WEIGHT_DIM, edge_dim, bias=False)
+        self.position = nn.Embedding(2 * positions, hidden) if positions else None
+        frequencies = torch.randn(fourier_features, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("frequencies", frequencies)
+        weight_width = WEIGHT_DIM * 2 * fourier_features if fourier_features else WEIGHT_DIM
+        self.edge_in = nn.Linear(weight_width, edge_dim, bias=False)
         self.layers = nn.ModuleList(
             _Layer(hidden, edge_dim, dropout, update_edges=i < layers - 1) for i in range(layers)
         )
@@ -216,9 +236,15 @@ class GNNEncoder(Encoder):
         Pooling the initial states as well (a jumping-knowledge readout) keeps the nodes'
         own weight statistics within direct reach of the readout.
         """
-        h = initial = self.node_in(self.scales.nodes(chunk.node_features))  # [n, hidden]
+        h = self.node_in(self.scales.nodes(chunk.node_features))  # [n, hidden]
+        if self.position is not None:
+            h = h + self._position_embeddings(chunk.node_features)
+        initial = h
         code = chunk.edge_features[:, 0].long()
         weights = self.scales.weights(chunk.edge_features)  # [E, 9] unit RMS per edge type
+        if len(self.frequencies):
+            angles = (weights.unsqueeze(2) * self.frequencies).flatten(1)  # [E, 9 K]
+            weights = torch.cat([angles.sin(), angles.cos()], dim=1)  # [E, 18 K]
         e = self.edge_type(code) + self.edge_in(weights)  # [E, d]
         inc = _incidence(chunk.src, chunk.dst, h.shape[0], h)
         for layer in self.layers:
@@ -227,6 +253,16 @@ class GNNEncoder(Encoder):
         states = torch.cat([initial, h], dim=1)  # [n, 2 hidden]
         pooled = _group_pool(states, chunk.graph * _N_GROUPS + group, chunk.num_graphs * _N_GROUPS)
         return pooled.view(chunk.num_graphs, -1)  # [G, groups * pools * 2 hidden]
+
+    def _position_embeddings(self, node_features: Tensor) -> Tensor:
+        """``[n, hidden]``: the embedding of each input and output node's index, 0 elsewhere."""
+        assert self.position is not None
+        role = node_features[:, ROLE_OFFSET : ROLE_OFFSET + len(ROLE_CODE)].argmax(1)
+        index = node_features[:, POSITION].long().clamp(0, self.positions - 1)
+        is_output = role == ROLE_CODE["output"]
+        embedded = self.position(index + self.positions * is_output.long())
+        keep = is_output | (role == ROLE_CODE["input"])
+        return embedded * keep.unsqueeze(1).to(embedded.dtype)
 
 
 def _readout_group(node_features: Tensor, graph: Tensor, n_graphs: int) -> Tensor:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..exceptions import WeightspaceError
 from ..infra import process_pool, ray_imap, resolve_progress
-from .datasets import TaskData, find_mnist, load_dataset
+from .datasets import MNIST_DATASETS, TaskData, find_mnist, load_dataset
 from .presets import GroupPlan, PresetError, load_preset
 from .storage import ZooWriter
 from .training import GroupTrainer, RunSettings, robustness_kind
@@ -91,9 +91,29 @@ def shape_for_family(data: TaskData, family: str) -> TaskData:
     )
 
 
+# The family each task beyond classification and regression is trained with (their outputs
+# are masks, boxes or images, not a row of logits), and which is trained on nothing else.
+TASK_FAMILIES = {"segmentation": "unet", "detection": "detector", "generation": "autoencoder"}
+
+
 def fit_spec(plan: GroupPlan, data: TaskData) -> dict[str, Any]:
-    """The full architecture spec: the plan's arguments plus the data's shapes."""
-    spec: dict[str, Any] = {"family": plan.family, **plan.arch, "num_classes": data.num_classes}
+    """The full architecture spec: the plan's arguments plus the data's shapes.
+
+    Raises:
+        ValueError: If the plan's family does not produce the outputs of the data's task
+            (see :data:`TASK_FAMILIES`).
+    """
+    needed = TASK_FAMILIES.get(data.task)
+    fits = plan.family == needed if needed else plan.family not in TASK_FAMILIES.values()
+    if not fits:
+        expected = repr(needed) if needed else f"none of {sorted(TASK_FAMILIES.values())}"
+        raise ValueError(
+            f"Group {plan.architecture!r}: the family {plan.family!r} cannot be trained on "
+            f"{data.name!r} (a {data.task} task); expected {expected}."
+        )
+    spec: dict[str, Any] = {"family": plan.family, **plan.arch}
+    if plan.family != "autoencoder":  # it outputs images, not classes
+        spec["num_classes"] = data.num_classes
     if plan.family == "mlp":
         spec["in_features"] = math.prod(data.input_shape)
     elif plan.family == "bert":
@@ -167,6 +187,7 @@ def run_job(job: Job) -> tuple[list[tuple], float]:
             "family": plan.family,
             "architecture": plan.architecture,
             "task": data.task,
+            "metric": data.metric,
             "dataset": data.name,
             "type": data.type,
             "run_id": job.run_ids[ckpt.run_index],
@@ -175,6 +196,7 @@ def run_job(job: Job) -> tuple[list[tuple], float]:
             "weight_decay": run.weight_decay,
             "optimizer": plan.optimizer,
             "init_scale": run.init_scale,
+            "initializer": run.initializer,
             "dropout": float(spec.get("dropout", 0.0)),
             "label_noise": run.label_noise if data.task == "classification" else 0.0,
             "train_fraction": run.train_fraction,
@@ -282,7 +304,7 @@ def build_zoo(
             f"the preset {str(preset)!r} plans {planned:,} models, more than the maximum of "
             f"{MAX_SIZE:,}; give a size (--size) to build fewer"
         )
-    if any(p.dataset == "mnist" for p in plans):
+    if any(p.dataset in MNIST_DATASETS for p in plans):
         find_mnist(data_dir)  # fail now, not in a worker minutes into the build
     jobs, wanted = plan_jobs(plans, size, seed, data_dir)
     started = time.perf_counter()

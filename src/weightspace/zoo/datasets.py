@@ -10,6 +10,19 @@ the seed and whose inputs are standardised the same way for every model:
   z-scored per feature with train statistics, and so is the ``diabetes`` target.
 - ``mnist`` (vision) is read from the four canonical IDX files in a local directory (see
   :func:`find_mnist`); it keeps its canonical 60,000 / 10,000 split whatever the seed.
+- ``mnist_segmentation``, ``mnist_detection`` (vision) and ``digits_reconstruction``
+  (vision) are the segmentation, detection and generation tasks. The two MNIST tasks use
+  the first :data:`MNIST_TASK_SIZES` training and test images of MNIST's canonical split,
+  whatever the seed. A pixel is foreground where its raw value (0..255) is above
+  :data:`FOREGROUND_THRESHOLD`. ``mnist_segmentation``: the standardised image
+  ``[1, 28, 28]`` with an int64 mask ``[28, 28]`` of class 0 for background and
+  ``1 + digit`` for foreground pixels (11 classes). ``mnist_detection``: the digit pasted
+  at a random position of a black :data:`DETECTION_CANVAS` x :data:`DETECTION_CANVAS`
+  canvas (positions drawn by a generator seeded with :data:`DETECTION_SEED`, so the data
+  is the same every time), standardised, with a float32 target ``[5]``: the digit, then the
+  tight box ``(x0, y0, x1, y1)`` of its foreground pixels as fractions of the canvas side
+  (pixel edges, so ``x1 - x0`` is the box width). ``digits_reconstruction``: the
+  ``digits`` split of the seed, whose target is the (standardised) input image itself.
 - ``sentiment`` and ``majority`` (nlp) are synthetic binary tasks on token sequences of
   length :data:`SEQ_LEN` over :data:`VOCAB_SIZE` tokens, drawn from the seed. Position 0
   always holds :data:`CLS_TOKEN`. In ``sentiment`` the label says whether the sentiment
@@ -34,7 +47,7 @@ import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +66,22 @@ __all__ = [
     "CLS_TOKEN",
     "DATASETS",
     "DATA_ENV_VAR",
+    "DETECTION_CANVAS",
+    "DETECTION_SEED",
+    "FOREGROUND_THRESHOLD",
     "MAJORITY_A_TOKEN",
     "MAJORITY_B_TOKEN",
     "MNIST_BASE_URLS",
+    "MNIST_DATASETS",
     "MNIST_FILES",
     "MNIST_IDX_SHA256",
     "MNIST_SHA256",
+    "MNIST_TASK_SIZES",
     "NEGATIVE_TOKENS",
     "NOT_TOKEN",
     "POSITIVE_TOKENS",
     "SEQ_LEN",
+    "TASK_METRICS",
     "VOCAB_SIZE",
     "DatasetFormatError",
     "DatasetNotFoundError",
@@ -82,7 +101,23 @@ DATASETS: tuple[str, ...] = (
     "diabetes",
     "sentiment",
     "majority",
+    "mnist_segmentation",
+    "mnist_detection",
+    "digits_reconstruction",
 )
+
+MNIST_DATASETS: tuple[str, ...] = ("mnist", "mnist_segmentation", "mnist_detection")
+"""The data sets read from the MNIST files."""
+
+TASK_METRICS: dict[str, str] = {
+    "classification": "accuracy",
+    "regression": "r2",
+    "segmentation": "mean_iou",
+    "detection": "detection_accuracy",
+    "generation": "reconstruction_r2",
+}
+"""Each task's score (the catalog's ``test_accuracy`` column; higher is better), named in
+the catalog's ``metric`` column; see :func:`weightspace.zoo.training.task_score`."""
 
 DATA_ENV_VAR = "WEIGHTSPACE_DATA"
 """Environment variable naming the MNIST directory or a parent holding ``mnist/``."""
@@ -136,7 +171,16 @@ NEGATIVE_TOKENS: tuple[int, ...] = tuple(range(8, 14))
 MAJORITY_A_TOKEN = 1
 MAJORITY_B_TOKEN = 2
 
-_TASKS = ("classification", "regression")
+MNIST_TASK_SIZES = (10_000, 500)
+"""Training and test images of MNIST used by ``mnist_segmentation`` and ``mnist_detection``."""
+FOREGROUND_THRESHOLD = 127
+"""Raw MNIST pixel values (0..255) above it are the digit's foreground."""
+DETECTION_CANVAS = 48
+"""Height and width of the ``mnist_detection`` images."""
+DETECTION_SEED = 2024
+"""Seeds the positions of the digits on the ``mnist_detection`` canvases."""
+
+_TASKS = tuple(TASK_METRICS)
 _TYPES = ("vision", "nlp", "scientific")
 
 
@@ -157,14 +201,20 @@ class TaskData:
 
     Attributes:
         name: Data set name, one of :data:`DATASETS` for the built-in ones.
-        task: ``"classification"`` or ``"regression"``.
+        task: A key of :data:`TASK_METRICS`: ``"classification"``, ``"regression"``,
+            ``"segmentation"``, ``"detection"`` or ``"generation"``.
         type: ``"vision"``, ``"nlp"`` or ``"scientific"``.
         x_train: Standardised float32 inputs ``[N, *input_shape]``, or int64 token ids
             ``[N, L]`` for nlp.
-        y_train: int64 class labels ``[N]``, or standardised float32 targets ``[N]``.
+        y_train: Targets ``[N, *target_shape]``: int64 class labels ``[N]``
+            (classification), standardised float32 targets ``[N]`` (regression), int64
+            class masks ``[N, H, W]`` (segmentation), float32 ``[N, 5]`` of the class and
+            the box ``(x0, y0, x1, y1)`` (detection), or the images to reconstruct
+            (generation).
         x_test: Test inputs, as ``x_train``.
         y_test: Test targets, as ``y_train``.
-        num_classes: Number of classes; 1 for regression.
+        num_classes: Number of classes (per pixel for segmentation); 1 for regression and
+            generation.
         input_shape: Shape of one example, e.g. ``(1, 28, 28)`` or ``(13,)``.
         vocab_size: Number of token ids for nlp, else None.
     """
@@ -185,18 +235,32 @@ class TaskData:
             raise ValueError(f"TaskData.task must be one of {_TASKS}. Got {self.task!r}.")
         if self.type not in _TYPES:
             raise ValueError(f"TaskData.type must be one of {_TYPES}. Got {self.type!r}.")
+        target_shape = self.target_shape
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if tuple(x.shape[1:]) != tuple(self.input_shape) or y.shape != x.shape[:1]:
+            if tuple(x.shape[1:]) != tuple(self.input_shape) or (
+                y.shape[:1] != x.shape[:1] or tuple(y.shape[1:]) != target_shape
+            ):
                 raise ValueError(
                     f"TaskData.x_{split} must have shape [N, *{tuple(self.input_shape)}] and "
-                    f"y_{split} shape [N]. Got {list(x.shape)} and {list(y.shape)}."
+                    f"y_{split} shape [N, *{target_shape}] (those of y_train). Got "
+                    f"{list(x.shape)} and {list(y.shape)}."
                 )
 
     @property
     def num_outputs(self) -> int:
         """Width of a model's output layer: ``num_classes`` (1 for regression)."""
         return self.num_classes
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """Shape of one example's target: ``()`` for classification and regression."""
+        return tuple(self.y_train.shape[1:])
+
+    @property
+    def metric(self) -> str:
+        """Name of the task's score, e.g. ``"accuracy"`` (see :data:`TASK_METRICS`)."""
+        return TASK_METRICS[self.task]
 
 
 def load_dataset(
@@ -207,7 +271,7 @@ def load_dataset(
     Args:
         name: One of :data:`DATASETS`.
         seed: Seeds the train/test split, or the generation of the synthetic tasks; an int
-            in ``[0, 2**32)``. MNIST keeps its canonical split whatever the seed.
+            in ``[0, 2**32)``. The :data:`MNIST_DATASETS` ignore it.
         data_dir: Where to find MNIST (see :func:`find_mnist`); ignored by the others.
 
     Returns:
@@ -228,6 +292,8 @@ def load_dataset(
         )
     if name == "mnist":
         return _load_mnist(find_mnist(data_dir))
+    if name in MNIST_DATASETS:
+        return _load_mnist_task(find_mnist(data_dir), name)
     return _load_builtin(name, int(seed))
 
 
@@ -235,6 +301,16 @@ def load_dataset(
 def _load_builtin(name: str, seed: int) -> TaskData:
     if name == "digits":
         return _digits(seed)
+    if name == "digits_reconstruction":
+        digits = _load_builtin("digits", seed)
+        return replace(
+            digits,
+            name=name,
+            task="generation",
+            y_train=digits.x_train,
+            y_test=digits.x_test,
+            num_classes=1,
+        )
     if name in ("sentiment", "majority"):
         return _synthetic(name, seed)
     return _tabular(name, seed)
@@ -507,8 +583,8 @@ def _read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
 
 
-@functools.lru_cache(maxsize=2)
-def _load_mnist(directory: Path) -> TaskData:
+def _read_mnist(directory: Path) -> dict[str, np.ndarray]:
+    """The four MNIST arrays by file name: uint8 images ``[N, 28, 28]`` and labels ``[N]``."""
     arrays = {}
     for name in sorted(MNIST_FILES, key=lambda n: "images" in n):  # cheap label files first
         path = _mnist_file(directory, name)
@@ -517,6 +593,12 @@ def _load_mnist(directory: Path) -> TaskData:
         arrays[name] = _read_idx(path, _MNIST_SHAPES[name])
         if "labels" in name and arrays[name].max() > 9:
             raise DatasetFormatError(f"{path}: expected labels 0..9, got {arrays[name].max()}.")
+    return arrays
+
+
+@functools.lru_cache(maxsize=2)
+def _load_mnist(directory: Path) -> TaskData:
+    arrays = _read_mnist(directory)
     x_train, x_test = _standardise_pixels(
         arrays["train-images-idx3-ubyte"][:, None],  # [60000, 1, 28, 28]
         arrays["t10k-images-idx3-ubyte"][:, None],
@@ -533,6 +615,72 @@ def _load_mnist(directory: Path) -> TaskData:
         num_classes=10,
         input_shape=(1, 28, 28),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mnist_task(directory: Path, name: str) -> TaskData:
+    """``mnist_segmentation`` or ``mnist_detection`` from the MNIST files in ``directory``."""
+    arrays = _read_mnist(directory)
+    splits = {
+        split: (
+            arrays[f"{prefix}-images-idx3-ubyte"][:size],  # [n, 28, 28] uint8
+            arrays[f"{prefix}-labels-idx1-ubyte"][:size].astype(np.int64),
+        )
+        for split, prefix, size in zip(("train", "test"), ("train", "t10k"), MNIST_TASK_SIZES)
+    }
+    images: dict[str, np.ndarray] = {}
+    targets: dict[str, np.ndarray] = {}
+    if name == "mnist_segmentation":
+        for split, (digits, labels) in splits.items():
+            images[split] = digits[:, None]  # [n, 1, 28, 28]
+            targets[split] = np.where(digits > FOREGROUND_THRESHOLD, 1 + labels[:, None, None], 0)
+        num_classes, task = 11, "segmentation"
+    else:
+        rng = np.random.default_rng(DETECTION_SEED)
+        for split, (digits, labels) in splits.items():
+            images[split], boxes = _paste_on_canvas(digits, rng)
+            targets[split] = np.concatenate([labels[:, None], boxes], axis=1).astype(np.float32)
+        num_classes, task = 10, "detection"
+    x_train, x_test = _standardise_pixels(images["train"], images["test"], max_value=255)
+    return TaskData(
+        name=name,
+        task=task,
+        type="vision",
+        x_train=x_train,
+        y_train=torch.from_numpy(targets["train"]),
+        x_test=x_test,
+        y_test=torch.from_numpy(targets["test"]),
+        num_classes=num_classes,
+        input_shape=tuple(x_train.shape[1:]),
+    )
+
+
+def _paste_on_canvas(digits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pastes each digit ``[n, 28, 28]`` at a random place of an empty canvas.
+
+    Returns:
+        uint8 canvases ``[n, 1, DETECTION_CANVAS, DETECTION_CANVAS]`` and the boxes
+        ``(x0, y0, x1, y1)`` ``[n, 4]`` of their foreground pixels, as fractions of the side.
+    """
+    n, size = len(digits), digits.shape[-1]
+    canvases = np.zeros((n, 1, DETECTION_CANVAS, DETECTION_CANVAS), dtype=np.uint8)
+    offsets = rng.integers(0, DETECTION_CANVAS - size + 1, size=(n, 2))  # [n, (top, left)]
+    for i, (top, left) in enumerate(offsets):
+        canvases[i, 0, top : top + size, left : left + size] = digits[i]
+    foreground = digits > FOREGROUND_THRESHOLD
+    columns = np.asarray(foreground.any(axis=1))  # [n, 28]: the columns with foreground
+    rows = np.asarray(foreground.any(axis=2))
+    left, top = offsets[:, 1], offsets[:, 0]
+    boxes = np.stack(
+        [
+            left + columns.argmax(1),  # the first foreground column
+            top + rows.argmax(1),
+            left + size - columns[:, ::-1].argmax(1),  # one past the last
+            top + size - rows[:, ::-1].argmax(1),
+        ],
+        axis=1,
+    )  # [n, 4] in pixels
+    return canvases, boxes / DETECTION_CANVAS
 
 
 # --- synthetic sequence tasks -----------------------------------------------------------

@@ -7,7 +7,8 @@ JSON-serialisable dict such as ``{"family": "mlp", "in_features": 64, ...}``, an
 
 The networks use only the modules and tensor operations the neural-graph conversion
 understands (torch.fx symbolic tracing): standard layers, residual ``a + b``,
-squeeze-excitation ``x * g``, positional embeddings and class tokens. Their ``forward``
+squeeze-excitation ``x * g``, positional embeddings and class tokens, transposed
+convolutions, up-sampling and U-Net skips (``torch.cat`` along channels). Their ``forward``
 has no data-dependent control flow, no in-place and no scalar operations.
 """
 
@@ -29,9 +30,13 @@ __all__ = [
     "FAMILIES",
     "MLP",
     "VGG",
+    "Autoencoder",
+    "Detector",
     "EfficientNet",
     "MobileNet",
     "ResNet",
+    "SmallCNN",
+    "UNet",
     "ViT",
     "ZooModel",
     "build_model",
@@ -247,6 +252,65 @@ class VGG(_ImageModel):
     def forward(self, x: Tensor) -> Tensor:
         """Maps images to logits ``[B, num_classes]``."""
         return self.classifier(self.features(x))
+
+
+class SmallCNN(_ImageModel):
+    """The Small CNN Zoo's network: strided convolutions, global average pooling, a dense layer.
+
+    The defaults are the architecture of Unterthiner et al. (2020), "Predicting Neural
+    Network Accuracy from Weights": three 3x3 convolutions of 16 channels with stride 2,
+    global average pooling and a linear layer to 10 classes (4,970 parameters on
+    one-channel images).
+    """
+
+    family = "cnn"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: Sequence[int] = (16, 16, 16),
+        kernel_size: int = 3,
+        stride: int = 2,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        """Builds the network.
+
+        Args:
+            in_channels: Image channels.
+            image_size: Image height and width (only used for example inputs).
+            channels: Output channels of each convolution.
+            kernel_size: Height and width of every kernel (odd; padded to keep the size
+                before the stride).
+            stride: Stride of every convolution.
+            num_classes: Output logits.
+            activation: Activation after each convolution, see ``_ACTIVATIONS``.
+            dropout: Dropout probability after each activation; 0 adds no Dropout.
+        """
+        super().__init__(locals())
+        if kernel_size % 2 != 1:
+            raise ValueError(f"The 'kernel_size' parameter must be odd. Got {kernel_size} instead.")
+        layers: list[nn.Module] = []
+        width = in_channels
+        for out in channels:
+            layers += [
+                nn.Conv2d(width, out, kernel_size, stride, kernel_size // 2),
+                _activation(activation),
+            ]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps images to logits ``[B, num_classes]``."""
+        return self.head(self.features(x))
 
 
 def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
@@ -707,8 +771,232 @@ class BERT(ZooModel):
         return torch.randint(spec["vocab_size"], (batch_size, spec["max_len"]), generator=generator)
 
 
+# --- families of the segmentation, detection and generation tasks ------------------------
+
+
+def _conv_layers(
+    in_channels: int,
+    out_channels: int,
+    convs: int,
+    stride: int,
+    batch_norm: bool,
+    activation: str,
+) -> list[nn.Module]:
+    """``convs`` 3x3 convolutions, each with optional BatchNorm and an activation; the first
+    has ``stride``."""
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        channels = in_channels if i == 0 else out_channels
+        layers.append(
+            nn.Conv2d(channels, out_channels, 3, stride if i == 0 else 1, 1, bias=not batch_norm)
+        )
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(_activation(activation))
+    return layers
+
+
+_UPSAMPLING = ("transpose", "nearest", "bilinear")
+
+
+class UNet(_ImageModel):
+    """U-Net for per-pixel classification.
+
+    The contracting path has one block of 3x3 convolutions per entry of ``widths``, with a
+    2x2 max pool before every block but the first. The expanding path doubles the
+    resolution (a 2x2 transposed convolution that halves the channels, or ``nn.Upsample``),
+    concatenates the block output of the same resolution along channels (``torch.cat``) and
+    applies another block; a 1x1 convolution gives the logits.
+    """
+
+    family = "unet"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        image_size: int = 8,
+        widths: Sequence[int] = (8, 16),
+        convs_per_block: int = 2,
+        upsample: str = "transpose",
+        batch_norm: bool = False,
+        num_classes: int = 10,
+        activation: str = "relu",
+    ) -> None:
+        """Builds the network.
+
+        Args:
+            in_channels: Image channels.
+            image_size: Image height and width, divisible by ``2 ** (len(widths) - 1)``.
+            widths: Channels of the blocks of each resolution, from the full one down.
+            convs_per_block: 3x3 convolutions per block.
+            upsample: ``"transpose"`` (``nn.ConvTranspose2d``), or the mode of an
+                ``nn.Upsample``: ``"nearest"`` or ``"bilinear"``.
+            batch_norm: Whether each convolution is followed by BatchNorm (and has no bias).
+            num_classes: Output logits per pixel.
+            activation: Activation name, see ``_ACTIVATIONS``.
+        """
+        super().__init__(locals())
+        _check_choice("upsample", upsample, _UPSAMPLING)
+        _check_divisible("image_size", image_size, "2 ** (len(widths) - 1)", 2 ** (len(widths) - 1))
+        block = functools.partial(
+            _conv_layers, convs=convs_per_block, batch_norm=batch_norm, activation=activation
+        )
+        self.down = nn.ModuleList()
+        channels = in_channels
+        for i, width in enumerate(widths):
+            pool = [nn.MaxPool2d(2)] if i > 0 else []
+            self.down.append(nn.Sequential(*pool, *block(channels, width, stride=1)))
+            channels = width
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            if upsample == "transpose":
+                self.up.append(nn.ConvTranspose2d(channels, width, 2, stride=2))
+                merged = 2 * width
+            else:
+                self.up.append(nn.Upsample(scale_factor=2, mode=upsample))
+                merged = channels + width
+            self.merge.append(nn.Sequential(*block(merged, width, stride=1)))
+            channels = width
+        self.head = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps images to per-pixel logits ``[B, num_classes, image_size, image_size]``."""
+        skips = []
+        for down in self.down:
+            x = down(x)
+            skips.append(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
+            x = merge(torch.cat([up(x), skip], dim=1))  # [B, 2 * width or more, H, W]
+        return self.head(x)
+
+
+class Detector(_ImageModel):
+    """Single-object detector: 3x3 convolutions of stride 2, then an MLP head.
+
+    The head's output is ``num_classes`` class logits followed by the 4 numbers of the box,
+    ``(x0, y0, x1, y1)`` as fractions of the image width and height.
+    """
+
+    family = "detector"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        image_size: int = 8,
+        widths: Sequence[int] = (8, 16),
+        convs_per_stage: int = 1,
+        batch_norm: bool = False,
+        head_hidden: int = 32,
+        num_classes: int = 10,
+        activation: str = "relu",
+    ) -> None:
+        """Builds the network.
+
+        Args:
+            in_channels: Image channels.
+            image_size: Image height and width; every stage halves it (rounding up).
+            widths: Channels of each stage.
+            convs_per_stage: 3x3 convolutions per stage; the first has stride 2.
+            batch_norm: Whether each convolution is followed by BatchNorm (and has no bias).
+            head_hidden: Width of the hidden layer of the head.
+            num_classes: Class logits; the head outputs ``num_classes + 4`` numbers.
+            activation: Activation name, see ``_ACTIVATIONS``.
+        """
+        super().__init__(locals())
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for width in widths:
+            layers += _conv_layers(channels, width, convs_per_stage, 2, batch_norm, activation)
+            channels, size = width, (size + 1) // 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * size**2, head_hidden),
+            _activation(activation),
+            nn.Linear(head_hidden, num_classes + 4),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps images to ``[B, num_classes + 4]``: class logits, then the box."""
+        return self.head(self.features(x))
+
+
+class Autoencoder(_ImageModel):
+    """Convolutional autoencoder of images.
+
+    The encoder's 3x3 convolutions of stride 2 (one per entry of ``widths``) and a 1x1
+    convolution give a code of ``bottleneck`` channels at ``1 / 2 ** len(widths)`` of the
+    resolution; the decoder's 4x4 transposed convolutions of stride 2 double the resolution
+    back, and a 3x3 convolution gives the image. The output has no activation: it
+    reconstructs standardised pixels.
+    """
+
+    family = "autoencoder"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        image_size: int = 8,
+        widths: Sequence[int] = (16, 32),
+        bottleneck: int = 8,
+        batch_norm: bool = False,
+        activation: str = "relu",
+    ) -> None:
+        """Builds the network.
+
+        Args:
+            in_channels: Image channels, in the input and the output.
+            image_size: Image height and width, divisible by ``2 ** len(widths)``.
+            widths: Channels of the encoder's stages; the decoder's mirror them.
+            bottleneck: Channels of the code.
+            batch_norm: Whether each hidden convolution is followed by BatchNorm (and has
+                no bias).
+            activation: Activation name, see ``_ACTIVATIONS``.
+        """
+        super().__init__(locals())
+        _check_divisible("image_size", image_size, "2 ** len(widths)", 2 ** len(widths))
+        encoder: list[nn.Module] = []
+        channels = in_channels
+        for width in widths:
+            encoder += _conv_layers(channels, width, 1, 2, batch_norm, activation)
+            channels = width
+        encoder.append(nn.Conv2d(channels, bottleneck, 1))
+        self.encoder = nn.Sequential(*encoder)
+        decoder: list[nn.Module] = []
+        channels = bottleneck
+        for width in reversed(widths):
+            decoder.append(nn.ConvTranspose2d(channels, width, 4, 2, 1, bias=not batch_norm))
+            if batch_norm:
+                decoder.append(nn.BatchNorm2d(width))
+            decoder.append(_activation(activation))
+            channels = width
+        decoder.append(nn.Conv2d(channels, in_channels, 3, padding=1))
+        self.decoder = nn.Sequential(*decoder)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps images to their reconstructions, of the same shape."""
+        return self.decoder(self.encoder(x))
+
+
 FAMILIES: dict[str, type[ZooModel]] = {
-    cls.family: cls for cls in (MLP, VGG, ResNet, MobileNet, EfficientNet, ViT, BERT)
+    cls.family: cls
+    for cls in (
+        MLP,
+        VGG,
+        SmallCNN,
+        ResNet,
+        MobileNet,
+        EfficientNet,
+        ViT,
+        BERT,
+        UNet,
+        Detector,
+        Autoencoder,
+    )
 }
 
 

@@ -28,7 +28,7 @@ import torch
 from ..exceptions import WeightspaceError
 from .datasets import DATASETS
 from .families import FAMILIES, validate_spec
-from .training import RunSettings, checkpoint_epochs
+from .training import INITIALIZERS, OPTIMIZERS, RunSettings, checkpoint_epochs
 
 
 class PresetError(WeightspaceError, ValueError):
@@ -45,7 +45,7 @@ class GroupPlan:
         arch: family arguments that do not depend on the data set.
         dataset: data set name (see ``weightspace.zoo.datasets.DATASETS``).
         runs: number of training runs; each keeps a checkpoint after epochs 1, 2, 4, ...
-        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        optimizer: ``"adam"``, ``"sgd"`` (momentum 0.9) or ``"rmsprop"``.
         epochs: epochs per run.
         batch_size: examples per step.
         lr: log-uniform range of the learning rate.
@@ -54,6 +54,8 @@ class GroupPlan:
         label_noise: choices of the fraction of training labels replaced at random.
         train_fraction: choices of the fraction of the training set a run sees.
         max_train: cap on the training examples (None: the whole training split).
+        initializer: choices of how a run draws its initial weights (see
+            ``weightspace.zoo.training.INITIALIZERS``), before ``init_scale``.
     """
 
     architecture: str
@@ -70,6 +72,7 @@ class GroupPlan:
     label_noise: tuple[float, ...] = (0.0, 0.0, 0.1, 0.2)
     train_fraction: tuple[float, ...] = (0.25, 0.5, 1.0, 1.0)
     max_train: int | None = None
+    initializer: tuple[str, ...] = ("default",)
 
     @property
     def checkpoints(self) -> list[int]:
@@ -93,14 +96,25 @@ class GroupPlan:
                     + (self.init_scale[1] - self.init_scale[0]) * u[1],
                     label_noise=self.label_noise[pick[1] % len(self.label_noise)],
                     train_fraction=self.train_fraction[pick[2] % len(self.train_fraction)],
+                    initializer=self._pick_initializer(gen),
                 )
             )
         return runs
 
+    def _pick_initializer(self, gen: torch.Generator) -> str:
+        # One choice draws nothing, so plans without a choice sample as they always did.
+        if len(self.initializer) == 1:
+            return self.initializer[0]
+        return self.initializer[int(torch.randint(0, len(self.initializer), (1,), generator=gen))]
+
     def run_id(self, zoo_seed: int, index: int, run: RunSettings) -> str:
         """A short id that changes whenever anything about the run changes."""
         plan = {k: v for k, v in asdict(self).items() if k != "runs"}  # --size keeps ids
-        payload = json.dumps([plan, zoo_seed, index, asdict(run)], sort_keys=True)
+        settings = asdict(run)
+        # Fields added later leave the ids of plans that keep their defaults unchanged.
+        if plan["initializer"] == ("default",):
+            del plan["initializer"], settings["initializer"]
+        payload = json.dumps([plan, zoo_seed, index, settings], sort_keys=True)
         return f"{self.architecture}-{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
 
 
@@ -130,6 +144,76 @@ def _tiny() -> list[GroupPlan]:
         GroupPlan("mlp-wine-s", "mlp", {"hidden": [16]}, "wine", 2, batch_size=32),
         GroupPlan("mlp-diabetes-s", "mlp", {"hidden": [16]}, "diabetes", 1, batch_size=32),
         GroupPlan("bert-sentiment-s", "bert", {"dim": 16, "depth": 1, "heads": 2}, "sentiment", 1),
+        GroupPlan(
+            "unet-mnist-segmentation-s",
+            "unet",
+            {"widths": [4, 8], "convs_per_block": 1, "batch_norm": True},
+            "mnist_segmentation",
+            1,
+            batch_size=16,
+            max_train=320,
+            lr=(5e-3, 1.5e-2),
+        ),
+        GroupPlan(
+            "detector-mnist-detection-s",
+            "detector",
+            {"widths": [4, 8]},
+            "mnist_detection",
+            1,
+            max_train=1000,
+            lr=(2e-3, 6e-3),
+        ),
+        GroupPlan(
+            "autoencoder-digits-s", "autoencoder", {"widths": [8, 16]}, "digits_reconstruction", 1
+        ),
+    ]
+
+
+def _task_kind_plans() -> list[GroupPlan]:
+    """One group per task beyond classification and regression.
+
+    Each group trains in at most about 40 s on one thread. Label noise does not apply to
+    these tasks, so the plans draw none.
+    """
+    no_noise = (0.0,)
+    return [
+        GroupPlan(
+            "unet-mnist-segmentation",
+            "unet",
+            {
+                "widths": [8, 16, 32],
+                "convs_per_block": 1,
+                "upsample": "nearest",
+                "batch_norm": True,
+            },
+            "mnist_segmentation",
+            2,
+            batch_size=16,
+            max_train=1200,
+            lr=(5e-3, 1.5e-2),
+            label_noise=no_noise,
+            train_fraction=(0.5, 1.0, 1.0),
+        ),
+        GroupPlan(
+            "detector-mnist-detection",
+            "detector",
+            {"widths": [8, 16, 32]},
+            "mnist_detection",
+            3,
+            batch_size=32,
+            max_train=5000,
+            lr=(2e-3, 6e-3),
+            label_noise=no_noise,
+            train_fraction=(0.5, 1.0, 1.0),
+        ),
+        GroupPlan(
+            "autoencoder-digits",
+            "autoencoder",
+            {"widths": [16, 32], "bottleneck": 8},
+            "digits_reconstruction",
+            12,
+            label_noise=no_noise,
+        ),
     ]
 
 
@@ -148,19 +232,29 @@ def _standard() -> list[GroupPlan]:
         tabular += [small, _sgd(medium)]
     # The slowest groups come first so that parallel workers finish together.
     return [
-        _mnist("resnet-mnist", "resnet", 6, 2_000, widths=[8, 16]),
         _mnist("vgg-mnist", "vgg", 8, 4_000, widths=[8, 16], classifier_hidden=32),
-        GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment", 16),
-        GroupPlan("bert-majority", "bert", {"dim": 32, "depth": 2, "heads": 4}, "majority", 16),
+        # The ImageNet stem (stride 4) gives the blocks a receptive field that covers a
+        # 28x28 digit; with the CIFAR stem the pooled features saw 15x15 patches and the
+        # family fitted a third of its training set.
+        replace(
+            _mnist("resnet-mnist", "resnet", 6, 4_000, widths=[8, 16], stem="imagenet"),
+            lr=(1e-3, 1e-2),
+        ),
+        GroupPlan("bert-sentiment", "bert", {"dim": 32, "depth": 2, "heads": 4}, "sentiment", 12),
+        GroupPlan("bert-majority", "bert", {"dim": 32, "depth": 2, "heads": 4}, "majority", 12),
         _digits("efficientnet-digits", "efficientnet", 16, widths=[16, 24]),
         _mnist("mlp-mnist-xl", "mlp", 2, 2_000, hidden=[2000, 2000]),
         _digits("mobilenet-digits", "mobilenet", 16, widths=[16, 24]),
-        _digits("vit-digits", "vit", 16, dim=32, depth=2, heads=4, dropout=0.1),
+        replace(
+            _digits("vit-digits", "vit", 12, dim=32, depth=2, heads=4, dropout=0.1, patch_size=4),
+            epochs=16,
+        ),
         _sgd(_digits("resnet-digits", "resnet", 16, widths=[16, 32])),
         _mnist("mlp-mnist", "mlp", 18, 10_000, hidden=[128, 64], dropout=0.2),
         _sgd(_digits("vgg-digits", "vgg", 16, widths=[16, 32])),
-        _digits("mlp-digits-s", "mlp", 16, hidden=[32]),
-        _sgd(_digits("mlp-digits-m", "mlp", 16, hidden=[128, 64], dropout=0.1)),
+        _digits("mlp-digits-s", "mlp", 12, hidden=[32]),
+        _sgd(_digits("mlp-digits-m", "mlp", 12, hidden=[128, 64], dropout=0.1)),
+        *_task_kind_plans(),
         *tabular,
     ]
 
@@ -173,6 +267,45 @@ def _mnist_fixed(name: str, family: str, arch: dict, max_train: int) -> list[Gro
     return [adam, _sgd(adam)]
 
 
+CNN_ZOO_RUNS_PER_GROUP = 42  # 12 groups x 42 runs x 4 checkpoints = 2,016 models
+CNN_ZOO_EPOCHS = 8  # checkpoints after epochs 1, 2, 4 and 8
+CNN_ZOO_MAX_TRAIN = 5_000
+
+
+def _cnn_zoo_mnist() -> list[GroupPlan]:
+    """The Small CNN Zoo protocol (Unterthiner et al. 2020) on MNIST: one architecture,
+    varied activation, optimizer, dropout, initializer, init scale, lr, L2 and data.
+
+    Activation, optimizer and dropout are fixed inside a group (groups train together),
+    so the preset has one group per combination; the rest is drawn per run.
+    """
+    lr = {"adam": (1e-4, 1e-2), "rmsprop": (1e-4, 1e-2), "sgd": (1e-3, 1e-1)}
+    plans = []
+    for activation in ("relu", "tanh"):
+        for optimizer in ("adam", "rmsprop", "sgd"):
+            for dropout in (0.0, 0.2):
+                plans.append(
+                    GroupPlan(
+                        f"cnn-zoo-mnist-{activation}-{optimizer}-d{dropout:g}",
+                        "cnn",
+                        {"activation": activation, "dropout": dropout},
+                        "mnist",
+                        CNN_ZOO_RUNS_PER_GROUP,
+                        optimizer=optimizer,
+                        epochs=CNN_ZOO_EPOCHS,
+                        batch_size=128,
+                        lr=lr[optimizer],
+                        weight_decay=(0.0, 1e-5, 1e-4, 1e-3),
+                        init_scale=(0.25, 2.0),
+                        label_noise=(0.0,),
+                        train_fraction=(0.1, 0.25, 0.5, 1.0),
+                        max_train=CNN_ZOO_MAX_TRAIN,
+                        initializer=tuple(INITIALIZERS),
+                    )
+                )
+    return plans
+
+
 PRESETS = {
     "tiny": _tiny,
     "standard": _standard,
@@ -181,6 +314,7 @@ PRESETS = {
     "mnist-cnn": lambda: _mnist_fixed(
         "cnn-mnist-fixed", "vgg", {"widths": [8, 16], "classifier_hidden": 32}, 2_000
     ),
+    "cnn-zoo-mnist": _cnn_zoo_mnist,
 }
 
 
@@ -242,9 +376,6 @@ def _read_preset_file(path: Path) -> list[GroupPlan]:
     return plans
 
 
-OPTIMIZERS = ("adam", "sgd")
-
-
 def _is_count(value: object) -> bool:
     """True for a positive int (no bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -291,6 +422,12 @@ def _check_group(plan: GroupPlan, where: str) -> None:
         fail("max_train", "a positive int or null")
     if plan.optimizer not in OPTIMIZERS:
         fail("optimizer", f"one of {list(OPTIMIZERS)}")
+    names = plan.initializer
+    known = isinstance(names, tuple) and all(
+        isinstance(n, str) and n in INITIALIZERS for n in names
+    )
+    if not (names and known):
+        fail("initializer", f"a non-empty list of {sorted(INITIALIZERS)}")
     for name, expected, valid, pair in _RANGES:
         value = getattr(plan, name)
         ok = isinstance(value, tuple) and bool(value)

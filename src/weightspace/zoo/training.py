@@ -10,6 +10,7 @@ Their parameters are stacked along a leading model dimension and trained togethe
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,9 +30,20 @@ FGSM_EPSILON = 0.1  # FGSM step, in units of the (standardised) feature std; flo
 FGSM_EVAL_LIMIT = 1000  # test examples attacked (a gradient per example and model is costly)
 TRAIN_EVAL_LIMIT = 5000  # training examples used to measure train accuracy
 EVAL_BATCH = 1000
+# Detection: the loss adds this weight times the smooth L1 loss of the box (its 4 numbers
+# summed; quadratic below an error of DETECTION_BOX_BETA, a fraction of the image side) to
+# the cross-entropy of the class; a detection is right with the right class and an IoU of
+# at least DETECTION_MIN_IOU with the true box.
+DETECTION_BOX_WEIGHT = 2.0
+DETECTION_BOX_BETA = 0.05
+DETECTION_MIN_IOU = 0.5
+# Segmentation: the per-pixel cross-entropy weighs foreground pixels (target > 0, 12% of
+# MNIST's pixels) this much and background pixels 1, so that the digits are learnt sooner.
+SEGMENTATION_FOREGROUND_WEIGHT = 5.0
 # Families trained with vmap. Attention and depthwise convolutions have slow (or no)
-# batching rules, so those families are trained one network after the other.
-VECTORIZED_FAMILIES = frozenset({"mlp", "vgg", "resnet"})
+# batching rules, so those families are trained one network after the other; so is the
+# U-Net, which vmap trains correctly but a quarter slower (its full-resolution convolutions).
+VECTORIZED_FAMILIES = frozenset({"mlp", "vgg", "cnn", "resnet", "detector", "autoencoder"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class RunSettings:
     init_scale: float
     label_noise: float
     train_fraction: float
+    initializer: str = "default"
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,17 @@ def checkpoint_epochs(epochs: int) -> list[int]:
     return sorted(set(marks + [epochs]))
 
 
+# How a run draws its initial weights (matrices and kernels; biases and norms keep
+# PyTorch's defaults); the run's init_scale multiplies the result.
+INITIALIZERS: dict[str, Callable[[Tensor], object]] = {
+    "default": lambda weight: None,  # PyTorch's own (Kaiming uniform, a=sqrt(5))
+    "xavier_normal": nn.init.xavier_normal_,
+    "he_normal": functools.partial(nn.init.kaiming_normal_, nonlinearity="relu"),
+    "orthogonal": nn.init.orthogonal_,
+    "normal": functools.partial(nn.init.normal_, std=0.1),
+}
+
+
 def _stack_models(spec: dict, runs: Sequence[RunSettings]) -> tuple[nn.Module, dict, dict]:
     models = []
     for run in runs:
@@ -77,6 +101,7 @@ def _stack_models(spec: dict, runs: Sequence[RunSettings]) -> tuple[nn.Module, d
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if p.dim() > 1 and "norm" not in name:  # weights, not biases or norms
+                    INITIALIZERS[run.initializer](p)
                     p.mul_(run.init_scale)
         models.append(model)
     params, buffers = stack_module_state(models)
@@ -84,15 +109,22 @@ def _stack_models(spec: dict, runs: Sequence[RunSettings]) -> tuple[nn.Module, d
     return base, params, buffers
 
 
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+
+
 class _Optimizer:
-    """SGD with momentum or Adam over stacked parameters, per-model lr and weight decay."""
+    """SGD with momentum, Adam or RMSProp over stacked parameters, per-model lr and decay.
+
+    RMSProp is PyTorch's (and Keras's) default form: squared-gradient average with decay
+    0.99, no momentum, epsilon 1e-8 added to its root.
+    """
 
     def __init__(self, kind: str, params: dict[str, Tensor], lr: Tensor, wd: Tensor) -> None:
-        if kind not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {kind!r}")
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
         self.kind, self.lr, self.wd, self.step_count = kind, lr, wd, 0
-        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
-        self.v = {k: torch.zeros_like(v) for k, v in params.items()} if kind == "adam" else {}
+        self.m = {k: torch.zeros_like(v) for k, v in params.items()} if kind != "rmsprop" else {}
+        self.v = {k: torch.zeros_like(v) for k, v in params.items()} if kind != "sgd" else {}
 
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
         self.step_count += 1
@@ -104,6 +136,9 @@ class _Optimizer:
             if self.kind == "sgd":
                 self.m[name].mul_(0.9).add_(g)
                 p.sub_(lr * self.m[name])
+            elif self.kind == "rmsprop":
+                self.v[name].mul_(0.99).addcmul_(g, g, value=0.01)
+                p.sub_(lr * g / (self.v[name].sqrt() + 1e-8))
             else:
                 self.m[name].mul_(0.9).add_(g, alpha=0.1)
                 self.v[name].mul_(0.999).addcmul_(g, g, value=0.001)
@@ -113,11 +148,17 @@ class _Optimizer:
 
 
 def _noisy_labels(data: TaskData, runs: Sequence[RunSettings]) -> Tensor:
-    """Per-model training targets ``[M, N]``: a fraction of labels replaced at random."""
+    """Per-model training targets ``[M, N, ...]``.
+
+    For classification a fraction of labels replaced at random; the other tasks have no
+    label noise and share the clean targets (a view).
+    """
+    if data.task != "classification":
+        return data.y_train.expand(len(runs), *data.y_train.shape)
     rows = []
     for run in runs:
         y = data.y_train.clone()
-        if data.task == "classification" and run.label_noise > 0:
+        if run.label_noise > 0:
             gen = torch.Generator().manual_seed(run.seed + 1)
             flip = torch.rand(len(y), generator=gen) < run.label_noise
             y[flip] = torch.randint(0, data.num_classes, (int(flip.sum()),), generator=gen)
@@ -136,20 +177,105 @@ def _train_masks(n: int, runs: Sequence[RunSettings]) -> Tensor:
 
 
 def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """Per-example training loss: squared error for regression, cross-entropy otherwise."""
+    """Per-example training loss ``[N]`` of outputs ``[N, ...]`` against targets ``[N, ...]``.
+
+    Squared error (regression); cross-entropy (classification), averaged over the pixels
+    with foreground pixels weighted :data:`SEGMENTATION_FOREGROUND_WEIGHT` (segmentation);
+    cross-entropy of the class plus :data:`DETECTION_BOX_WEIGHT` times the
+    smooth L1 loss of the box (detection); mean squared error over the pixels (generation).
+    """
     if task == "regression":
         return (out.squeeze(-1) - y) ** 2
+    if task == "segmentation":
+        pixel_weight = 1 + (SEGMENTATION_FOREGROUND_WEIGHT - 1) * (y > 0)  # [N, H, W]
+        return (F.cross_entropy(out, y, reduction="none") * pixel_weight).mean((-2, -1))
+    if task == "detection":
+        class_loss = F.cross_entropy(out[:, :-4], y[:, 0].long(), reduction="none")
+        box = F.smooth_l1_loss(out[:, -4:], y[:, 1:], reduction="none", beta=DETECTION_BOX_BETA)
+        return class_loss + DETECTION_BOX_WEIGHT * box.sum(-1)
+    if task == "generation":
+        return ((out - y) ** 2).flatten(1).mean(-1)
     return F.cross_entropy(out, y, reduction="none")
 
 
-def task_score(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """The score of each of M stacked models from outputs ``[M, N, C]``: accuracy, or R²."""
+def task_score(out: Tensor, y: Tensor, task: str, weight: Tensor | None = None) -> Tensor:
+    """The score of each of M stacked models, the metric ``TASK_METRICS[task]``.
+
+    - ``accuracy`` (classification): the fraction of right classes.
+    - ``r2`` (regression) and ``reconstruction_r2`` (generation): 1 - SSE / SST over all
+      targets (all pixels), SST around the mean target of the N examples.
+    - ``mean_iou`` (segmentation): per class TP / (TP + FP + FN) over all pixels, averaged
+      over the classes present in the targets or the predictions.
+    - ``detection_accuracy``: the fraction of examples with the right class and a box
+      whose IoU with the true box is at least :data:`DETECTION_MIN_IOU`.
+
+    Args:
+        out: Outputs ``[M, N, ...]`` of M models on N examples.
+        y: Targets ``[N, ...]`` (see :class:`~weightspace.zoo.datasets.TaskData`).
+        task: The task, a key of :data:`~weightspace.zoo.datasets.TASK_METRICS`.
+        weight: ``[M, N]`` weight of each example for each model (1 on the examples a
+            model trained on, 0 elsewhere); None counts every example once.
+
+    Returns:
+        ``[M]`` scores; higher is better, 1 is perfect.
+    """
     if task == "regression":
-        pred = out.squeeze(-1)
-        residual = ((pred - y) ** 2).sum(-1)
-        total = ((y - y.mean()) ** 2).sum()
-        return 1 - residual / total
-    return (out.argmax(-1) == y).float().mean(-1)
+        sse, sst = (out.squeeze(-1) - y) ** 2, (y - y.mean()) ** 2  # [M, N], [N]
+    elif task == "generation":
+        sse = ((out - y) ** 2).flatten(2).sum(-1)  # [M, N]
+        sst = ((y - y.mean()) ** 2).flatten(1).sum(-1)  # [N]
+    elif task == "segmentation":
+        return _mean_iou(out.argmax(2), y, out.shape[2], weight)
+    elif task == "detection":
+        right_class = out[..., :-4].argmax(-1) == y[:, 0].long()  # [M, N]
+        hit = right_class & (box_iou(out[..., -4:], y[:, 1:]) >= DETECTION_MIN_IOU)
+        return _weighted_mean(hit.float(), weight)
+    else:
+        return _weighted_mean((out.argmax(-1) == y).float(), weight)
+    return 1 - _weighted_sum(sse, weight) / _weighted_sum(sst, weight).clamp(min=1e-12)
+
+
+def _weighted_sum(values: Tensor, weight: Tensor | None) -> Tensor:
+    """Sums ``values`` ``[..., N]`` over the examples, times their weights ``[M, N]`` if given."""
+    return values.sum(-1) if weight is None else (values * weight).sum(-1)
+
+
+def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    """The mean of ``values`` ``[M, N]`` over the examples, weighted by ``[M, N]`` if given."""
+    if weight is None:
+        return values.mean(-1)
+    return (values * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
+
+
+def _mean_iou(pred: Tensor, y: Tensor, num_classes: int, weight: Tensor | None) -> Tensor:
+    """Mean IoU ``[M]`` of predicted classes ``[M, N, H, W]`` against ``y`` ``[N, H, W]``."""
+    m, c = pred.shape[0], num_classes
+    w = torch.ones(pred.shape[:2]) if weight is None else weight
+    pixel_weight = w[:, :, None, None].double().expand(pred.shape)  # [M, N, H, W]
+    cell = (torch.arange(m)[:, None, None, None] * c + y) * c + pred  # model, true, predicted
+    confusion = torch.bincount(
+        cell.flatten(), weights=pixel_weight.flatten(), minlength=m * c * c
+    ).view(m, c, c)  # [M, true, predicted]
+    tp = confusion.diagonal(dim1=1, dim2=2)  # [M, C]
+    union = confusion.sum(1) + confusion.sum(2) - tp  # TP + FP + FN
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1e-12), 0.0)
+    return (iou.sum(-1) / present.sum(-1).clamp(min=1)).float()
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection over union of boxes ``(x0, y0, x1, y1)`` ``[..., 4]`` (broadcast).
+
+    A box with ``x1 <= x0`` or ``y1 <= y0`` is empty; two empty boxes have IoU 0.
+    """
+
+    def area(box: Tensor) -> Tensor:
+        return (box[..., 2] - box[..., 0]).clamp(min=0) * (box[..., 3] - box[..., 1]).clamp(min=0)
+
+    width = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])
+    height = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])
+    inter = width.clamp(min=0) * height.clamp(min=0)
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
 
 
 def _perturb(x: Tensor, data: TaskData, generator: torch.Generator) -> Tensor:
@@ -194,7 +320,6 @@ class GroupTrainer:
         self.x_train = data.x_train[:n]
         self.y_train = _noisy_labels(data, self.runs)[:, :n]  # [M, n]
         self.masks = _train_masks(n, self.runs)  # [M, n]
-        self.clean_y_train = data.y_train[:n]
 
     def _forward(self, base: nn.Module, params: dict, buffers: dict, x: Tensor) -> Tensor:
         return functional_call(base, (params, buffers), (x,))
@@ -249,7 +374,7 @@ class GroupTrainer:
 
     @torch.no_grad()
     def _outputs(self, base: nn.Module, params: dict, buffers: dict, x: Tensor) -> Tensor:
-        """``[M, N, C]`` eval-mode outputs of every network."""
+        """``[M, N, ...]`` eval-mode outputs of every network."""
         base.eval()
         if self.vectorize:
             run = vmap(self._forward, in_dims=(None, 0, 0, None))
@@ -273,9 +398,10 @@ class GroupTrainer:
         return torch.stack(per_model)
 
     def evaluate(self, base: nn.Module, params: dict, buffers: dict) -> dict[str, Tensor]:
-        """Test/train accuracy (R² for regression), gap, robustness, FGSM accuracy and test loss.
+        """Test/train score (:func:`task_score`), gap, robustness, FGSM score and test loss.
 
-        FGSM accuracy is NaN for token inputs, which have no input gradient.
+        Robustness and the FGSM score are the test score on perturbed inputs, against the
+        clean targets. The FGSM score is NaN for token inputs, which have no input gradient.
         """
         data, task = self.data, self.data.task
         test_out = self._outputs(base, params, buffers, data.x_test)
@@ -283,15 +409,13 @@ class GroupTrainer:
         test_loss = torch.stack([task_loss(o, data.y_test, task).mean() for o in test_out])
         k = min(TRAIN_EVAL_LIMIT, len(self.x_train))
         train_out = self._outputs(base, params, buffers, self.x_train[:k])
-        seen = self.masks[:, :k]  # each model on its own training examples and labels
-        if task == "regression":
-            residual = ((train_out.squeeze(-1) - self.y_train[:, :k]) ** 2 * seen).sum(1)
-            y = self.clean_y_train[:k]
-            total = (((y - y.mean()) ** 2) * seen).sum(1)
-            train_score = 1 - residual / total.clamp(min=1e-12)
-        else:
-            correct = (train_out.argmax(-1) == self.y_train[:, :k]).float()
-            train_score = (correct * seen).sum(1) / seen.sum(1).clamp(min=1.0)
+        seen = self.masks[:, :k]  # each model on its own training examples and targets
+        train_score = torch.cat(
+            [
+                task_score(train_out[m : m + 1], self.y_train[m, :k], task, seen[m : m + 1])
+                for m in range(len(self.runs))
+            ]
+        )
         gen = torch.Generator().manual_seed(12345)
         noisy_x = _perturb(data.x_test, data, gen)
         robust = task_score(self._outputs(base, params, buffers, noisy_x), data.y_test, task)
@@ -310,7 +434,7 @@ class GroupTrainer:
         }
 
     def _fgsm_outputs(self, base: nn.Module, params: dict, buffers: dict) -> Tensor:
-        """``[M, N, C]`` outputs on each model's own FGSM examples of the first
+        """``[M, N, ...]`` outputs on each model's own FGSM examples of the first
         ``FGSM_EVAL_LIMIT`` test examples (eval mode)."""
         data, task = self.data, self.data.task
         base.eval()

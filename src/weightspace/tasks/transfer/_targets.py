@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...exceptions import WeightspaceError
+from ...zoo.build import TASK_FAMILIES
 from ...zoo.datasets import DatasetNotFoundError, TaskData, find_mnist, load_dataset
 
 __all__ = [
@@ -221,10 +222,13 @@ def fits(spec: dict, data: TaskData) -> bool:
     """Whether a zoo architecture reads the target's inputs and has its output width.
 
     MLPs read flattened images, the other image families ``[C, H, W]``; token models never
-    fit an image target. Architectures with another output width are not candidates.
+    fit an image target. Architectures with another output width, and those of other
+    tasks (segmentation, detection, generation: no class logits), are not candidates.
     """
     shape = input_shape_of(spec)
     if shape is None or data.task != "classification" or data.type != "vision":
+        return False
+    if spec["family"] in TASK_FAMILIES.values():
         return False
     wanted = (math.prod(data.input_shape),) if spec["family"] == "mlp" else data.input_shape
     return shape == tuple(wanted) and int(spec["num_classes"]) == data.num_outputs

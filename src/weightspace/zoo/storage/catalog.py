@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..datasets import TASK_METRICS
 from .errors import ZooError, ZooNotFoundError
 from .modelfile import EXPORTED_SUFFIX, SUFFIX
 
@@ -33,7 +34,7 @@ CATALOG_FILE = "catalog.sqlite"
 MODELS_DIR = "models"
 """The folder of the zoo directory that holds the model files."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the catalog schema this package reads and writes."""
 
 # Column name -> SQLite type, in table order.
@@ -52,12 +53,14 @@ _COLUMN_TYPES: dict[str, str] = {
     "weight_decay": "REAL",
     "optimizer": "TEXT",
     "init_scale": "REAL",
+    "initializer": "TEXT",
     "dropout": "REAL",
     "label_noise": "REAL",
     "train_fraction": "REAL",
     "epochs": "INTEGER",
     "batch_size": "INTEGER",
     "seed": "INTEGER",
+    "metric": "TEXT",
     "test_accuracy": "REAL",
     "train_accuracy": "REAL",
     "generalization_gap": "REAL",
@@ -180,6 +183,12 @@ def _connect(root: Path) -> sqlite3.Connection:
 
 def _check_schema(con: sqlite3.Connection, root: Path) -> None:
     columns = tuple(row[1] for row in con.execute("PRAGMA table_info(models)"))
+    missing = [name for name in CATALOG_COLUMNS if name not in columns]
+    if missing and set(columns) < set(CATALOG_COLUMNS):
+        raise ZooError(
+            f"{root / CATALOG_FILE}: written by an older version, without the columns "
+            f"{missing}; {_rebuild_advice(root)} (its rows are kept)"
+        )
     if columns != CATALOG_COLUMNS:
         raise ZooError(
             f"{root / CATALOG_FILE}: catalog columns {list(columns)} differ from this "
@@ -266,9 +275,15 @@ def _coerce(model_id: str, column: str, value: Any) -> Any:
 def _checked_row(model_id: str, values: Mapping[str, Any]) -> tuple:
     """The catalog row of ``values`` in column order (other keys ignored), type-checked.
 
+    A missing ``metric`` is the score of the row's task where the task is known
+    (``TASK_METRICS``), e.g. for rows written before that column existed.
+
     Raises:
         ZooError: If a value has the wrong type or a NOT NULL column has no value.
     """
+    task = values.get("task")
+    if values.get("metric") is None and isinstance(task, str) and task in TASK_METRICS:
+        values = {**values, "metric": TASK_METRICS[task]}
     row = tuple(_coerce(model_id, column, values.get(column)) for column in CATALOG_COLUMNS)
     missing = [c for c, v in zip(CATALOG_COLUMNS, row) if c in _NOT_NULL and v is None]
     if missing:
