@@ -22,7 +22,7 @@ STUDY_ENCODERS = [n for n in list_encoders() if not encoder_class(n).fixed_archi
 @pytest.fixture(scope="module")
 def study(small_zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    report = run_experiment("tiny", out, zoo_dir=small_zoo, workers=1, progress=False)
+    report = run_experiment("tiny", out, zoo_dir=small_zoo, workers=2, progress=False)
     return out, report, json.loads((out / "results.json").read_text())
 
 

@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--epochs", type=int, help="maximum training epochs (default: the preset's)")
     p.add_argument("--data-dir", help="folder with the MNIST files (or WEIGHTSPACE_DATA)")
-    p.add_argument("--workers", type=int, default=2, help="processes for zoo and graphs")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes for the zoo build, graphs and the encoder x seed trainings (default 2)",
+    )
     p.set_defaults(run=run)
 
 

@@ -1,9 +1,15 @@
-"""``weightspace experiment``: zoo -> graphs -> every encoder x seed -> evaluation -> report."""
+"""``weightspace experiment``: zoo -> graphs -> every encoder x seed -> evaluation -> report.
+
+The encoder x seed trainings and evaluations are independent jobs run in parallel
+processes (:mod:`._jobs`); everything the report shows of them is gathered here.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import pickle
 import platform
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,21 +25,13 @@ import torch
 from sklearn.decomposition import PCA
 
 from .._version import __version__
-from ..checkpoints import load_model
 from ..embedder import Embedder
 from ..encoders import encoder_class, list_encoders
-from ..featurize import Featurizer
-from ..graph import NeuralGraph, to_graph
-from ..metrics import clustering_metrics, retrieval_metrics, symmetry_robustness
 from ..report import write_report
-from ..symmetry import permute, rescale
 from ..train import (
-    PROPERTIES,
     Split,
     TrainConfig,
-    Trainer,
     featurizer_of,
-    load_run,
     prepared_graphs,
     resolve_device,
     split_by_run,
@@ -41,10 +39,8 @@ from ..train import (
 from ..zoo import CATALOG_FILE, Zoo
 from ..zoo.build import build_zoo
 from ._applied import run_interpolation, run_lineage, run_transfer
+from ._jobs import Job, Outcome, Shown, run_jobs, symmetric_copies
 from ._settings import ExperimentError, StudySettings, study_settings
-
-TRANSFORMS = ("permutation", "rescaling", "both")
-RETRIEVAL_KS = (1, 5, 10)
 
 
 @dataclass
@@ -63,64 +59,6 @@ class StageClock:
         self.seconds[name] = time.perf_counter() - start
         if self.verbose:
             print(f"[{name}] done in {self.seconds[name]:.1f} s", flush=True)
-
-
-def _symmetric_copies(
-    zoo: Zoo, ids: Sequence[str], featurizer: Featurizer, copies: int, seed: int
-) -> dict[str, list[list[NeuralGraph]]]:
-    """Prepared graphs of ``copies`` transformed copies of each model, per transform."""
-    generator = torch.Generator().manual_seed(seed)
-    out: dict[str, list[list[NeuralGraph]]] = {t: [] for t in TRANSFORMS}
-    for model_id in ids:
-        module, example = load_model(zoo.path(model_id))
-        raw = to_graph(module, example)
-        views: dict[str, list[NeuralGraph]] = {t: [] for t in TRANSFORMS}
-        for _ in range(copies):
-            views["permutation"].append(permute(raw, generator))
-            views["rescaling"].append(rescale(raw, generator))
-            views["both"].append(rescale(permute(raw, generator), generator))
-        for name, graphs in views.items():
-            out[name].append([featurizer(g) for g in graphs])
-    return out
-
-
-def _evaluate_run(
-    run_dir: Path,
-    test_ids: Sequence[str],
-    graphs: Mapping[str, NeuralGraph],
-    catalog: pd.DataFrame,
-    robust_ids: Sequence[str],
-    copies: Mapping[str, list[list[NeuralGraph]]],
-) -> tuple[dict[str, Any], np.ndarray, Embedder]:
-    """Test-split metrics of one trained run (everything but the property metrics)."""
-    embedder = Embedder(load_run(run_dir))
-    rows = catalog.set_index("id").loc[list(test_ids)]
-    z = embedder.embed([graphs[i] for i in test_ids])
-    exact = (rows["task"] + "|" + rows["dataset"] + "|" + rows["architecture"]).tolist()
-    by_family = retrieval_metrics(z, rows["family"].tolist(), RETRIEVAL_KS)
-    by_exact = retrieval_metrics(z, exact, RETRIEVAL_KS)
-    metrics: dict[str, Any] = {
-        "retrieval": {
-            "architecture": {
-                k: by_family[k] for k in [f"recall@{k}" for k in RETRIEVAL_KS] + ["mrr"]
-            },
-            "task_dataset_architecture": {
-                k: by_exact[k]
-                for k in [f"precision@{k}" for k in RETRIEVAL_KS]
-                + [f"f1@{k}" for k in RETRIEVAL_KS]
-                + ["map"]
-            },
-        },
-        "clustering": clustering_metrics(z, rows["family"].tolist()),
-    }
-    scale = float(np.linalg.norm(z, axis=1).mean())
-    originals = embedder.embed([graphs[i] for i in robust_ids])
-    metrics["symmetry"] = {}
-    for name, per_model in copies.items():
-        flat = [g for views in per_model for g in views]
-        transformed = embedder.embed(flat).reshape(len(robust_ids), -1, z.shape[1])
-        metrics["symmetry"][name] = symmetry_robustness(originals, transformed, scale)
-    return metrics, z, embedder
 
 
 def _stat(values: Sequence[float]) -> dict[str, Any]:
@@ -196,7 +134,9 @@ def run_experiment(
         seeds: number of seeds (default: the preset's, 3).
         epochs: maximum training epochs per encoder and seed (default: the preset's).
         data_dir: MNIST folder for presets that need it.
-        workers: processes for zoo building and graph preparation.
+        workers: processes for zoo building, graph preparation, the encoder x seed
+            trainings and evaluations (each on one thread; the results do not depend on
+            the number) and transfer fine-tuning.
         progress: progress bars (default: on a terminal).
         command: the command line, recorded in the report.
 
@@ -234,41 +174,50 @@ def run_experiment(
         epochs=settings.epochs if epochs is None else epochs, patience=settings.patience
     )
     featurizer = featurizer_of(base)
-    with clock.stage("graphs"):
-        graphs = dict(
-            zip(zoo.ids(), prepared_graphs(zoo, featurizer, workers=workers, progress=progress))
-        )
+    with clock.stage("graphs"):  # into the zoo's graph cache, which every job reads
+        prepared_graphs(zoo, featurizer, workers=workers, progress=progress)
 
-    per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    first: dict[str, Any] = {"history": {}, "predictions": {}, "embedding_map": {}, "encoders": {}}
     splits = [
         split_by_run(catalog, base.val_fraction, base.test_fraction, seed)
         for seed in range(n_seeds)
     ]
-    for seed, split in enumerate(splits):
-        rng = np.random.default_rng(seed)
-        robust_ids = list(rng.permutation(split.test)[: settings.robustness_models])
-        with clock.stage(f"symmetry views seed {seed}"):
-            copies = _symmetric_copies(
-                zoo, robust_ids, featurizer, settings.robustness_copies, seed
-            )
-        for name in names:
-            with clock.stage(f"train+evaluate {name} seed {seed}"):
-                config = base.replace(encoder=name, seed=seed)
-                run_dir = out / "runs" / f"{name}-seed{seed}"
-                result = Trainer(config, progress=progress).fit(
-                    zoo, run_dir, graphs, split, overwrite=True
+    jobs: list[Job] = []
+    with clock.stage("symmetry views"):
+        for seed, split in enumerate(splits):
+            rng = np.random.default_rng(seed)
+            robust_ids = list(rng.permutation(split.test)[: settings.robustness_models])
+            copies = symmetric_copies(zoo, robust_ids, featurizer, settings.robustness_copies, seed)
+            blob = pickle.dumps(copies, protocol=pickle.HIGHEST_PROTOCOL)
+            jobs += [
+                Job(
+                    config=base.replace(encoder=name, seed=seed),
+                    zoo_root=str(zoo.root),
+                    run_dir=out / "runs" / f"{name}-seed{seed}",
+                    split=split,
+                    robust_ids=robust_ids,
+                    copies=blob,
+                    shown=seed == 0,
                 )
-                metrics, z, embedder = _evaluate_run(
-                    run_dir, split.test, graphs, catalog, robust_ids, copies
-                )
-                metrics["properties"] = {
-                    p: {k: v for k, v in m.items() if k != "n"}
-                    for p, m in result.metrics["properties"].items()
-                }
-                per_seed[name].append(metrics)
-                if seed == 0:
-                    _record_first_seed(first, name, result, embedder, z, split, catalog, graphs)
+                for name in names
+            ]
+    finished = itertools.count(1)
+
+    def announce(job: Job, outcome: Outcome) -> None:
+        print(
+            f"  {job.label} done in {outcome.seconds:.1f} s ({next(finished)}/{len(jobs)})",
+            flush=True,
+        )
+
+    with clock.stage("train+evaluate"):
+        outcomes = run_jobs(jobs, workers, announce)
+    per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    job_seconds: dict[str, list[float]] = {name: [] for name in names}
+    first: dict[str, Any] = {"history": {}, "predictions": {}, "embedding_map": {}, "encoders": {}}
+    for job, outcome in zip(jobs, outcomes):  # seed by seed, in the order of the encoders
+        per_seed[job.config.encoder].append(outcome.metrics)
+        job_seconds[job.config.encoder].append(outcome.seconds)
+        if outcome.shown is not None:
+            _record_first_seed(first, job.config.encoder, outcome.shown, job.split, catalog)
 
     seed0 = {name: out / "runs" / f"{name}-seed0" for name in names}
     embedders = {name: Embedder.load(path) for name, path in seed0.items()}
@@ -293,9 +242,11 @@ def run_experiment(
             "command": command or f"weightspace experiment --preset {preset}",
             "seeds": list(range(n_seeds)),
             "encoders": names,
+            "workers": workers,
             "zoo": str(zoo_path),
         },
         "stage_seconds": {},
+        "job_seconds": job_seconds,
         "dataset": _dataset_section(zoo, splits[0]),
         "hyperparameters": {
             "training": {
@@ -327,25 +278,16 @@ def run_experiment(
 
 
 def _record_first_seed(
-    first: dict[str, Any],
-    name: str,
-    result: Any,
-    embedder: Embedder,
-    z: np.ndarray,
-    split: Split,
-    catalog: pd.DataFrame,
-    graphs: Mapping[str, NeuralGraph],
+    first: dict[str, Any], name: str, shown: Shown, split: Split, catalog: pd.DataFrame
 ) -> None:
     """History, predictions and the embedding map of the seed-0 run of one encoder."""
     rows = catalog.set_index("id").loc[split.test]
-    first["encoders"][name] = embedder.run.config["encoder_config"]
-    first["history"][name] = result.history.to_dict(orient="records")
-    predicted = embedder.predict([graphs[i] for i in split.test])
+    first["encoders"][name] = shown.encoder_config
+    first["history"][name] = shown.history
     first["predictions"][name] = {
-        p: {"true": rows[p].tolist(), "predicted": predicted[p].tolist()}
-        for p in embedder.properties
-        if p in PROPERTIES
+        p: {"true": rows[p].tolist(), "predicted": values} for p, values in shown.predicted.items()
     }
+    z = shown.embeddings
     xy = (
         PCA(n_components=2, random_state=0).fit_transform(z)
         if len(z) > 2
