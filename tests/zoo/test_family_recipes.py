@@ -37,17 +37,7 @@ def test_a_small_group_beats_chance(family: str) -> None:
     dataset, arch = CASES[family]
     plan = GroupPlan(f"{family}-check", family, arch, dataset, runs=2)
     data = shape_for_family(load_dataset(dataset, 0), family)
-    runs = [
-        RunSettings(
-            seed=seed,
-            lr=lr,
-            weight_decay=0.0,
-            init_scale=1.0,
-            label_noise=0.0,
-            train_fraction=1.0,
-        )
-        for seed, lr in ((1, 1e-3), (2, 3e-3))
-    ]
+    runs = [RunSettings(seed=seed, lr=lr) for seed, lr in ((1, 1e-3), (2, 3e-3))]
     torch.manual_seed(0)
     trainer = GroupTrainer(fit_spec(plan, data), data, runs, "adam", epochs=6, batch_size=64)
     final = [c.metrics["test_accuracy"] for c in trainer.train() if c.epoch == 6]

@@ -298,14 +298,7 @@ def _trained(family: str, short: bool = False, vectorize: bool | None = None) ->
     dataset, arch, lrs, epochs, batch_size, max_train = RECIPES[family]
     data = load_dataset(dataset, data_dir=SHARED_MNIST.parent)
     runs = [
-        RunSettings(
-            seed=seed,
-            lr=lr,
-            weight_decay=0.0,
-            init_scale=1.0,
-            label_noise=0.0,
-            train_fraction=1.0 if seed == 1 else 0.5,
-        )
+        RunSettings(seed=seed, lr=lr, train_fraction=1.0 if seed == 1 else 0.5)
         for seed, lr in enumerate(lrs, start=1)
     ]
     spec = fit_spec(GroupPlan(f"{family}-check", family, arch, dataset, len(runs)), data)

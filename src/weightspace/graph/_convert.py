@@ -636,13 +636,28 @@ class _Converter:
                 self.b.bind(f"{path}.{name}", (out,))
         return self._make(out, x.axis, x.ndim)
 
-    def _norm_nodes(self, x: Value, edge_type: str) -> Tensor:
-        """New nodes, one per channel of ``x``, tied to it by identity edges."""
+    def _norm_nodes(
+        self,
+        x: Value,
+        edge_type: str,
+        path: str = "",
+        weight: Tensor | None = None,
+        bias: Tensor | None = None,
+    ) -> Tensor:
+        """New nodes, one per channel of ``x``, tied to it by identity edges; with the
+        normalisation's parameters, they carry its scale ``weight`` and shift ``bias``
+        (bound as ``{path}.weight`` / ``{path}.bias``)."""
         if x.fold:
             raise self._fail("normalisation of a flattened feature map")
         out = self.b.add_nodes(len(x.nodes), "hidden", self.b.depth(x.nodes) + 1)
         self.b.add_edges(x.nodes, out, edge_type)
         self.b.tie(x.nodes, out)
+        if weight is not None:
+            self.b.set_scale(out, weight)
+            self.b.bind(f"{path}.weight", (out,))
+        if bias is not None:
+            self.b.set_bias(out, bias)
+            self.b.bind(f"{path}.bias", (out,))
         return out
 
     def _layernorm(
@@ -659,13 +674,7 @@ class _Converter:
             )
         n_params = sum(p.numel() for p in (weight, bias) if p is not None)
         with self.b.layer(path, "LayerNorm", n_params):
-            out = self._norm_nodes(x, "layer_norm")
-            if weight is not None:
-                self.b.set_scale(out, weight)
-                self.b.bind(f"{path}.weight", (out,))
-            if bias is not None:
-                self.b.set_bias(out, bias)
-                self.b.bind(f"{path}.bias", (out,))
+            out = self._norm_nodes(x, "layer_norm", path, weight, bias)
         return self._make(out, x.axis, x.ndim)
 
     def _activation(self, x: Value, name: str) -> Value:
@@ -1824,13 +1833,7 @@ class _Converter:
         n_params = sum(p.numel() for p in (weight, bias) if p is not None)
         kind = "InstanceNorm" if groups == channels else f"GroupNorm ({groups} groups)"
         with self.b.layer(path, kind, n_params):
-            out = self._norm_nodes(x, "group_norm")
-            if weight is not None:
-                self.b.set_scale(out, weight)
-                self.b.bind(f"{path}.weight", (out,))
-            if bias is not None:
-                self.b.set_bias(out, bias)
-                self.b.bind(f"{path}.bias", (out,))
+            out = self._norm_nodes(x, "group_norm", path, weight, bias)
             if 1 < groups < channels:
                 self.b.partition(out, torch.arange(channels) // (channels // groups))
         return self._make(out, x.axis, x.ndim)
@@ -1870,10 +1873,7 @@ class _Converter:
         if shape != (value.width,) or value.fold:
             raise self._fail(f"RMSNorm over {shape}; only the feature dimension is supported")
         with self.b.layer(path, "RMSNorm", weight.numel() if weight is not None else 0):
-            out = self._norm_nodes(value, "rms_norm")
-            if weight is not None:
-                self.b.set_scale(out, weight)
-                self.b.bind(f"{path}.weight", (out,))
+            out = self._norm_nodes(value, "rms_norm", path, weight)
         return self._make(out, value.axis, value.ndim)
 
     def _mod_conv_transpose(

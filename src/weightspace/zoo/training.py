@@ -48,14 +48,18 @@ VECTORIZED_FAMILIES = frozenset({"mlp", "vgg", "cnn", "resnet", "detector", "aut
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Hyperparameters of one training run that may differ inside a group."""
+    """Hyperparameters of one training run that may differ inside a group.
+
+    The defaults are a plain run: no weight decay, PyTorch's initial weights unscaled,
+    clean labels, the whole training set.
+    """
 
     seed: int
     lr: float
-    weight_decay: float
-    init_scale: float
-    label_noise: float
-    train_fraction: float
+    weight_decay: float = 0.0
+    init_scale: float = 1.0
+    label_noise: float = 0.0
+    train_fraction: float = 1.0
     initializer: str = "default"
 
 

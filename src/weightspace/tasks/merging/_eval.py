@@ -14,9 +14,7 @@ from ...zoo.build import shape_for_family
 from ...zoo.datasets import TaskData, load_dataset
 from ...zoo.training import TRAIN_EVAL_LIMIT, GroupTrainer, RunSettings
 
-_NEUTRAL_RUN = RunSettings(
-    seed=0, lr=0.0, weight_decay=0.0, init_scale=1.0, label_noise=0.0, train_fraction=1.0
-)
+_NEUTRAL_RUN = RunSettings(seed=0, lr=0.0)
 
 
 def task_data(dataset: str, family: str, seed: int = 0, data_dir: str | None = None) -> TaskData:
