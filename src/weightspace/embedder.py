@@ -95,13 +95,56 @@ class Embedder:
         return embed_graphs(self.run.encoder, graphs).numpy()
 
     def predict(
-        self, models: ModelLike | Sequence[ModelLike], *, trust_pickle: bool = False
+        self,
+        models: ModelLike | Sequence[ModelLike],
+        *,
+        dataset: str | None = None,
+        trust_pickle: bool = False,
     ) -> pd.DataFrame:
         """Predicted properties, one row per model and one column per property.
 
-        ``trust_pickle`` as for :meth:`graphs`.
+        ``dataset`` (the data set the models were trained on) and ``trust_pickle`` as for
+        :meth:`predict_with_uncertainty`; the data sets the predictions assumed are in
+        :meth:`predict_with_uncertainty`'s ``dataset`` column.
         """
-        return self.predict_from_embeddings(self.embed(models, trust_pickle=trust_pickle))
+        graphs = self.graphs(models, trust_pickle=trust_pickle)
+        z = embed_graphs(self.run.encoder, graphs).numpy()
+        return self.predict_from_embeddings(z, self.assumed_datasets(graphs, dataset))
+
+    def assumed_datasets(
+        self,
+        graphs: Sequence[NeuralGraph],
+        dataset: str | Sequence[str | None] | None = None,
+    ) -> list[str | None]:
+        """The data set each prediction for ``graphs`` is conditioned on.
+
+        ``dataset`` (one for all graphs, or one per graph) where the run's head learned it;
+        otherwise the data set most of the run's training models with the same number of
+        input neurons learned (the most common training data set when none had that many).
+        None for runs whose head does not read the data set.
+        """
+        given = [dataset] * len(graphs) if dataset is None or isinstance(dataset, str) else dataset
+        if len(given) != len(graphs):
+            raise ValueError(f"got {len(given)} data sets for {len(graphs)} models")
+        known = self.run.datasets
+        if not known:
+            return [None] * len(graphs)
+        if all(name in known for name in given):
+            return list(given)
+        record = self.run.config.get("uncertainty") or {}
+        inputs = [row for row in record.get("training_inputs", []) if row["dataset"] in known]
+        if not inputs:  # a run written before the inputs were recorded
+            return [known[0]] * len(graphs)
+        overall = max(known, key=lambda d: sum(r["models"] for r in inputs if r["dataset"] == d))
+        assumed: list[str | None] = []
+        for graph, name in zip(graphs, given):
+            if name in known:
+                assumed.append(name)
+                continue
+            width = int(graph.count_roles()["input"])
+            same = [r for r in inputs if r["input_nodes"] == width]
+            assumed.append(max(same, key=lambda r: r["models"])["dataset"] if same else overall)
+        return assumed
 
     def predict_with_uncertainty(
         self,
@@ -114,7 +157,9 @@ class Embedder:
         """:meth:`predict`, with how far to trust each prediction.
 
         Columns: each property; ``<property> low`` and ``<property> high``, its conformal
-        interval (nominal coverage in the run's ``uncertainty.coverage``, 90 %); ``ood``, the
+        interval (nominal coverage in the run's ``uncertainty.coverage``, 90 %);
+        ``dataset``, the data set the prediction is conditioned on (see
+        :meth:`assumed_datasets`; empty for runs whose head does not read it); ``ood``, the
         out-of-distribution score (about 1 or less: like the training models; see the
         README's Training section); ``unseen``, what the run never saw in training, comma
         separated, empty if nothing: ``input width`` (a number of input neurons no training
@@ -125,7 +170,9 @@ class Embedder:
 
         Args:
             models: networks, neural graphs or model files.
-            dataset: the data set the models were trained on, when the caller knows it.
+            dataset: the data set the models were trained on, when the caller knows it:
+                predictions are conditioned on it (accuracy on MNIST is not accuracy on
+                digits) and flagged when the run never saw it.
             sources: where each of ``models`` came from (model files or modules), for the
                 family flag, when ``models`` are graphs prepared from them already.
             trust_pickle: as for :meth:`graphs`.
@@ -136,7 +183,8 @@ class Embedder:
         if len(origins) != len(graphs):
             raise ValueError(f"got {len(origins)} sources for {len(graphs)} models")
         z = embed_graphs(self.run.encoder, graphs).numpy()
-        table = self.predict_from_embeddings(z)
+        assumed = self.assumed_datasets(graphs, dataset)
+        table = self.predict_from_embeddings(z, assumed)
         record = self.run.config.get("uncertainty")
         reference = self._reference()
         columns: dict[str, Any] = {}
@@ -148,6 +196,7 @@ class Embedder:
             )
             columns[name] = table[name]
             columns[f"{name} low"], columns[f"{name} high"] = bounded[:, 0], bounded[:, 1]
+        columns["dataset"] = ["" if name is None else name for name in assumed]
         if record is None or reference is None:
             columns["ood"] = np.full(len(graphs), np.nan)
             columns["unseen"] = ["unknown"] * len(graphs)
@@ -177,27 +226,55 @@ class Embedder:
             )
         return reference
 
-    def predict_from_embeddings(self, z: np.ndarray) -> pd.DataFrame:
+    def predict_from_embeddings(
+        self, z: np.ndarray, datasets: Sequence[str | None] | None = None
+    ) -> pd.DataFrame:
         """Predicted properties of models whose embeddings ``z`` ``[n, dim]`` are known.
 
         Each prediction lies in its property's range
         (:data:`weightspace.objectives.PROPERTY_RANGES`: accuracies in [0, 1], gaps in
         [-1, 1]).
 
+        Args:
+            z: the embeddings.
+            datasets: the data set of each model, one of the run's
+                (:attr:`LoadedRun.datasets`); required when the run's head reads it,
+                ignored otherwise.
+
         Raises:
-            ValueError: ``z`` is not of shape ``[n, dim]``.
+            ValueError: ``z`` is not of shape ``[n, dim]``, or ``datasets`` is missing, of
+                another length, or names a data set the run did not learn.
         """
         z = np.asarray(z)
         if z.ndim != 2 or z.shape[1] != self.dim:
             raise ValueError(
                 f"The 'z' parameter must be embeddings of shape [n, {self.dim}]. Got {z.shape}."
             )
+        index = self._dataset_index(datasets, len(z))
         with torch.no_grad():
-            standardised = self.run.head(torch.as_tensor(z, dtype=torch.float32)).numpy()
+            standardised = self.run.head(torch.as_tensor(z, dtype=torch.float32), index).numpy()
         mean = np.asarray(self.run.config["target_mean"])
         std = np.asarray(self.run.config["target_std"])
         predicted = bound_predictions(standardised * std + mean, self.properties)
         return pd.DataFrame(predicted, columns=self.properties)
+
+    def _dataset_index(self, datasets: Sequence[str | None] | None, n: int) -> torch.Tensor | None:
+        known = self.run.datasets
+        if not known:
+            return None
+        if datasets is None or len(datasets) != n:
+            got = "none" if datasets is None else f"{len(datasets)}"
+            raise ValueError(
+                f"This run predicts per data set ({', '.join(known)}): pass one data set "
+                f"per model ({n}), got {got}."
+            )
+        unknown = sorted({str(d) for d in datasets if d not in known})
+        if unknown:
+            raise ValueError(
+                f"The run learned the data sets {known}, not {unknown}; "
+                "see Embedder.assumed_datasets."
+            )
+        return torch.tensor([known.index(str(d)) for d in datasets], dtype=torch.int64)
 
 
 def _family_of(model: ModelLike) -> str | None:

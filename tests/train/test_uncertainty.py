@@ -82,6 +82,8 @@ def test_family_and_dataset_flags(gnn_training, small_zoo, capsys):
     assert "family" in embedder.predict_with_uncertainty([module])["unseen"][0]
     run = str(gnn_training.run_dir)
     assert main(["predict", "--run", run, known]) == 0
-    assert "predictions assume a data set the run was trained on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "each prediction assumes the data set in its 'dataset' column" in out
+    assert dataset in out.splitlines()[-1]
     assert main(["predict", "--run", run, known, "--dataset", "cifar10", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["unseen"] == "dataset"

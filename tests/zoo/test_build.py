@@ -328,3 +328,30 @@ def test_stacked_optimizers_match_torch(kind):
             opt.step()
     for i, p in enumerate(singles):
         torch.testing.assert_close(stacked["w"][i], p.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_mnist_mixed_spans_architectures_and_leaves_some_out():
+    from weightspace.zoo.presets import MIXED_MAX_PARAMS, MIXED_MLP_DEPTHS
+
+    plans = load_preset("mnist-mixed")
+    assert len(plan_jobs(plans, None, 0, None)[1]) >= 2000
+    assert {p.dataset for p in plans} == {"mnist"} and {p.family for p in plans} == {
+        "mlp",
+        "cnn",
+        "vgg",
+    }
+    mlps = [p.arch["hidden"] for p in plans if p.family == "mlp"]
+    assert len({tuple(h) for h in mlps}) == len(mlps)  # no architecture twice
+    assert {len(h) for h in mlps} == set(MIXED_MLP_DEPTHS)
+    widths = {w for h in mlps for w in h}
+    assert min(widths) == 16 and max(widths) == 512
+    assert not widths & {20, 50, 100, 200}  # kept for networks outside the zoo
+    for plan in plans:
+        shape = (
+            {"in_features": 784} if plan.family == "mlp" else {"in_channels": 1, "image_size": 28}
+        )
+        model = build_model({"family": plan.family, **plan.arch, **shape})
+        assert sum(p.numel() for p in model.parameters()) <= MIXED_MAX_PARAMS
+    assert any(p.arch.get("batch_norm") for p in plans)
+    assert {p.arch["activation"] for p in plans} == {"relu", "tanh", "gelu"}
+    assert {p.optimizer for p in plans} == {"adam", "sgd"}

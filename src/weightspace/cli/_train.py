@@ -30,14 +30,17 @@ EMBED_EXAMPLES = """examples:
 """
 
 PREDICT_EXAMPLES = """examples:
-  weightspace predict --run runs/gnn model.pt2
+  weightspace predict --run runs/gnn --dataset mnist model.pt2
   weightspace predict --run runs/gnn zoos/tiny/models/*.safetensors
 
-Each prediction comes with its 90% conformal interval (calibrated on the run's validation
-models), an out-of-distribution score "ood" (about 1 or less: like the models the run was
-trained on; well above 1: a guess far outside them) and "unseen" flags (an input width no
-training model had). A file that cannot be read or converted is reported on stderr and
-skipped; the others are still predicted, and the exit status is then 1 (2 for bad arguments).
+Accuracy means something only for a data set: predictions are conditioned on --dataset, or,
+without it, on the data set most training models of the same input width learned (the
+"dataset" column says which). Each prediction comes with its 90% conformal interval
+(calibrated on the run's validation models), an out-of-distribution score "ood" (about 1 or
+less: like the models the run was trained on; well above 1: a guess far outside them) and
+"unseen" flags (an input width, zoo family or --dataset no training model had). A file
+that cannot be read or converted is reported on stderr and skipped; the others are still
+predicted, and the exit status is then 1 (2 for bad arguments).
 """
 
 
@@ -109,7 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument(
         "--dataset",
-        help="the data set the models were trained on; flagged 'dataset' if the run never saw it",
+        help="the data set the models were trained on: predictions are conditioned on it "
+        "(flagged 'dataset' if the run never saw it)",
     )
     add_trust_pickle(q)
     q.set_defaults(run=run_predict)
@@ -184,15 +188,16 @@ def run_predict(args: argparse.Namespace) -> int:
             if args.dataset is None and embedder.training_datasets:
                 known = ", ".join(embedder.training_datasets)
                 print(
-                    f"predictions assume a data set the run was trained on ({known}); "
-                    "pass --dataset to check"
+                    "each prediction assumes the data set in its 'dataset' column (the run "
+                    f"learned {known}); pass --dataset to say which"
                 )
             print(_prediction_table(table, embedder.properties))
     return 0 if len(files) == len(args.models) else 1
 
 
 def _prediction_table(table, properties: list[str]) -> str:
-    """One row per model: each property as ``value [low, high]``, the OOD score, flags."""
+    """One row per model: the data set assumed, each property as ``value [low, high]``, the
+    OOD score, flags."""
 
     def cell(row, name: str) -> str:
         if row[f"{name} low"] != row[f"{name} low"]:  # NaN: no interval recorded
@@ -200,10 +205,16 @@ def _prediction_table(table, properties: list[str]) -> str:
         return f"{row[name]:.3f} [{row[f'{name} low']:.2f}, {row[f'{name} high']:.2f}]"
 
     rows = [
-        [row["file"], *(cell(row, p) for p in properties), f"{row['ood']:.2f}", row["unseen"]]
+        [
+            row["file"],
+            row["dataset"],
+            *(cell(row, p) for p in properties),
+            f"{row['ood']:.2f}",
+            row["unseen"],
+        ]
         for _, row in table.iterrows()
     ]
-    headers = ["file", *(f"{p} [90% interval]" for p in properties), "ood", "unseen"]
+    headers = ["file", "dataset", *(f"{p} [90% interval]" for p in properties), "ood", "unseen"]
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 

@@ -212,7 +212,10 @@ def train_and_evaluate(job: Job, graphs: Mapping[str, NeuralGraph]) -> Outcome:
         }
         shown = None
         if job.shown:
-            predicted = embedder.predict_from_embeddings(z)
+            test_graphs = [graphs[i] for i in job.split.test]
+            sources = catalog.set_index("id").loc[job.split.test, "dataset"].astype(str).tolist()
+            datasets = embedder.assumed_datasets(test_graphs, sources)
+            predicted = embedder.predict_from_embeddings(z, datasets)
             shown = Shown(
                 encoder_config=embedder.run.config["encoder_config"],
                 history=result.history.to_dict(orient="records"),

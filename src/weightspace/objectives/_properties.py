@@ -37,23 +37,41 @@ def bound_predictions(values: np.ndarray, properties: Sequence[str]) -> np.ndarr
 
 
 class PropertyHead(nn.Module):
-    """A small MLP from an embedding to standardised property values.
+    """A small MLP from an embedding (and the model's data set) to standardised properties.
+
+    Accuracy only means something for a data set: with ``n_datasets`` > 0 the head also
+    reads a one-hot code of the data set each model was trained on (index ``-1``: none of
+    them, an all-zero code), so one embedding gives each data set its own prediction.
 
     Args:
         in_dim: embedding width.
         hidden: hidden width.
         n_properties: number of predicted properties.
+        n_datasets: number of data sets the head tells apart (0: it reads the embedding only).
     """
 
-    def __init__(self, in_dim: int, hidden: int, n_properties: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, n_properties: int, n_datasets: int = 0) -> None:
         super().__init__()
+        self.n_datasets = n_datasets
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_properties)
+            nn.Linear(in_dim + n_datasets, hidden), nn.ReLU(), nn.Linear(hidden, n_properties)
         )
 
-    def forward(self, z: Tensor) -> Tensor:
-        """``[B, n_properties]`` standardised predictions."""
-        return self.net(z)
+    def forward(self, z: Tensor, dataset: Tensor | None = None) -> Tensor:
+        """``[B, n_properties]`` standardised predictions.
+
+        Args:
+            z: ``[B, in_dim]`` embeddings.
+            dataset: ``[B]`` int64 data set index of each model in ``[-1, n_datasets)``;
+                required when the head tells data sets apart, ignored otherwise.
+        """
+        if self.n_datasets == 0:
+            return self.net(z)
+        if dataset is None:
+            raise ValueError("this head is conditioned on the data set: pass 'dataset'")
+        code = torch.zeros(len(z), self.n_datasets + 1, dtype=z.dtype, device=z.device)
+        code[torch.arange(len(z), device=z.device), dataset.to(z.device) + 1] = 1.0
+        return self.net(torch.cat([z, code[:, 1:]], dim=1))
 
 
 def masked_mse(prediction: Tensor, target: Tensor) -> Tensor:

@@ -80,6 +80,11 @@ class LoadedRun:
     def properties(self) -> list[str]:
         return list(self.config["properties"])
 
+    @property
+    def datasets(self) -> list[str]:
+        """The data sets the property head tells apart (empty: it reads embeddings only)."""
+        return list(self.config.get("datasets", []))
+
 
 def parameter_count(*modules: torch.nn.Module) -> int:
     """Elements of every parameter and buffer of ``modules`` (meta modules too)."""
@@ -91,6 +96,7 @@ def meta_modules(
     encoder_config: Mapping[str, Any],
     head_hidden: int,
     n_properties: int,
+    n_datasets: int = 0,
     *,
     where: str,
     error: type[WeightspaceError],
@@ -107,7 +113,7 @@ def meta_modules(
     try:
         with torch.device("meta"):
             built = create_encoder(encoder, **encoder_config)
-            head = PropertyHead(built.out_dim, head_hidden, n_properties)
+            head = PropertyHead(built.out_dim, head_hidden, n_properties, n_datasets)
     except WeightspaceError as err:  # an unknown encoder or argument: says which
         raise error(f"{where}: {' '.join(str(err).split())}") from None
     except Exception as err:  # settings from a file can break a constructor in any way
@@ -218,6 +224,11 @@ def _check_fields(config: dict[str, Any], where: Path) -> None:
             "a mapping of train, val and test to lists of model ids",
         ),
     }
+    if "datasets" in config:  # runs before the head was conditioned on the data set lack it
+        rules["datasets"] = (
+            lambda v: _is_names(v) and len(set(v)) == len(v),
+            "a list of distinct data set names",
+        )
     for field, (valid, expected) in rules.items():
         if not valid(config[field]):
             raise RunError(
@@ -303,6 +314,7 @@ def load_run(path: str | Path, *, max_params: int = MAX_PARAMS) -> LoadedRun:
         config["encoder_config"],
         config["head_hidden"],
         len(config["properties"]),
+        len(config.get("datasets", [])),
         where=str(config_path),
         error=RunError,
         max_params=max_params,
@@ -322,7 +334,12 @@ def load_run(path: str | Path, *, max_params: int = MAX_PARAMS) -> LoadedRun:
     if broken:
         raise RunError(f"{weights}: tensor {broken[0]!r} holds NaN or infinite values; retrain")
     encoder = create_encoder(config["encoder"], **config["encoder_config"])
-    head = PropertyHead(encoder.out_dim, config["head_hidden"], len(config["properties"]))
+    head = PropertyHead(
+        encoder.out_dim,
+        config["head_hidden"],
+        len(config["properties"]),
+        len(config.get("datasets", [])),
+    )
     for module, prefix in ((encoder, "encoder."), (head, "head.")):
         module.load_state_dict(_strip(state, prefix))
     return LoadedRun(path, config, encoder.eval(), head.eval(), featurizer)

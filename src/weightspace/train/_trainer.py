@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,8 @@ class Trainer:
             graphs = dict(zip(ids, built))
 
         mean, std = _target_scale(targets.loc[split.train].to_numpy())
+        datasets = sorted(set(catalog.set_index("id").loc[split.train, "dataset"].astype(str)))
+        dataset_of = dataset_indices(catalog, datasets)
 
         def standardised(ids: Sequence[str]) -> Tensor:
             values = (targets.loc[list(ids)].to_numpy() - mean) / std
@@ -177,7 +180,9 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         encoder = create_encoder(cfg.encoder, **cfg.encoder_kwargs).to(self.device)
-        head = PropertyHead(encoder.out_dim, cfg.head_hidden, len(cfg.properties)).to(self.device)
+        head = PropertyHead(
+            encoder.out_dim, cfg.head_hidden, len(cfg.properties), len(datasets)
+        ).to(self.device)
         train_graphs = [graphs[i] for i in split.train]
         encoder.fit(b.to(self.device) for b in batches(train_graphs, EMBED_BATCH))
         parameters = [*encoder.parameters(), *head.parameters()]
@@ -195,6 +200,7 @@ class Trainer:
         stale = 0
         generator = torch.Generator().manual_seed(cfg.seed)
         y_train, y_val = standardised(split.train), standardised(split.val)
+        d_train, d_val = dataset_of(split.train), dataset_of(split.val)
         val_graphs = [graphs[i] for i in split.val]
         bar = tqdm(
             range(cfg.epochs), desc=f"train {cfg.encoder}", unit="epoch", disable=not self.progress
@@ -202,9 +208,16 @@ class Trainer:
         for epoch in bar:
             start = time.perf_counter()
             train = self._train_epoch(
-                encoder, head, optimizer, schedule, train_graphs, y_train, generator, epoch + 1
+                encoder,
+                head,
+                optimizer,
+                schedule,
+                train_graphs,
+                (y_train, d_train),
+                generator,
+                epoch + 1,
             )
-            val = self._evaluate(encoder, head, val_graphs, y_val)
+            val = self._evaluate(encoder, head, val_graphs, (y_val, d_val))
             if not math.isfinite(val["total"]):
                 raise self._diverged(f"epoch {epoch + 1}: the validation loss", val, schedule)
             row: dict[str, float] = {"epoch": epoch + 1}
@@ -239,6 +252,7 @@ class Trainer:
             "featurizer": {**asdict(featurizer), "fingerprint": featurizer.fingerprint},
             "properties": list(cfg.properties),
             "head_hidden": cfg.head_hidden,
+            "datasets": datasets,
             "target_mean": mean.tolist(),
             "target_std": std.tolist(),
             "zoo": str(zoo.root),
@@ -248,7 +262,7 @@ class Trainer:
         encoder.cpu()
         head.cpu()
         uncertainty, reference = self._uncertainty(
-            encoder, head, graphs, split, catalog, targets, mean, std
+            encoder, head, graphs, split, catalog, targets, mean, std, dataset_of
         )
         config_json["uncertainty"] = uncertainty
         clear_run(out)
@@ -260,6 +274,7 @@ class Trainer:
             encoder,
             head,
             [graphs[i] for i in split.test],
+            dataset_of(split.test),
             targets.loc[split.test].to_numpy(),
             mean,
             std,
@@ -278,24 +293,29 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler,
         graphs: Sequence[NeuralGraph],
-        y: Tensor,
+        targets: tuple[Tensor, Tensor],
         generator: torch.Generator,
         epoch: int,
     ) -> dict[str, float]:
         """One pass over shuffled training batches; the mean of each loss component.
+
+        ``targets``: the standardised properties ``[n, P]`` and data set indices ``[n]``.
 
         Raises:
             DivergedError: at the first non-finite loss, before it is backpropagated.
         """
         encoder.train()
         head.train()
+        y, dataset = targets
         order = torch.randperm(len(graphs), generator=generator).tolist()
         losses: list[dict[str, float]] = []
         for at in range(0, len(order) - 1, self.config.batch_size):
             chunk = order[at : at + self.config.batch_size]
             if len(chunk) < 2:  # InfoNCE needs another network in the batch
                 continue
-            step = self._losses(encoder, head, [graphs[k] for k in chunk], y[chunk], generator)
+            step = self._losses(
+                encoder, head, [graphs[k] for k in chunk], (y[chunk], dataset[chunk]), generator
+            )
             values = {k: float(v.detach()) for k, v in step.items()}
             if not math.isfinite(values["total"]):
                 where = f"epoch {epoch}, step {len(losses) + 1}: the training loss"
@@ -331,25 +351,31 @@ class Trainer:
         encoder: Encoder,
         head: PropertyHead,
         graphs: Sequence[NeuralGraph],
-        y: Tensor,
+        targets: tuple[Tensor, Tensor],
         generator: torch.Generator,
     ) -> dict[str, Tensor]:
         cfg = self.config
         z1 = encoder(self._views(encoder, graphs, generator))
         z2 = encoder(self._views(encoder, graphs, generator))
-        y = y.to(self.device)
+        y, dataset = (t.to(self.device) for t in targets)
         contrastive = info_nce(z1, z2, cfg.temperature)
-        prop = 0.5 * (masked_mse(head(z1), y) + masked_mse(head(z2), y))
+        prop = 0.5 * (masked_mse(head(z1, dataset), y) + masked_mse(head(z2, dataset), y))
         total = cfg.contrastive_weight * contrastive + (1 - cfg.contrastive_weight) * prop
         return {"total": total, "contrastive": contrastive, "property": prop}
 
     @torch.no_grad()
     def _evaluate(
-        self, encoder: Encoder, head: PropertyHead, graphs: Sequence[NeuralGraph], y: Tensor
+        self,
+        encoder: Encoder,
+        head: PropertyHead,
+        graphs: Sequence[NeuralGraph],
+        targets: tuple[Tensor, Tensor],
     ) -> dict[str, float]:
-        """Validation losses on fixed views (the same every epoch)."""
+        """Validation losses on fixed views (the same every epoch); ``targets`` as for
+        :meth:`_train_epoch`."""
         encoder.eval()
         head.eval()
+        y, dataset = targets
         generator = torch.Generator().manual_seed(self.config.seed + 1)
         sums = dict.fromkeys(LOSSES, 0.0)
         count = 0
@@ -358,7 +384,9 @@ class Trainer:
             chunk = list(range(at, min(at + size, len(graphs))))
             if len(chunk) < 2:
                 continue
-            losses = self._losses(encoder, head, [graphs[k] for k in chunk], y[chunk], generator)
+            losses = self._losses(
+                encoder, head, [graphs[k] for k in chunk], (y[chunk], dataset[chunk]), generator
+            )
             for k in sums:
                 sums[k] += float(losses[k]) * len(chunk)
             count += len(chunk)
@@ -369,12 +397,13 @@ class Trainer:
         encoder: Encoder,
         head: PropertyHead,
         graphs: Sequence[NeuralGraph],
+        dataset: Tensor,
         true: np.ndarray,
         mean: np.ndarray,
         std: np.ndarray,
         halfwidth: Mapping[str, float | None],
     ) -> dict[str, Any]:
-        predicted = self._predict(encoder, head, graphs, mean, std)
+        predicted = self._predict(encoder, head, graphs, dataset, mean, std)
         properties: dict[str, Any] = {}
         for k, name in enumerate(self.config.properties):
             properties[name] = regression_metrics(true[:, k], predicted[:, k])
@@ -391,11 +420,12 @@ class Trainer:
         encoder: Encoder,
         head: PropertyHead,
         graphs: Sequence[NeuralGraph],
+        dataset: Tensor,
         mean: np.ndarray,
         std: np.ndarray,
     ) -> np.ndarray:
         with torch.no_grad():
-            standardised = head(embed_graphs(encoder, graphs)).numpy()
+            standardised = head(embed_graphs(encoder, graphs), dataset).numpy()
         return bound_predictions(standardised * std + mean, self.config.properties)
 
     def _uncertainty(
@@ -408,6 +438,7 @@ class Trainer:
         targets: pd.DataFrame,
         mean: np.ndarray,
         std: np.ndarray,
+        dataset_of: Callable[[Sequence[str]], Tensor],
     ) -> tuple[dict[str, Any], np.ndarray]:
         """Conformal half-widths from the validation split, and the OOD reference."""
         train_graphs = [graphs[i] for i in split.train]
@@ -418,13 +449,34 @@ class Trainer:
             "input_nodes": [int(g.count_roles()["input"]) for g in train_graphs],
         }
         val_graphs = [graphs[i] for i in split.val]
-        return fit_uncertainty(
+        record, reference = fit_uncertainty(
             embed_graphs(encoder, train_graphs).numpy(),
-            self._predict(encoder, head, val_graphs, mean, std),
+            self._predict(encoder, head, val_graphs, dataset_of(split.val), mean, std),
             targets.loc[split.val].to_numpy(),
             list(self.config.properties),
             context,
         )
+        # Which data set a model of a given input width most likely learned, for
+        # predictions whose caller does not say.
+        pairs = Counter(zip(context["datasets"], context["input_nodes"]))
+        record["training_inputs"] = [
+            {"dataset": dataset, "input_nodes": width, "models": count}
+            for (dataset, width), count in sorted(pairs.items())
+        ]
+        return record, reference
+
+
+def dataset_indices(
+    catalog: pd.DataFrame, datasets: Sequence[str]
+) -> Callable[[Sequence[str]], Tensor]:
+    """Maps model ids to the int64 index of their data set in ``datasets`` (-1: not there)."""
+    position = {name: k for k, name in enumerate(datasets)}
+    by_id = catalog.set_index("id")["dataset"].astype(str)
+
+    def lookup(ids: Sequence[str]) -> Tensor:
+        return torch.tensor([position.get(by_id[i], -1) for i in ids], dtype=torch.int64)
+
+    return lookup
 
 
 def train(

@@ -306,6 +306,79 @@ def _cnn_zoo_mnist() -> list[GroupPlan]:
     return plans
 
 
+MIXED_MLP_DEPTHS = (1, 2, 3, 4, 6, 8)
+"""Hidden-layer counts of ``mnist-mixed``'s MLPs (5, 7 and 9 are left out for testing)."""
+MIXED_MLP_WIDTHS = (16, 32, 64, 128, 256, 512)
+"""First hidden widths of ``mnist-mixed``'s MLPs (20, 50, 100, 200 are left out)."""
+MIXED_MAX_PARAMS = 1_200_000
+MIXED_MLP_RUNS_PER_ARCH = 8  # (59 MLPs x 8 + 14 CNNs x 6 runs) x 4 checkpoints = 2,224 models
+MIXED_CNN_RUNS_PER_ARCH = 6
+
+
+def _mlp_params(widths: list[int], inputs: int = 784, outputs: int = 10) -> int:
+    sizes = [inputs, *widths, outputs]
+    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+
+
+def _mnist_mixed() -> list[GroupPlan]:
+    """MNIST classifiers of many architectures and recipes, for predictions across them.
+
+    MLPs of :data:`MIXED_MLP_DEPTHS` hidden layers, of constant width or halving from one
+    of :data:`MIXED_MLP_WIDTHS` (at least 16), at most :data:`MIXED_MAX_PARAMS` parameters;
+    strided CNNs (3 or 4 convolutions, kernels 3 and 5, global average pooling) and VGGs
+    (max pooling, with and without BatchNorm). Activation, optimizer and dropout change from
+    group to group; learning rate, weight decay, initialisation, label noise and the
+    fraction of data seen change from run to run.
+    """
+    groups: list[tuple[str, str, dict[str, Any]]] = []
+    seen: set[tuple[int, ...]] = set()
+    for depth in MIXED_MLP_DEPTHS:
+        for width in MIXED_MLP_WIDTHS:
+            for hidden in ([width] * depth, [max(16, width >> k) for k in range(depth)]):
+                if tuple(hidden) in seen or _mlp_params(hidden) > MIXED_MAX_PARAMS:
+                    continue  # halving from 16, or one layer, is the constant network
+                seen.add(tuple(hidden))
+                name = f"mlp-mnist-{'-'.join(map(str, hidden))}"
+                groups.append((name, "mlp", {"hidden": hidden}))
+    for channels in ([8, 16, 16], [16, 16, 16], [16, 32, 32], [16, 16, 32, 32]):
+        for kernel in (3, 5):
+            name = f"cnn-mnist-{'-'.join(map(str, channels))}-k{kernel}"
+            groups.append((name, "cnn", {"channels": channels, "kernel_size": kernel}))
+    for widths, convs, batch_norm in (
+        ([8, 16], 1, False),
+        ([8, 16], 1, True),
+        ([8, 16, 32], 1, False),
+        ([8, 16, 32], 1, True),
+        ([8, 16], 2, True),
+        ([16, 32], 1, False),
+    ):
+        name = f"vgg-mnist-{'-'.join(map(str, widths))}x{convs}{'-bn' if batch_norm else ''}"
+        arch = {
+            "widths": widths,
+            "convs_per_stage": convs,
+            "batch_norm": batch_norm,
+            "classifier_hidden": 32,
+        }
+        groups.append((name, "vgg", arch))
+    plans = []
+    for index, (name, family, arch) in enumerate(groups):
+        is_mlp = family == "mlp"
+        plan = GroupPlan(
+            name,
+            family,
+            {**arch, "activation": ("relu", "tanh", "gelu")[index % 3]}
+            | ({"dropout": (0.0, 0.1)[index // 3 % 2]} if is_mlp else {}),
+            "mnist",
+            MIXED_MLP_RUNS_PER_ARCH if is_mlp else MIXED_CNN_RUNS_PER_ARCH,
+            batch_size=128,
+            max_train=10_000 if is_mlp else 4_000,
+            initializer=tuple(INITIALIZERS),
+        )
+        plans.append(_sgd(plan) if index % 2 else plan)
+    # The slowest groups first, so that parallel workers finish together.
+    return sorted(plans, key=lambda plan: plan.family == "mlp")
+
+
 PRESETS = {
     "tiny": _tiny,
     "standard": _standard,
@@ -315,6 +388,7 @@ PRESETS = {
         "cnn-mnist-fixed", "vgg", {"widths": [8, 16], "classifier_hidden": 32}, 2_000
     ),
     "cnn-zoo-mnist": _cnn_zoo_mnist,
+    "mnist-mixed": _mnist_mixed,
 }
 
 

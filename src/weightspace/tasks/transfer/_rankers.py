@@ -141,7 +141,9 @@ class ZooEmbeddings:
             self.zoo, self.embedder.run.featurizer, missing, progress=self.progress
         )
         z = self.embedder.embed(graphs)  # [n, d]
-        accuracy = self.embedder.predict_from_embeddings(z)["test_accuracy"].to_numpy()
+        sources = self.zoo.catalog.set_index("id").loc[missing, "dataset"].astype(str).tolist()
+        datasets = self.embedder.assumed_datasets(graphs, sources)
+        accuracy = self.embedder.predict_from_embeddings(z, datasets)["test_accuracy"].to_numpy()
         self._z.update(zip(missing, z))
         self._accuracy.update(zip(missing, accuracy.astype(float)))
 
