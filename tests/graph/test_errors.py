@@ -6,10 +6,10 @@ import weightspace as ws
 
 
 def test_unsupported_module_names_path_type_and_where_to_look():
-    net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Hardswish()), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Hardshrink()), nn.Linear(4, 2))
     with pytest.raises(
         ws.UnsupportedModuleError,
-        match=r"^1\.0: module Hardswish is not supported by the neural graph\. "
+        match=r"^1\.0: module Hardshrink is not supported by the neural graph\. "
         r"See 'weightspace inspect --supported'",
     ):
         ws.to_graph(net)
@@ -17,7 +17,7 @@ def test_unsupported_module_names_path_type_and_where_to_look():
 
 def test_unsupported_error_is_a_type_error():
     with pytest.raises(TypeError):
-        ws.to_graph(nn.Sequential(nn.Linear(3, 3), nn.ELU()))
+        ws.to_graph(nn.Sequential(nn.Linear(3, 3), nn.Hardshrink()))
 
 
 def test_unsupported_function_is_named():

@@ -101,12 +101,12 @@ def test_unsupported_module_is_one_short_line_naming_the_path():
 
 
 def test_unsupported_exported_operation_names_its_module():
-    net = nn.Sequential(nn.Linear(4, 4), nn.Hardswish(), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Linear(4, 4), nn.Hardshrink(), nn.Linear(4, 2))
     x = torch.randn(2, 4)
     with pytest.raises(ws.UnsupportedModuleError) as info:
         ws.to_graph(torch.export.export(net, (x,)).module(), x)
     message = str(info.value)
-    assert message.startswith("1 (hardswish): function 'hardswish' is not supported")
+    assert message.startswith("1 (hardshrink): function 'hardshrink' is not supported")
     assert "\n" not in message and len(message) < 200
 
 

@@ -105,6 +105,12 @@ _ACTIVATION_MODULES: dict[type, str] = {
     nn.SiLU: "silu",
     nn.Tanh: "tanh",
     nn.Sigmoid: "sigmoid",
+    nn.ELU: "elu",
+    nn.SELU: "selu",
+    nn.Softplus: "softplus",
+    nn.Hardswish: "hardswish",
+    nn.Mish: "mish",
+    nn.ReLU6: "relu6",
 }
 _FUNCTION_NAMES: dict[Any, str] = {
     operator.add: "add",
@@ -132,6 +138,13 @@ _FUNCTION_NAMES: dict[Any, str] = {
     F.tanh: "tanh",
     torch.sigmoid: "sigmoid",
     F.sigmoid: "sigmoid",
+    F.elu: "elu",
+    F.selu: "selu",
+    torch.selu: "selu",
+    F.softplus: "softplus",
+    F.hardswish: "hardswish",
+    F.mish: "mish",
+    F.relu6: "relu6",
     F.dropout: "dropout",
     F.softmax: "softmax",
     torch.softmax: "softmax",
@@ -1480,6 +1493,15 @@ class _Converter:
     def _op_activation(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
         return self._activation(self._value(_get(args, 0)), name)
 
+    def _op_hardtanh(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        """``hardtanh(x, 0, 6)``: ReLU6 as ``torch.export`` writes it."""
+        low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+        bounds = (float(low), float(high))
+        if bounds != (0.0, 6.0):
+            raise self._fail(f"hardtanh with bounds {bounds} (only ReLU6's (0, 6) converts)")
+        return self._activation(self._value(_get(args, 0)), "relu6")
+
     def _op_pass_through(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         return _get(args, 0)
 
@@ -2120,6 +2142,7 @@ _OPERATIONS = _operation_table(
         f"activations ({', '.join(_ACTIVATION_NAMES)})",
         False,
     ),
+    (("hardtanh",), _Converter._op_hardtanh, "hardtanh(x, 0, 6) (exported ReLU6)", False),
     (
         _PASS_THROUGH,
         _Converter._op_pass_through,

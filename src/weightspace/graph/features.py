@@ -30,7 +30,21 @@ from __future__ import annotations
 from torch import Tensor
 
 ROLES = ("input", "hidden", "output", "junction", "attention")
-ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
+ACTIVATIONS = (
+    "none",
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "elu",
+    "selu",
+    "softplus",
+    "hardswish",
+    "mish",
+    "relu6",
+)
 EDGE_TYPES = (
     "linear",
     "conv",
