@@ -19,8 +19,9 @@ Spearman >= 0.8 and MAE <= 0.03; the best standard run Spearman >= 0.6 and MAE <
 intervals of the best ``mnist-mixed`` run cover 85-95 % of the networks; its OOD score
 rank-correlates positively with the absolute error.
 
+Both the zoo and the outside networks are made first where missing.
+
 Usage:
-    WEIGHTSPACE_DATA=../shared/data python bench/outside_mnist.py --out zoos/outside-mnist
     WEIGHTSPACE_DATA=../shared/data python bench/generalization.py --zoo zoos/mnist-mixed \\
         --outside zoos/outside-mnist --standard-runs runs/standard/runs
     python bench/generalization.py --zoo zoos/mnist-mixed --outside zoos/outside-mnist \\
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 from _results import write_result
+from outside_mnist import make as make_outside
 from scipy import stats
 from tabulate import tabulate
 
@@ -150,9 +152,11 @@ def check_targets(mixed: list[dict], standard: list[dict]) -> dict[str, dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default="zoos/mnist-mixed", help="built there if missing")
-    parser.add_argument("--outside", default="zoos/outside-mnist", help="bench/outside_mnist.py")
+    parser.add_argument(
+        "--outside", default="zoos/outside-mnist", help="made by bench/outside_mnist.py if missing"
+    )
     parser.add_argument("--out", default="bench/results/generalization", help="run directories")
-    parser.add_argument("--encoders", default="gnn,weightnet,statnn")
+    parser.add_argument("--encoders", default="probe,gnn,weightnet,statnn")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--patience", type=int, default=10)
@@ -161,7 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     zoo_dir, outside = Path(args.zoo), Path(args.outside)
     if not (outside / "manifest.json").is_file():
-        parser.error(f"--outside {outside}: no manifest.json; run bench/outside_mnist.py first")
+        make_outside(outside)
     files, measured, manifest = outside_networks(outside)
     if not (zoo_dir / CATALOG_FILE).is_file():
         build_zoo("mnist-mixed", zoo_dir, workers=2)

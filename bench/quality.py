@@ -1,6 +1,6 @@
 """Benchmark: accuracy of property prediction against the published NFN peer.
 
-Trains ``gnn``, ``weightnet``, ``statnn``, ``mlp`` and the NFN peer (NFN-NP and NFN-HNP
+Trains ``gnn``, ``weightnet``, ``probe``, ``statnn``, ``mlp`` and the NFN peer (NFN-NP and NFN-HNP
 from the ``nfn`` package) on a fixed-architecture zoo (default ``mnist-mlp``: 1000 MLPs
 784-32-32-10 on MNIST) with identical splits, views and seeds, and records for each
 Kendall τ and R² of test-accuracy and generalization-gap prediction on the test split
@@ -64,6 +64,7 @@ ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
     "gnn-pos": ("gnn", {"positions": 64}),
     "gnn-rff": ("gnn", {"fourier_features": 8}),
     "weightnet": ("weightnet", {}),
+    "probe": ("probe", {}),
     "statnn": ("statnn", {}),
     "mlp": ("mlp", {}),
     "nfn-np": ("nfn", {"variant": "np"}),
@@ -228,7 +229,7 @@ def main() -> None:
     )
 
 
-OUR_ENCODERS = ("gnn", "gnn-pos", "gnn-rff", "weightnet")
+OUR_ENCODERS = ("gnn", "gnn-pos", "gnn-rff", "weightnet", "probe")
 GNN_MARGIN = 0.03  # Kendall τ on accuracy over statnn
 BEST_R2 = 0.9
 MAX_TAU_STD = 0.02

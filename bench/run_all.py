@@ -47,6 +47,8 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "quality-mnist-cnn": ("quality", ["--preset", "mnist-cnn"]),
     "quality-cnn-zoo-mnist": ("quality", ["--preset", "cnn-zoo-mnist"]),
     "make_run": ("make_run", []),
+    # after make_run: it also predicts with the runs the study trained on the standard zoo
+    "generalization": ("generalization", ["--standard-runs", "runs/standard/runs"]),
 }
 
 
@@ -245,6 +247,59 @@ def _make_run_rows(r: dict) -> list[list]:
     ]
 
 
+def _generalization_rows(r: dict) -> list[list]:
+    rows = []
+    for name, verdict in r["targets"].items():
+        target = verdict.get("target")
+        if isinstance(target, dict):  # Spearman and MAE together
+            value = f"{verdict['spearman']:.3f} / {verdict['mae']:.3f}"
+            wanted = f">= {target['spearman']} / <= {target['mae']}"
+        elif isinstance(target, list):
+            value, wanted = f"{verdict['coverage']:.2f}", f"{target[0]}-{target[1]}"
+        else:
+            value, wanted = f"{verdict['spearman']:.2f}", "> 0"
+        what = f"outside-zoo MNIST networks, {name} ({Path(verdict['run']).name})"
+        rows.append([what, value, wanted, "", "met" if verdict["met"] else "NOT met"])
+    return rows
+
+
+def _generalization_details(r: dict) -> list[str]:
+    outside = r["outside"]
+    lines = [
+        f"{outside['networks']} networks from `bench/outside_mnist.py` (styles "
+        f"{', '.join(outside['styles'])}; measured test accuracy {min(outside['measured']):.3f}-"
+        f"{max(outside['measured']):.3f}), predicted with `--dataset mnist` by runs trained on "
+        f"`{r['zoo']}` ({r['zoo_models']} models; {r['seeds']} seeds, at most {r['epochs']} "
+        f"epochs, patience {r['patience']}) and by the standard study's runs.",
+        "",
+    ]
+    rows = [
+        [
+            zoo,
+            Path(run["run"]).name,
+            f"{run['spearman']:.3f}",
+            f"{run['kendall']:.3f}",
+            f"{run['mae']:.3f}",
+            "-" if run["coverage"] is None else f"{run['coverage']:.2f}",
+            f"{run['ood_error_spearman']:.2f}",
+            f"{run['in_zoo_spearman']:.3f} / {run['in_zoo_mae']:.3f}",
+        ]
+        for zoo, group in (("mnist-mixed", r["mixed"]), ("standard", r["standard"]))
+        for run in group
+    ]
+    headers = (
+        "trained on",
+        "run",
+        "Spearman",
+        "Kendall τ",
+        "MAE",
+        "90% interval coverage",
+        "Spearman(OOD, error)",
+        "in-zoo test Spearman / MAE",
+    )
+    return lines + [tabulate(rows, headers=headers, tablefmt="github")]
+
+
 SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "graph": _graph_rows,
     "zoo_build": _zoo_rows,
@@ -255,6 +310,7 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "quality-mnist-cnn": _quality_rows,
     "quality-cnn-zoo-mnist": _quality_rows,
     "make_run": _make_run_rows,
+    "generalization": _generalization_rows,
 }
 
 
@@ -293,6 +349,8 @@ def _details(name: str, r: dict) -> list[str]:
         )
     elif name.startswith("quality"):
         lines += _quality_details(r)
+    elif name == "generalization":
+        lines += _generalization_details(r)
     elif name.startswith("zoo_build"):
         group = r["group"]
         lines.append(

@@ -46,12 +46,12 @@ def test_inspect_wrong_suffix(tmp_path, capsys):
 
 
 def test_inspect_unsupported_layer_is_one_line(tmp_path, capsys):
-    net = nn.Sequential(nn.Linear(4, 4), nn.Hardswish(), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Linear(4, 4), nn.Hardshrink(), nn.Linear(4, 2))
     path = tmp_path / "hs.pt2"
     torch.export.save(torch.export.export(net, (torch.randn(2, 4),)), str(path))
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "hardswish" in err and "not supported" in err
+    assert err.count("\n") == 1 and "hardshrink" in err and "not supported" in err
 
 
 def test_demo_reports_every_family(capsys):

@@ -67,8 +67,8 @@ def source(tmp_path_factory):
     junk = bytes(range(187, 256)) + bytes(range(187)) * 2  # not a header, not a pickle
     (src / "corrupt.safetensors").write_bytes(junk)
     (src / "random.pt").write_bytes(junk)
-    hardswish = nn.Sequential(nn.Linear(4, 4), nn.Hardswish(), nn.Linear(4, 2))
-    _export(hardswish, torch.randn(2, 4), src / "hardswish.pt2")
+    hardshrink = nn.Sequential(nn.Linear(4, 4), nn.Hardshrink(), nn.Linear(4, 2))
+    _export(hardshrink, torch.randn(2, 4), src / "hardshrink.pt2")
     (src / "model.onnx").write_bytes(b"\x08\x07\x12\x00onnx")
     (src / "blob.bin").write_bytes(b"\x00\x01\x02")  # binary, unknown suffix
     (src / "README.md").write_text("checkpoints from the cluster\n")  # text: ignored
@@ -123,7 +123,8 @@ def test_every_skip_has_its_reason(imported):
         "full.pt": r"^refused: pickle needs code execution to load \(it imports "
         r"weightspace\.zoo\.families\.MLP\); pass --trust-pickle if you trust this file$",
         "gone/missing.pt": r"^listed in metadata but not found$",
-        "hardswish.pt2": r"^unsupported layer: .*'hardswish' is not supported by the neural graph$",
+        "hardshrink.pt2": r"^unsupported layer: .*'hardshrink' is not supported by the neural "
+        r"graph$",
         "model.onnx": r"^corrupt: not a readable ONNX model \(",
         "nospec.pth": r"^unknown architecture: no weightspace spec in the file and none in the "
         r"metadata \(or in a sidecar nospec\.spec\.json\)$",

@@ -5,7 +5,7 @@ names them. Every encoder maps a :class:`~weightspace.GraphBatch` of prepared gr
 (:class:`~weightspace.featurize.Featurizer`) to ``[B, out_dim]`` embeddings.
 """
 
-from . import flat, gnn, nfn, statnn, transformer, weightnet  # noqa: F401  (registration)
+from . import flat, gnn, nfn, probe, statnn, transformer, weightnet  # noqa: F401  (registration)
 from ._base import Encoder
 from ._flat import flat_weights
 from ._registry import (

@@ -9,6 +9,7 @@ from ._batch import GraphBatch
 from ._convert import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, supported_operations, to_graph
 from ._folding import fold_batchnorm
 from ._graph import LayerInfo, NeuralGraph, ParamBinding
+from ._probes import PROBE_SEED, PROBE_WIDTH, PROBES, probe_inputs
 from ._trace import ExampleInput
 from .features import (
     ACTIVATIONS,
@@ -35,6 +36,9 @@ __all__ = [
     "NODE_STATS",
     "NODE_STAT_DIM",
     "PREPARED_NODE_DIM",
+    "PROBES",
+    "PROBE_SEED",
+    "PROBE_WIDTH",
     "NeuralGraph",
     "ParamBinding",
     "ROLES",
@@ -42,6 +46,7 @@ __all__ = [
     "SUPPORTED_MODULES",
     "fold_batchnorm",
     "is_prepared",
+    "probe_inputs",
     "supported_operations",
     "to_graph",
 ]

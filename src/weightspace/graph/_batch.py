@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..exceptions import GraphError
 from ._graph import NeuralGraph
+from ._probes import PROBE_WIDTH, PROBES
 from .features import EDGE_FEATURE_DIM, NODE_FEATURE_DIM, PREPARED_NODE_DIM
 
 
@@ -28,6 +29,10 @@ class GraphBatch:
         batch: ``[N]`` the graph of each node.
         edge_batch: ``[E]`` the graph of each edge.
         ptr: ``[B + 1]`` node offsets: graph ``i`` owns nodes ``ptr[i]:ptr[i + 1]``.
+        probe_outputs: ``[B, PROBES, PROBE_WIDTH]`` each network's outputs on the fixed
+            probes (``NeuralGraph.probe_outputs``), zero-padded.
+        probe_mask: ``[B, PROBE_WIDTH]`` True on the output units a network has (all False
+            for a graph without probe outputs).
     """
 
     node_features: Tensor
@@ -37,6 +42,8 @@ class GraphBatch:
     batch: Tensor
     edge_batch: Tensor
     ptr: Tensor
+    probe_outputs: Tensor
+    probe_mask: Tensor
 
     @classmethod
     def from_graphs(cls, graphs: Sequence[NeuralGraph]) -> GraphBatch:
@@ -66,6 +73,13 @@ class GraphBatch:
             )
             offset += g.num_edges
         edge_offsets = ptr[:-1].repeat_interleave(num_edges)
+        probes = torch.zeros(len(graphs), PROBES, PROBE_WIDTH, dtype=dtype)
+        probe_mask = torch.zeros(len(graphs), PROBE_WIDTH, dtype=torch.bool)
+        for i, g in enumerate(graphs):
+            if g.probe_outputs is not None:
+                width = g.probe_outputs.shape[1]
+                probes[i, :, :width] = g.probe_outputs
+                probe_mask[i, :width] = True
         return cls(
             node_features=torch.cat([g.node_features.to(dtype) for g in graphs]),
             edge_index=torch.cat([g.edge_index for g in graphs], dim=1) + edge_offsets,
@@ -74,6 +88,8 @@ class GraphBatch:
             batch=torch.arange(len(graphs)).repeat_interleave(num_nodes),
             edge_batch=torch.arange(len(graphs)).repeat_interleave(num_edges),
             ptr=ptr,
+            probe_outputs=probes,
+            probe_mask=probe_mask,
         )
 
     @property
@@ -136,3 +152,14 @@ def _validate(g: NeuralGraph, i: int, width: int) -> None:
         )
     if e and (int(g.edge_index.min()) < 0 or int(g.edge_index.max()) >= n):
         raise GraphError(f"graph {i}: 'edge_index' refers to nodes outside [0, {n})")
+    probes = g.probe_outputs
+    if probes is not None and (
+        probes.dim() != 2
+        or probes.shape[0] != PROBES
+        or probes.shape[1] > PROBE_WIDTH
+        or not probes.is_floating_point()
+    ):
+        raise GraphError(
+            f"graph {i}: expected 'probe_outputs' of floats of shape [{PROBES}, "
+            f"<= {PROBE_WIDTH}] or None (got {probes.dtype} {list(probes.shape)})"
+        )

@@ -17,12 +17,14 @@ from ..exceptions import UnsupportedModuleError
 from ._builder import GraphBuilder, Value
 from ._folding import batchnorm_affine, foldable_batchnorms, module_affine
 from ._graph import LayerInfo, NeuralGraph, ParamBinding
+from ._probes import probe_outputs
 from ._trace import (
     ExampleInput,
     TensorInfo,
     candidate_inputs,
     check_finite,
     eval_mode,
+    flat_inputs,
     record_shapes,
     record_shapes_guessing,
     trace,
@@ -259,10 +261,12 @@ def to_graph(module: nn.Module, example_input: ExampleInput | None = None) -> Ne
     gm = trace(module, example_input)
     with eval_mode(gm):
         if example_input is None:
-            seen = record_shapes_guessing(gm, candidate_inputs(module, gm))
+            example_input, seen = record_shapes_guessing(gm, candidate_inputs(module, gm))
         else:
             seen = record_shapes(gm, example_input)
-        return _Converter(gm, seen).run()
+        graph = _Converter(gm, seen).run()
+        outputs = probe_outputs(lambda x: gm(*flat_inputs(gm, x)), module, example_input)
+    return replace(graph, probe_outputs=outputs)
 
 
 _MAX_MESSAGE = 200  # characters in an UnsupportedModuleError message, at most

@@ -68,6 +68,9 @@ class NeuralGraph:
             nodes (attention heads) that may be permuted as units.
         bindings: parameter name of the source network -> :class:`ParamBinding`.
         layers: the operations that built the graph, in order.
+        probe_outputs: ``[PROBES, k]`` the network's outputs on fixed probe inputs (see
+            :mod:`weightspace.graph._probes`), None when its input takes no probes. Every
+            function-preserving symmetry leaves them unchanged.
     """
 
     node_features: Tensor
@@ -80,6 +83,7 @@ class NeuralGraph:
     perm_blocks: tuple[Tensor, ...] = ()
     bindings: Mapping[str, ParamBinding] = field(default_factory=dict)
     layers: tuple[LayerInfo, ...] = ()
+    probe_outputs: Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -143,11 +147,13 @@ class NeuralGraph:
         return {t: int(c) for t, c in zip(EDGE_TYPES, counts) if c > 0}
 
     def to(self, dtype: torch.dtype) -> NeuralGraph:
-        """A copy with node and edge features cast to ``dtype``."""
+        """A copy with node and edge features (and probe outputs) cast to ``dtype``."""
+        probes = self.probe_outputs
         return replace(
             self,
             node_features=self.node_features.to(dtype),
             edge_features=self.edge_features.to(dtype),
+            probe_outputs=None if probes is None else probes.to(dtype),
         )
 
     def equal(self, other: NeuralGraph, atol: float = 0.0) -> bool:

@@ -198,11 +198,13 @@ def candidate_inputs(module: nn.Module, gm: fx.GraphModule) -> list[torch.Tensor
     )
 
 
-def record_shapes_guessing(gm: fx.GraphModule, candidates: list[torch.Tensor]) -> dict[str, Any]:
-    """:func:`record_shapes` with the first candidate input the network accepts."""
+def record_shapes_guessing(
+    gm: fx.GraphModule, candidates: list[torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The first candidate input the network accepts, and :func:`record_shapes` with it."""
     for candidate in candidates:
         try:
-            return record_shapes(gm, candidate)
+            return candidate, record_shapes(gm, candidate)
         except TraceError:
             continue
     shapes = ", ".join(str(tuple(c.shape)) for c in candidates)

@@ -52,6 +52,7 @@ def permute_graph(graph: NeuralGraph, perm: Tensor) -> NeuralGraph:
         perm_blocks=graph.perm_blocks,
         bindings=graph.bindings,
         layers=graph.layers,
+        probe_outputs=graph.probe_outputs,  # outputs of the same function: unchanged
     )
 
 

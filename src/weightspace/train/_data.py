@@ -66,6 +66,7 @@ def _save_graph(graph: NeuralGraph, source: dict[str, Any], path: Path) -> None:
     payload: dict[str, Any] = {name: getattr(graph, name) for name in _GRAPH_FIELDS}
     payload["perm_groups"] = list(graph.perm_groups)
     payload["perm_blocks"] = list(graph.perm_blocks)
+    payload["probe_outputs"] = graph.probe_outputs
     payload["source"] = source
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
@@ -82,6 +83,7 @@ def _read_entry(path: Path) -> tuple[NeuralGraph, dict[str, Any]] | None:
             **{name: payload[name] for name in _GRAPH_FIELDS},
             perm_groups=tuple(payload["perm_groups"]),
             perm_blocks=tuple(payload["perm_blocks"]),
+            probe_outputs=payload["probe_outputs"],
         )
         source = payload["source"]
         if not isinstance(source, dict) or not isinstance(source.get("sha256"), str):

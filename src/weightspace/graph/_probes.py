@@ -1,0 +1,133 @@
+"""The network's outputs on fixed probe inputs: what it computes, seen from outside.
+
+A function-preserving change of the weights (a permutation of hidden units, a rescaling
+that the activations absorb) leaves these outputs unchanged, so anything read from them is
+invariant to every such symmetry by construction. The probes are fixed: drawn from a
+generator seeded with :data:`PROBE_SEED`, shaped like one example input, the same on every
+machine, for every network with that input shape.
+
+- images ``[C, H, W]``: blobs, Gaussian-smoothed noise thresholded so that a fifth of the
+  pixels are foreground, at the two levels that give mean 0 and variance 1 (the scale of
+  the zoo's standardised images; MNIST digits cover about a fifth of their pixels);
+- other float inputs: standard normal noise;
+- token ids: ids drawn uniformly from the vocabulary of the network's first embedding.
+
+Outputs are reduced to ``[PROBES, k]``: image outputs are averaged on a coarse grid (4x4 for
+one channel, one cell per channel for ten), other dimensions beyond the second averaged
+away, then the first :data:`PROBE_WIDTH` values are kept (``k`` ≤ ``PROBE_WIDTH``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PROBES = 64
+"""Probe inputs per network."""
+PROBE_WIDTH = 16
+"""Output units kept per probe."""
+PROBE_SEED = 20_241_202
+FOREGROUND = 0.2
+"""Fraction of foreground pixels in a probe image."""
+_LIMIT = 1e30
+"""Outputs are clipped to ±this (networks with extreme weights overflow float32 otherwise)."""
+
+
+def probe_inputs(
+    example: Any, module: nn.Module, dtype: torch.dtype | None = None
+) -> Tensor | None:
+    """The fixed probes for a network taking ``example`` (one batch); None when the input
+    is not one tensor of floats or of token ids of a network with an embedding."""
+    if not isinstance(example, Tensor) or example.ndim < 2:
+        return None
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    shape = (PROBES, *example.shape[1:])
+    if example.is_floating_point():
+        dtype = dtype or example.dtype
+        if example.ndim == 4:
+            return _blobs(shape, gen).to(dtype)
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    embedding = next((m for m in module.modules() if isinstance(m, nn.Embedding)), None)
+    if embedding is None:
+        return None
+    return torch.randint(0, embedding.num_embeddings, shape, generator=gen).to(example.dtype)
+
+
+def _blobs(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """Binary blob images ``shape`` = ``[P, C, H, W]`` with mean 0 and variance 1."""
+    noise = torch.randn(shape, generator=gen, dtype=torch.float64)
+    sigma = max(shape[-1], shape[-2]) / 14  # 2 pixels on a 28x28 image
+    radius = max(1, math.ceil(2 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    flat = noise.reshape(-1, 1, *shape[2:])
+    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    smooth = flat.reshape(shape)
+    threshold = smooth.flatten(1).quantile(1 - FOREGROUND, dim=1).view(-1, 1, 1, 1)
+    low, high = -math.sqrt(FOREGROUND / (1 - FOREGROUND)), math.sqrt((1 - FOREGROUND) / FOREGROUND)
+    return torch.where(smooth > threshold, high, low)
+
+
+def probe_outputs(
+    forward: Callable[[Tensor], Any], module: nn.Module, example: Any
+) -> Tensor | None:
+    """``[PROBES, k]`` outputs of the network on its probes, or None.
+
+    Args:
+        forward: runs the network (in eval mode) on one batch of inputs.
+        module: the network (its parameters' dtype and embeddings shape the probes).
+        example: one batch of inputs, as the network takes them.
+
+    Returns None when the input has no probes (see :func:`probe_inputs`) or the network
+    cannot run on them. A program exported for a fixed batch size runs the probes in
+    batches of the example's size.
+    """
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    probes = probe_inputs(example, module, dtype)
+    if probes is None:
+        return None
+    with torch.no_grad():
+        try:
+            out = _first_tensor(forward(probes))
+        except Exception:  # a program exported for the example's batch size
+            size = example.shape[0]
+            try:
+                parts = [
+                    _first_tensor(forward(probes[at : at + size])) for at in range(0, PROBES, size)
+                ]
+                out = torch.cat(parts) if all(isinstance(t, Tensor) for t in parts) else None
+            except Exception:  # the network does not run on its probes: no probe outputs
+                return None
+    if out is None or out.shape[0] != PROBES or not out.is_floating_point():
+        return None
+    out = _reduce(out)[:, :PROBE_WIDTH]
+    return torch.nan_to_num(out, nan=0.0, posinf=_LIMIT, neginf=-_LIMIT).clamp(-_LIMIT, _LIMIT)
+
+
+def _reduce(out: Tensor) -> Tensor:
+    """``[PROBES, k]`` from a batch of outputs: image outputs ``[P, C, H, W]`` averaged on
+    a grid of at least one cell per channel (4x4 for one channel), other dimensions
+    beyond the second averaged away."""
+    if out.ndim == 4:
+        side = max(1, math.isqrt(PROBE_WIDTH // max(1, out.shape[1])))
+        return F.adaptive_avg_pool2d(out, min(side, out.shape[-2], out.shape[-1])).flatten(1)
+    return out.reshape(PROBES, -1) if out.ndim <= 2 else out.flatten(2).mean(dim=2)
+
+
+def _first_tensor(output: Any) -> Tensor | None:
+    """The tensor of a forward's result: itself, the first of a tuple, or the first value
+    of a mapping (Hugging Face outputs put ``logits`` first)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return next((item for item in output if isinstance(item, Tensor)), None)
+    return None
