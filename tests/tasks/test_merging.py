@@ -8,9 +8,11 @@ import weightspace.cli as cli
 from weightspace import Zoo
 from weightspace.checkpoints import load_model
 from weightspace.cli import _merge
-from weightspace.symmetry import permute
+from weightspace.graph import to_graph
+from weightspace.symmetry import permute, permute_module, sample_permutation
 from weightspace.tasks import merging
 from weightspace.tasks.merging import (
+    BN_EXAMPLES,
     AlignmentError,
     align,
     choose_pairs,
@@ -22,11 +24,12 @@ from weightspace.tasks.merging import (
     merge_study,
     task_data,
 )
+from weightspace.tasks.merging._align import one_thread
 from weightspace.tasks.merging.decoder import DecoderError, WeightDecoder
 from weightspace.testing import assert_function_preserved
 from weightspace.zoo import save_model_file
 from weightspace.zoo.build import build_zoo
-from weightspace.zoo.families import build_model
+from weightspace.zoo.families import FAMILIES, build_model
 
 # One fixed architecture, six training runs (checkpoints after epochs 1, 2 and 4).
 PRESET = {
@@ -62,17 +65,18 @@ def _states_close(a, b, atol):
     return sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=atol) for k in sa)
 
 
-@pytest.mark.parametrize("family", ["mlp", "vgg", "resnet"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_align_undoes_a_permutation_exactly(examples32, family, generator):
     example = examples32[family]
-    permuted = permute(example.module, generator, example.inputs)
+    graph = to_graph(example.module, example.inputs)
+    permuted = permute_module(example.module, graph, sample_permutation(graph, generator))
     assert not _states_close(permuted, example.module, 1e-3)  # the permutation moved weights
-    restored = align(example.module, permuted, example.inputs)
+    restored = align(example.module, permuted, graph=graph)
     assert _states_close(restored, example.module, 1e-6)
     assert_function_preserved(permuted, restored, example.inputs)
 
 
-@pytest.mark.parametrize("family", ["mlp", "resnet", "mobilenet", "efficientnet"])
+@pytest.mark.parametrize("family", ["mlp", "resnet", "mobilenet", "efficientnet", "vit", "bert"])
 def test_aligning_another_network_preserves_its_function(examples32, family):
     example = examples32[family]
     torch.manual_seed(7)
@@ -92,7 +96,7 @@ def test_aligning_another_network_preserves_its_function(examples32, family):
     assert distance_after < distance_before
 
 
-@pytest.mark.parametrize("family", ["mlp", "vgg", "resnet"])
+@pytest.mark.parametrize("family", ["mlp", "vgg", "resnet", "vit", "bert"])
 def test_alignment_does_not_depend_on_the_order_of_b_units(examples32, family):
     example = examples32[family]
     torch.manual_seed(5)
@@ -103,10 +107,23 @@ def test_alignment_does_not_depend_on_the_order_of_b_units(examples32, family):
     assert _states_close(first, second, 1e-6)
 
 
-def test_align_refuses_attention_heads(examples32):
-    vit = examples32["vit"]
-    with pytest.raises(AlignmentError, match="attention heads"):
-        align(vit.module, vit.module, vit.inputs)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_aligned_interpolation_runs_on_every_family(examples32, family):
+    example = examples32[family]
+    torch.manual_seed(3)
+    other = build_model(example.module.spec).eval()
+    path = interpolation_path(
+        example.module,
+        other,
+        [0.0, 0.5, 1.0],
+        "aligned",
+        example_input=example.inputs,
+        bn_inputs=example.inputs,
+    )
+    assert _states_close(path[0], example.module, 0.0)
+    assert_function_preserved(other, path[2], example.inputs)
+    with torch.no_grad():
+        assert torch.isfinite(path[1](example.inputs)).all()
 
 
 def test_align_refuses_other_architectures():
@@ -258,6 +275,31 @@ def test_cli_writes_and_evaluates_the_path(merge_zoo, tmp_path, capsys, monkeypa
     expected = merge_zoo.catalog.set_index("id").loc[a, "test_accuracy"]
     assert summary["accuracy"][0] == pytest.approx(expected, abs=1e-6)
     assert "loss barrier" in printed and "digits" in printed
+
+
+@pytest.mark.parametrize(("family", "dataset"), [("vit", "digits"), ("resnet", "digits")])
+def test_cli_aligns_attention_and_batchnorm_networks(
+    examples32, family, dataset, tmp_path, capsys, monkeypatch
+):
+    example = examples32[family]
+    spec = example.module.spec
+    torch.manual_seed(11)
+    other = build_model(spec).eval()
+    files = []
+    for name, module in (("a", example.module), ("b", other)):
+        save_model_file(tmp_path / f"{name}.safetensors", module, spec, name)
+        files.append(str(tmp_path / f"{name}.safetensors"))
+    out = tmp_path / "merged"
+    argv = ["merge", *files, "--alphas", "0,0.5,1", "--dataset", dataset, "--out", str(out)]
+    with one_thread():  # small networks: a second thread only waits
+        assert _main_with_merge([*argv, "--method", "aligned"], monkeypatch) == 0
+    summary = json.loads((out / "merge.json").read_text())
+    assert summary["bn_examples"] == (BN_EXAMPLES if family == "resnet" else 0)
+    assert np.isfinite(summary["loss"]).all()
+    end, _ = load_model(out / "aligned-alpha1.000.safetensors")
+    assert_function_preserved(other, end, example.inputs)
+    printed = capsys.readouterr().out
+    assert ("BatchNorm statistics re-estimated" in printed) == (family == "resnet")
 
 
 def test_cli_embedding_fits_then_reuses_a_decoder(merge_zoo, tmp_path, capsys, monkeypatch):

@@ -14,9 +14,12 @@ from tabulate import tabulate
 from ..embedder import Embedder
 from ..exceptions import WeightspaceError
 from ..tasks.merging import (
+    BN_EXAMPLES,
     METHODS,
+    batchnorm_inputs,
     decoder_training_ids,
     evaluate_models,
+    has_batchnorm,
     interpolation_path,
     loss_barrier,
     task_data,
@@ -24,6 +27,7 @@ from ..tasks.merging import (
 from ..tasks.merging.decoder import CONFIG_FILE, WeightDecoder
 from ..zoo import CATALOG_FILE, MODELS_DIR, Zoo, load_model_file, save_model_file
 from ..zoo.datasets import DATASETS
+from ._args import int_in_range
 
 EXAMPLES = """examples:
   weightspace merge zoos/tiny/models/A.safetensors zoos/tiny/models/B.safetensors \\
@@ -36,6 +40,11 @@ EXAMPLES = """examples:
 --alphas START:STOP:COUNT gives COUNT evenly spaced values (0:1:11 is 0, 0.1, ..., 1);
 a comma-separated list (0,0.5,1) gives those values. Without --dataset, the data set is read
 from the catalog of the zoo the files belong to (<zoo>/models/<id>.safetensors).
+
+--method aligned works for every zoo family: hidden units, channels, residual streams and
+attention heads (with the dimensions inside each head) are matched. Networks with
+BatchNorm have the running statistics of every interpolated model re-estimated on
+--bn-examples training inputs (default 512; 0 keeps the interpolated statistics).
 """
 
 
@@ -77,6 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder with the MNIST files (or set WEIGHTSPACE_DATA)")
     p.add_argument(
         "--data-seed", type=int, default=0, help="zoo seed of the data split (default 0)"
+    )
+    p.add_argument(
+        "--bn-examples",
+        type=int_in_range(0),
+        default=BN_EXAMPLES,
+        help=f"training inputs BatchNorm statistics are re-estimated on (default {BN_EXAMPLES}; "
+        "0 keeps the interpolated statistics)",
     )
     p.set_defaults(run=run)
 
@@ -164,7 +180,17 @@ def run(args: argparse.Namespace) -> int:
     ids = [_model_id(path_a), _model_id(path_b)]
     data = task_data(_dataset(args, zoo, ids[0]), spec_a["family"], args.data_seed, args.data_dir)
     decoder = _decoder(args, zoo, ids) if args.method == "embedding" else None
-    path = interpolation_path(model_a, model_b, alphas, args.method, decoder)
+    bn_examples = args.bn_examples if has_batchnorm(model_a) else 0
+    bn_inputs = batchnorm_inputs(data, bn_examples) if bn_examples else None
+    path = interpolation_path(
+        model_a,
+        model_b,
+        alphas,
+        args.method,
+        decoder,
+        bn_inputs=bn_inputs,
+        reestimate_bn=bool(bn_examples),
+    )
     scores = evaluate_models([model_a, model_b, *path], data, spec_a)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         "loss": loss[2:].tolist(),
         "parents": {"accuracy": acc[:2].tolist(), "loss": loss[:2].tolist()},
         "barrier": barrier,
+        "bn_examples": len(bn_inputs) if bn_inputs is not None else 0,
     }
     (out / "merge.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
@@ -197,5 +224,7 @@ def run(args: argparse.Namespace) -> int:
         f"parents: A accuracy {acc[0]:.4f} loss {loss[0]:.4f}; "
         f"B accuracy {acc[1]:.4f} loss {loss[1]:.4f}; loss barrier {barrier:.4f}"
     )
+    if bn_inputs is not None:
+        print(f"BatchNorm statistics re-estimated on {len(bn_inputs)} training inputs")
     print(f"wrote {len(path)} models and merge.json to {out}")
     return 0

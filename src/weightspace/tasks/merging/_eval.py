@@ -1,4 +1,11 @@
-"""Measuring merged networks with the zoo's own evaluation code, on held-out test data."""
+"""Measuring merged networks with the zoo's own evaluation code, on held-out test data.
+
+Interpolated BatchNorm networks need their running statistics re-estimated before they
+are measured: the statistics interpolated with the weights are not those of the
+interpolated network (its activations' variance collapses along the path; Jordan et al.
+2023, REPAIR; Ainsworth et al. 2022 reset them too). :func:`reestimate_batchnorm` recomputes
+them from a few hundred training inputs (:func:`batchnorm_inputs`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from ...zoo.build import shape_for_family
@@ -15,6 +23,72 @@ from ...zoo.datasets import TaskData, load_dataset
 from ...zoo.training import TRAIN_EVAL_LIMIT, GroupTrainer, RunSettings
 
 _NEUTRAL_RUN = RunSettings(seed=0, lr=0.0)
+
+BN_EXAMPLES = 512  # training inputs the BatchNorm statistics are re-estimated on
+BN_BATCH = 256  # examples per forward pass while re-estimating
+
+
+def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` has a BatchNorm layer that tracks running statistics."""
+    return bool(_batchnorms(module))
+
+
+def batchnorm_inputs(data: TaskData, n: int = BN_EXAMPLES, seed: int = 0) -> Tensor:
+    """``n`` training inputs of ``data``, drawn at random with ``seed`` (all if fewer)."""
+    order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
+    return data.x_train[order[:n]]
+
+
+@torch.no_grad()
+def reestimate_batchnorm(
+    module: nn.Module, inputs: Tensor, batch_size: int = BN_BATCH
+) -> nn.Module:
+    """Recompute the running mean and variance of every BatchNorm layer on ``inputs``.
+
+    The statistics are reset, then ``inputs`` go through the network in chunks of
+    ``batch_size`` with only the BatchNorm layers in train mode (dropout stays off) and
+    ``momentum=None``, so each layer ends with the plain average of its per-chunk batch
+    mean and (unbiased) variance; with one chunk, exactly the batch statistics of the
+    network on ``inputs``. Networks without BatchNorm are returned untouched.
+
+    Args:
+        module: the network, changed in place and returned in eval mode.
+        inputs: training inputs shaped for the network (see :func:`batchnorm_inputs`).
+        batch_size: examples per forward pass.
+
+    Raises:
+        ValueError: ``inputs`` is empty or ``batch_size`` < 1.
+    """
+    layers = _batchnorms(module)
+    if not layers:
+        return module
+    if len(inputs) == 0 or batch_size < 1:
+        raise ValueError(
+            f"re-estimating BatchNorm statistics needs at least one input and batch_size >= 1; "
+            f"got {len(inputs)} inputs and batch_size {batch_size}"
+        )
+    momenta = [m.momentum for m in layers]
+    module.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for chunk in inputs.split(batch_size):
+            module(chunk)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        module.eval()
+    return module
 
 
 def task_data(dataset: str, family: str, seed: int = 0, data_dir: str | None = None) -> TaskData:

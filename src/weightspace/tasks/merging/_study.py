@@ -10,6 +10,12 @@
 
 :func:`merge_study` measures all three along alpha on held-out test data with the zoo's own
 evaluation code.
+
+BatchNorm networks: the running statistics interpolated with the weights are not those of
+the interpolated network, so by default every interpolated network has them re-estimated
+on a few hundred training inputs (:func:`~weightspace.tasks.merging.reestimate_batchnorm`,
+for every method; the parents themselves, at alpha 0 and 1 of ``naive`` and ``aligned``,
+keep their own). Networks without BatchNorm are untouched.
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ from ...embedder import Embedder
 from ...zoo import Zoo
 from ...zoo.datasets import TaskData
 from ._align import AlignmentError, align
-from ._eval import evaluate_models, task_data
+from ._eval import (
+    BN_EXAMPLES,
+    batchnorm_inputs,
+    evaluate_models,
+    has_batchnorm,
+    reestimate_batchnorm,
+    task_data,
+)
 from .decoder import DecoderError, WeightDecoder
 
 METHODS: tuple[str, ...] = ("naive", "aligned", "embedding")
@@ -89,6 +102,8 @@ def interpolation_path(
     method: str = "naive",
     decoder: WeightDecoder | None = None,
     example_input: torch.Tensor | None = None,
+    bn_inputs: torch.Tensor | None = None,
+    reestimate_bn: bool = True,
 ) -> list[nn.Module]:
     """The interpolated networks at every ``alpha`` (aligning or embedding the parents once).
 
@@ -100,17 +115,50 @@ def interpolation_path(
         decoder: a fitted decoder of the parents' architecture (``embedding`` only).
         example_input: passed to :func:`weightspace.to_graph` (``aligned``; zoo models
             make their own).
+        bn_inputs: training inputs (a few hundred, see
+            :func:`~weightspace.tasks.merging.batchnorm_inputs`) on which the BatchNorm
+            statistics of every interpolated network are re-estimated; needed when the
+            parents have BatchNorm and ``reestimate_bn`` is on, ignored otherwise.
+        reestimate_bn: re-estimate BatchNorm statistics (default); False keeps the
+            statistics interpolated like the weights.
 
     Returns:
-        One network (eval mode) per alpha.
+        One network (eval mode) per alpha. At alpha 0 and 1, ``naive`` and ``aligned``
+        give the parents themselves (B's aligned copy), statistics included.
 
     Raises:
         AlignmentError: the parents' architectures differ (or cannot be aligned).
         DecoderError: ``embedding`` without a decoder, or with one of another architecture.
+        ValueError: BatchNorm parents, ``reestimate_bn`` and no ``bn_inputs``.
     """
     _check_method(method)
     _check_same_architecture(a, b)
+    reestimate_bn = reestimate_bn and has_batchnorm(a)
+    if reestimate_bn and bn_inputs is None:
+        raise ValueError(
+            "the networks have BatchNorm: pass bn_inputs (a few hundred training inputs, "
+            "e.g. batchnorm_inputs(data)) to re-estimate the running statistics of the "
+            "interpolated networks, or reestimate_bn=False to keep interpolated statistics"
+        )
     alphas = [float(x) for x in alphas]
+    path = _path(a, b, alphas, method, decoder, example_input)
+    if reestimate_bn:
+        assert bn_inputs is not None
+        for alpha, module in zip(alphas, path):
+            if method == "embedding" or alpha not in (0.0, 1.0):
+                reestimate_batchnorm(module, bn_inputs)
+    return path
+
+
+def _path(
+    a: nn.Module,
+    b: nn.Module,
+    alphas: list[float],
+    method: str,
+    decoder: WeightDecoder | None,
+    example_input: torch.Tensor | None,
+) -> list[nn.Module]:
+    """The networks of :func:`interpolation_path` before any BatchNorm re-estimation."""
     if method == "naive":
         return [_mix(a, b, x) for x in alphas]
     if method == "aligned":
@@ -136,6 +184,8 @@ def interpolate(
     method: str = "naive",
     decoder: WeightDecoder | None = None,
     example_input: torch.Tensor | None = None,
+    bn_inputs: torch.Tensor | None = None,
+    reestimate_bn: bool = True,
 ) -> nn.Module:
     """One network between ``a`` (``alpha = 0``) and ``b`` (``alpha = 1``).
 
@@ -144,7 +194,9 @@ def interpolate(
     Example:
         >>> middle = interpolate(net_a, net_b, 0.5, "aligned")    # doctest: +SKIP
     """
-    return interpolation_path(a, b, [alpha], method, decoder, example_input)[0]
+    return interpolation_path(
+        a, b, [alpha], method, decoder, example_input, bn_inputs, reestimate_bn
+    )[0]
 
 
 def loss_barrier(
@@ -204,6 +256,7 @@ def merge_study(
     data: TaskData | None = None,
     decoder: WeightDecoder | None = None,
     methods: Sequence[str] = METHODS,
+    bn_examples: int = BN_EXAMPLES,
 ) -> dict[str, Any]:
     """Accuracy and loss along alpha on held-out test data, for every method and pair.
 
@@ -219,11 +272,16 @@ def merge_study(
         decoder: a fitted decoder; default: one fitted on the zoo's models of the parents'
             architecture outside the parents' runs (and inside the embedder's training split).
         methods: which of :data:`METHODS` to run.
+        bn_examples: training inputs of ``data`` on which the BatchNorm statistics of
+            every interpolated network are re-estimated (see :func:`interpolation_path`);
+            0 keeps the interpolated statistics. Networks without BatchNorm ignore it.
 
     Returns:
         ``{"alphas", "pairs", "dataset", "parents": {"accuracy": [[a, b] per pair],
         "loss": ...}, "methods": {method: {"accuracy": [[per alpha] per pair], "loss": ...,
-        "barrier": [per pair], "beats_both_parents": int}}}`` and, with ``embedding``,
+        "barrier": [per pair], "beats_both_parents": int}}, "bn_examples": int}`` (the
+        training inputs BatchNorm statistics were re-estimated on, 0 without BatchNorm)
+        and, with ``embedding``,
         ``"decoder": {"train_models", "train_mse", "val_mse", "best_epoch",
         "reconstruction_error": [[a, b] per pair]}`` (relative L2 error of the decoded
         parents, see :meth:`WeightDecoder.reconstruction_error`). The barrier is taken
@@ -235,6 +293,10 @@ def merge_study(
         _check_method(method)
     if not pairs:
         raise ValueError("The 'pairs' parameter of merge_study must hold at least one pair.")
+    if bn_examples < 0:
+        raise ValueError(
+            f"The 'bn_examples' parameter of merge_study must be >= 0. Got {bn_examples}."
+        )
     alphas = [float(x) for x in alphas]
     catalog = zoo.catalog.set_index("id")
     first = catalog.loc[pairs[0][0]]
@@ -250,12 +312,22 @@ def merge_study(
     if "embedding" in methods and decoder is None:
         decoder = WeightDecoder().fit(zoo, decoder_training_ids(zoo, pairs, embedder), embedder)
     parents = [(zoo.load(a), zoo.load(b)) for a, b in pairs]
+    bn_inputs = batchnorm_inputs(data, bn_examples) if bn_examples > 0 else None
     parent_scores = evaluate_models([m for pair in parents for m in pair], data, spec)
     acc_p = parent_scores["accuracy"].reshape(len(pairs), 2)
     loss_p = parent_scores["loss"].reshape(len(pairs), 2)
     result["parents"] = {"accuracy": acc_p.tolist(), "loss": loss_p.tolist()}
+    result["bn_examples"] = (
+        len(bn_inputs) if bn_inputs is not None and has_batchnorm(parents[0][0]) else 0
+    )
     for method in methods:
-        path = [m for a, b in parents for m in interpolation_path(a, b, alphas, method, decoder)]
+        path = [
+            m
+            for a, b in parents
+            for m in interpolation_path(
+                a, b, alphas, method, decoder, bn_inputs=bn_inputs, reestimate_bn=bn_examples > 0
+            )
+        ]
         scores = evaluate_models(path, data, spec)
         acc = scores["accuracy"].reshape(len(pairs), len(alphas))
         loss = scores["loss"].reshape(len(pairs), len(alphas))
