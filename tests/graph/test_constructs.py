@@ -305,10 +305,15 @@ class _RMSNormNet(nn.Module):
 
 
 class _InstanceNormNet(nn.Module):
-    def __init__(self):
+    def __init__(self, running: bool = False):
         super().__init__()
-        self.conv, self.norm = nn.Conv2d(2, 4, 3), nn.InstanceNorm2d(4, affine=True)
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.norm = nn.InstanceNorm2d(4, affine=True, track_running_stats=running)
         self.head = nn.Linear(4, 3)
+        if running:
+            with torch.no_grad():
+                self.norm.running_mean.uniform_(-1, 1)
+                self.norm.running_var.uniform_(0.5, 2)
 
     def forward(self, x):
         return self.head(F.relu(self.norm(self.conv(x))).mean((2, 3)))
@@ -694,11 +699,12 @@ def test_a_module_called_twice_is_one_parameter_with_tied_uses():
         (lambda: _UNet(), (2, 2, 8, 8)),
         (lambda: _GroupNormNet(), (2, 3, 7, 7)),
         (lambda: _InstanceNormNet(), (2, 2, 7, 7)),
+        (lambda: _InstanceNormNet(running=True), (2, 2, 7, 7)),
         (lambda: _RMSNormNet(), (3, 3)),
         (lambda: _Decoder(2, groups=4, stride=2), (2, 2, 5, 5)),
     ],
 )
 def test_exported_programs_give_the_same_graph(make, shape):
-    net, x = make().double(), _x(*shape)
+    net, x = make().double().eval(), _x(*shape)  # exported in eval mode, as deployed
     exported = torch.export.export(net, (x,)).module()
     assert ws.to_graph(exported, x).equal(ws.to_graph(net, x), atol=1e-10)

@@ -1836,13 +1836,22 @@ class _Converter:
             return self._group_norm(path, len(value.nodes), mod.weight, mod.bias, value)
         scale, shift = module_affine(mod)  # type: ignore[arg-type]
         state = self._parameters().keys() | dict(self.gm.named_buffers()).keys()
+        names = [f"{path}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+        return self._running_instance_norm(
+            path, value, scale, shift, [n for n in names if n in state]
+        )
+
+    def _running_instance_norm(
+        self, path: str, value: Value, scale: Tensor, shift: Tensor, names: Sequence[str]
+    ) -> Value:
+        """Eval InstanceNorm with running statistics: a per-channel affine (an un-folded
+        BatchNorm) whose scale and shift bind the state entries ``names``."""
         with self.b.layer(path, "InstanceNorm (running statistics)", 2 * len(scale)):
             out = self._norm_nodes(value, "batch_norm")
             self.b.set_scale(out, scale)
             self.b.set_bias(out, shift)
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                if f"{path}.{name}" in state:
-                    self.b.bind(f"{path}.{name}", (out,))
+            for name in names:
+                self.b.bind(name, (out,))
         return self._make(out, value.axis, value.ndim)
 
     def _group_norm(
@@ -1875,10 +1884,13 @@ class _Converter:
             out = self._group_norm(path, int(t[1]), t[2], t[3], self._value(args[0], 1))
             self._rebind(path, args[2:4])
             return out
-        if name == "instance_norm":  # (x, weight, bias, mean, var, use_input_stats, ...)
-            if not _get(t, 5):
-                raise self._fail("exported instance_norm with running statistics")
+        if name == "instance_norm":  # (x, weight, bias, mean, var, use_input_stats, _, eps)
             value = self._value(args[0], 1)
+            if not _get(t, 5):  # eval mode with running statistics
+                eps = float(_get(t, 7) if _get(t, 7) is not None else 1e-5)
+                scale, shift = batchnorm_affine(t[3], t[4], eps, t[1], t[2])
+                names = [a.name for a in args[1:5] if isinstance(a, _Param)]
+                return self._running_instance_norm(path, value, scale, shift, names)
             out = self._group_norm(path, len(value.nodes), t[1], t[2], value)
             self._rebind(path, args[1:3])
             return out
