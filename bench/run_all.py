@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "quality-mnist-cnn": ("quality", ["--preset", "mnist-cnn"]),
     "quality-cnn-zoo-mnist": ("quality", ["--preset", "cnn-zoo-mnist"]),
     "make_run": ("make_run", []),
+    "merging": ("merging", []),
     # after make_run: it also predicts with the runs the study trained on the standard zoo
     "generalization": ("generalization", ["--standard-runs", "runs/standard/runs"]),
 }
@@ -247,6 +248,46 @@ def _make_run_rows(r: dict) -> list[list]:
     ]
 
 
+def _merging_rows(r: dict) -> list[list]:
+    mlp = r["architectures"].get("mlp")
+    if mlp is None or mlp["barrier_ratio"] is None:
+        return []
+    target = r["targets"]
+    return [
+        _target_row(
+            "merging: median aligned / naive loss barrier of MNIST MLP pairs",
+            mlp["barrier_ratio"],
+            target["barrier_ratio"],
+            "",
+            False,
+        ),
+        _target_row(
+            "merging: lowest MNIST MLP parent accuracy",
+            mlp["min_parent_accuracy"],
+            target["mlp_parent_accuracy"],
+            "",
+            True,
+        ),
+    ]
+
+
+def _merging_details(r: dict) -> list[str]:
+    settings = r["settings"]
+    rows = [
+        [name, method, f"{m['barrier']:.4f}", f"{m['accuracy_at_half']:.4f}", len(a["pairs"])]
+        for name, a in r["architectures"].items()
+        for method, m in a["median"].items()
+    ]
+    headers = ("architecture", "method", "median barrier", "median accuracy at 0.5", "pairs")
+    return [
+        f"Independently trained MNIST pairs, {settings['epochs']} epochs each, "
+        f"{len(settings['alphas'])} interpolation points; BatchNorm statistics re-estimated on "
+        f"{settings['bn_examples']} training images.",
+        "",
+        tabulate(rows, headers=headers, tablefmt="github"),
+    ]
+
+
 def _generalization_rows(r: dict) -> list[list]:
     rows = []
     for name, verdict in r["targets"].items():
@@ -311,6 +352,7 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "quality-cnn-zoo-mnist": _quality_rows,
     "make_run": _make_run_rows,
     "generalization": _generalization_rows,
+    "merging": _merging_rows,
 }
 
 
@@ -351,6 +393,8 @@ def _details(name: str, r: dict) -> list[str]:
         lines += _quality_details(r)
     elif name == "generalization":
         lines += _generalization_details(r)
+    elif name == "merging":
+        lines += _merging_details(r)
     elif name.startswith("zoo_build"):
         group = r["group"]
         lines.append(
