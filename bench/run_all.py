@@ -323,6 +323,8 @@ def _generalization_details(r: dict) -> list[str]:
             f"{run['mae']:.3f}",
             "-" if run["coverage"] is None else f"{run['coverage']:.2f}",
             f"{run['ood_error_spearman']:.2f}",
+            f"{run['trained']['spearman']:.3f} / {run['trained']['mae']:.3f} "
+            f"({run['trained']['networks']})",
             f"{run['in_zoo_spearman']:.3f} / {run['in_zoo_mae']:.3f}",
         ]
         for zoo, group in (("mnist-mixed", r["mixed"]), ("standard", r["standard"]))
@@ -336,6 +338,7 @@ def _generalization_details(r: dict) -> list[str]:
         "MAE",
         "90% interval coverage",
         "Spearman(OOD, error)",
+        "accuracy >= 0.8: Spearman / MAE (networks)",
         "in-zoo test Spearman / MAE",
     )
     return lines + [tabulate(rows, headers=headers, tablefmt="github")]

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import weightspace as ws
 from weightspace.exceptions import UnsupportedModuleError
 from weightspace.graph import ACTIVATIONS, ROLES, to_graph
 from weightspace.graph.features import RESCALE_NONE, RESCALE_POSITIVE, RESCALE_SIGN
@@ -76,3 +77,23 @@ def test_hardtanh_converts_only_as_relu6():
     exported = torch.export.export(net, (torch.randn(1, 4),)).module()
     with pytest.raises(UnsupportedModuleError, match=r"hardtanh with bounds \(-2.0, 2.0\)"):
         to_graph(exported, torch.randn(1, 4))
+
+
+def test_in_place_activations_export_to_the_same_graph():
+    """ReLU(inplace=True) exports as aten.relu_ and ReLU6(inplace=True) as hardtanh_."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU6(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    x = torch.randn(1, 1, 8, 8)
+    program = torch.export.export(net, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"aten.relu_.default", "aten.hardtanh_.default"} <= targets
+    assert ws.to_graph(program.module(), x).equal(ws.to_graph(net, x), atol=1e-6)

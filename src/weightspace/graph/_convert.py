@@ -220,7 +220,9 @@ def _op_name(target: Any) -> str | None:
     if isinstance(target, str):
         return target
     if isinstance(target, torch._ops.OpOverload):
-        return target.overloadpacket.__name__
+        name = target.overloadpacket.__name__
+        # An in-place ATen op (relu_ of ReLU(inplace=True)) computes its out-of-place twin.
+        return name[:-1] if name.endswith("_") and not name.endswith("__") else name
     return _FUNCTION_NAMES.get(target)
 
 
