@@ -211,7 +211,7 @@ def main() -> None:
             f"{r['predicted_range'][0]:.2f}-{r['predicted_range'][1]:.2f}",
             f"{r['in_zoo_spearman']:.3f} / {r['in_zoo_mae']:.3f}",
         ]
-        for zoo, group in (("mnist-mixed", mixed), ("standard", standard))
+        for zoo, group in ((zoo_dir.name, mixed), ("standard", standard))
         for r in group
     ]
     headers = (
