@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor
 
-from .graph import PROBE_SEED, PROBE_WIDTH, PROBES, NeuralGraph
+from .graph import PROBE_SEED, PROBE_VERSION, PROBE_WIDTH, PROBES, NeuralGraph
 from .graph.features import (
     EDGE_TYPES,
     NODE_FEATURES,
@@ -105,7 +105,7 @@ class Featurizer:
                 "node_features": NODE_FEATURES,
                 "node_stats": NODE_STATS,
                 "edge_types": EDGE_TYPES,
-                "probes": [PROBES, PROBE_WIDTH, PROBE_SEED],
+                "probes": [PROBES, PROBE_WIDTH, PROBE_SEED, PROBE_VERSION],
             },
             sort_keys=True,
         )

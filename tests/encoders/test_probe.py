@@ -120,3 +120,15 @@ def test_malformed_probe_outputs_are_refused():
     bad = replace(graph, probe_outputs=torch.zeros(PROBES + 1, 3))
     with pytest.raises(ws.GraphError, match="probe_outputs"):
         ws.GraphBatch.from_graphs([bad])
+
+
+def test_flattened_images_get_the_same_probes_as_images():
+    """An MLP on [B, 784] and one that flattens [B, 1, 28, 28] itself compute the same
+    function on the same probes (row-major pixels)."""
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Linear(784, 10), nn.ReLU(), nn.Linear(10, 3))
+    images = nn.Sequential(nn.Flatten(), flat)
+    a = ws.to_graph(flat, torch.zeros(1, 784)).probe_outputs
+    b = ws.to_graph(images, torch.zeros(1, 1, 28, 28)).probe_outputs
+    assert torch.allclose(a, b, atol=1e-6)
+    assert probe_inputs(torch.zeros(1, 13), flat).unique().numel() > 2  # not a square: noise

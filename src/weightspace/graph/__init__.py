@@ -9,7 +9,7 @@ from ._batch import GraphBatch
 from ._convert import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, supported_operations, to_graph
 from ._folding import fold_batchnorm
 from ._graph import LayerInfo, NeuralGraph, ParamBinding
-from ._probes import PROBE_SEED, PROBE_WIDTH, PROBES, probe_inputs
+from ._probes import PROBE_SEED, PROBE_VERSION, PROBE_WIDTH, PROBES, probe_inputs
 from ._trace import ExampleInput
 from .features import (
     ACTIVATIONS,
@@ -38,6 +38,7 @@ __all__ = [
     "PREPARED_NODE_DIM",
     "PROBES",
     "PROBE_SEED",
+    "PROBE_VERSION",
     "PROBE_WIDTH",
     "NeuralGraph",
     "ParamBinding",

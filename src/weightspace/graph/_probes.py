@@ -9,6 +9,9 @@ machine, for every network with that input shape.
 - images ``[C, H, W]``: blobs, Gaussian-smoothed noise thresholded so that a fifth of the
   pixels are foreground, at the two levels that give mean 0 and variance 1 (the scale of
   the zoo's standardised images; MNIST digits cover about a fifth of their pixels);
+- flat float inputs of a square number ``s * s`` of features (``s >= 4``: 64, 784): the
+  same blobs of one ``s x s`` channel, flattened row by row, so that an MLP reading
+  flattened images and one flattening them itself see the same probes;
 - other float inputs: standard normal noise;
 - token ids: ids drawn uniformly from the vocabulary of the network's first embedding.
 
@@ -32,6 +35,8 @@ PROBES = 64
 PROBE_WIDTH = 16
 """Output units kept per probe."""
 PROBE_SEED = 20_241_202
+PROBE_VERSION = 2
+"""Bumped whenever the probes change (part of the featurizer fingerprint)."""
 FOREGROUND = 0.2
 """Fraction of foreground pixels in a probe image."""
 _LIMIT = 1e30
@@ -51,6 +56,9 @@ def probe_inputs(
         dtype = dtype or example.dtype
         if example.ndim == 4:
             return _blobs(shape, gen).to(dtype)
+        side = math.isqrt(shape[-1])
+        if example.ndim == 2 and side >= 4 and side * side == shape[-1]:
+            return _blobs((PROBES, 1, side, side), gen).reshape(shape).to(dtype)
         return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     embedding = next((m for m in module.modules() if isinstance(m, nn.Embedding)), None)
     if embedding is None:
