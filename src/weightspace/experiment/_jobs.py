@@ -46,7 +46,17 @@ from ._settings import ExperimentError
 
 TRANSFORMS = ("permutation", "rescaling", "both")
 RETRIEVAL_KS = (1, 5, 10)
-LONGEST_FIRST = ("gnn", "weightnet", "nfn", "transformer", "pca_mlp", "mlp", "pca", "statnn")
+LONGEST_FIRST = (
+    "gnn",
+    "weightnet",
+    "nfn",
+    "transformer",
+    "pca_mlp",
+    "mlp",
+    "pca",
+    "probe",
+    "statnn",
+)
 """Encoders from the slowest to train to the fastest (train s/epoch in the README's
 Performance section); jobs start in this order so that the workers finish together.
 Encoders not listed start first, as if they were the slowest."""

@@ -9,7 +9,7 @@ from typing import Any
 Stat = Mapping[str, Any]
 
 #: Encoders developed in this library; every other encoder name is a baseline.
-OUR_ENCODERS = ("gnn", "weightnet")
+OUR_ENCODERS = ("gnn", "weightnet", "probe")
 
 _LOWER_IS_BETTER = {"mae", "rmse", "mse", "davies_bouldin", "mean_distance", "max_distance"}
 
