@@ -452,3 +452,21 @@ def test_cli_trust_pickle_reaches_the_model_reader(run_dir, small_zoo, monkeypat
     assert main(["predict", "--run", str(run_dir), model]) == 0
     assert main(["predict", "--run", str(run_dir), model, "--trust-pickle"]) == 0
     assert seen == [{"trust_pickle": False}, {"trust_pickle": True}]
+
+
+def test_a_model_with_non_finite_weights_is_named_with_the_fix(zoo_copy, capsys):
+    """A zoo file the builder would no longer write (a diverged run) stops training in
+    one line that names it and says what to do, never a traceback."""
+    from weightspace.zoo import read_spec, save_model_file
+
+    bad = zoo_copy.ids()[1]
+    path = zoo_copy.path(bad)
+    module = zoo_copy.load(bad)
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    save_model_file(path, module, read_spec(path), bad)
+    with pytest.raises(DataError, match=rf"model '{bad}' cannot be used .*rebuild-catalog"):
+        prepared_graphs(zoo_copy, FEATURIZER, [bad], progress=False)
+    argv = ["train", "--zoo", str(zoo_copy.root), "--encoder", "statnn", "--out", "r"]
+    assert main(argv) == 2
+    one_line_error(capsys, bad, "NaN")

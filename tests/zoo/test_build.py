@@ -355,3 +355,16 @@ def test_mnist_mixed_spans_architectures_and_leaves_some_out():
     assert any(p.arch.get("batch_norm") for p in plans)
     assert {p.arch["activation"] for p in plans} == {"relu", "tanh", "gelu"}
     assert {p.optimizer for p in plans} == {"adam", "sgd"}
+
+
+def test_checkpoints_of_a_diverged_run_are_not_kept(tmp_path):
+    path = tmp_path / "diverging.yaml"
+    path.write_text(
+        "groups:\n  - {architecture: blowup, family: mlp, arch: {hidden: [8]}, dataset: wine, "
+        "runs: 2, epochs: 2, optimizer: sgd, lr: [1.0e+12, 1.0e+12], init_scale: [50, 50]}\n"
+    )
+    report = build_zoo(path, tmp_path / "zoo", workers=1)
+    zoo = Zoo.open(tmp_path / "zoo")
+    assert report.diverged and report.built + len(report.diverged) == report.requested
+    for model_id in zoo.ids():
+        assert all(torch.isfinite(p).all() for p in zoo.load(model_id).parameters())

@@ -189,6 +189,11 @@ def run_build(args: argparse.Namespace) -> int:
         f"{args.out}: {report.requested} models ({report.built} built, "
         f"{report.already_present} already present) in {report.seconds:.0f} s"
     )
+    if report.diverged:
+        print(
+            f"{len(report.diverged)} checkpoints not kept: their runs diverged (NaN or infinite "
+            f"weights), e.g. {report.diverged[0]}"
+        )
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoints import load_model
-from ..exceptions import WeightspaceError
+from ..exceptions import WeightspaceError, first_line
 from ..featurize import Featurizer
 from ..graph import NeuralGraph, to_graph
 from ..infra import process_pool, resolve_progress
@@ -140,7 +140,13 @@ def _prepare_into_cache(task: tuple[str, list[str], Featurizer, bool]) -> int:
         if stat is None:
             raise DataError(f"{path}: the model file of {model_id!r} was removed")
         source = {**stat, "sha256": _sha256(path)}
-        graph = prepare_file(path, featurizer, trust_pickle=trust_pickle)
+        try:
+            graph = prepare_file(path, featurizer, trust_pickle=trust_pickle)
+        except WeightspaceError as err:
+            raise DataError(
+                f"{path}: model {model_id!r} cannot be used ({first_line(err)}); delete the "
+                f"file and run 'weightspace zoo rebuild-catalog {root}'"
+            ) from None
         _save_graph(graph, source, target / f"{model_id}.pt")
     return len(ids)
 

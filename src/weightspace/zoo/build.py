@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -65,6 +66,9 @@ class BuildReport:
     seconds_by_family: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     models_by_family: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     repaired: dict[str, list[str]] = field(default_factory=dict)
+    diverged: list[str] = field(default_factory=list)
+    """Ids of checkpoints not kept: their weights were NaN or infinite (the run diverged).
+    They stay missing, so a resumed build trains their group again (with the same result)."""
 
     def models_per_minute(self) -> dict[str, float]:
         """Models trained per minute of training time, per family."""
@@ -166,6 +170,8 @@ def run_job(job: Job) -> tuple[list[tuple], float]:
     """Train one job; returns ``[(record, state, spec), ...]`` for its wanted models.
 
     States are dicts of numpy arrays, and the second return value is the training time.
+    A checkpoint whose weights are not all finite (a diverged run) is left out: no neural
+    graph can be made of it.
     """
     # One thread per job: results do not depend on how many workers run the jobs.
     torch.set_num_threads(1)
@@ -210,7 +216,8 @@ def run_job(job: Job) -> tuple[list[tuple], float]:
         # numpy, not tensors: torch would pass tensors between processes as file
         # descriptors, one per tensor, and run out of them on large groups
         state = {k: v.numpy() for k, v in ckpt.state.items()}
-        results.append((record, state, spec))
+        if all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f"):
+            results.append((record, state, spec))
     return results, time.perf_counter() - start
 
 
@@ -328,6 +335,7 @@ def build_zoo(
                 states = [{k: torch.tensor(v) for k, v in r[1].items()} for r in new]
                 writer.add([r[0] for r in new], states, [r[2] for r in new])
             report.built += len(new)
+            report.diverged += sorted(job.wanted - present - {r[0]["id"] for r in results})
             report.models_by_family[job.plan.family] += len(results)
             report.seconds_by_family[job.plan.family] += seconds
             bar.update(len(new))
