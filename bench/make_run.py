@@ -3,16 +3,20 @@
 Builds the standard zoo from scratch in a temporary directory (MNIST from
 ``WEIGHTSPACE_DATA``), trains every encoder on 3 seeds, evaluates and writes the report,
 exactly as ``make run`` does after installing; records the total and every stage's time
-against the 20-minute target.
+against the 20-minute target, and the CPU time of the study's processes (utilisation: CPU
+seconds per wall second, at most the number of cores).
 
 Usage:
     WEIGHTSPACE_DATA=../shared/data python bench/make_run.py [--preset standard]
+    python bench/make_run.py --keep runs/standard-bench   # keep the study and its zoo
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,8 +31,12 @@ TARGET_SECONDS = {"standard": 1200.0, "tiny": 120.0}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="standard")
+    parser.add_argument("--keep", help="a new directory to write the study and its zoo into")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep and Path(args.keep).exists():
+        parser.error(f"--keep {args.keep}: exists; choose a new directory")
+    place = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()
+    with place as tmp:
         out, zoo = Path(tmp) / "study", Path(tmp) / "zoo"
         command = [
             sys.executable,
@@ -42,14 +50,18 @@ def main() -> None:
             "--zoo",
             str(zoo),
         ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(command, check=True)
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         stages = json.loads((out / "results.json").read_text())["stage_seconds"]
     target = TARGET_SECONDS.get(args.preset)
     print(
         f"{args.preset} study: {seconds:.0f} s (target {target:.0f} s: "
-        f"{'met' if target and seconds <= target else 'NOT met'})"
+        f"{'met' if target and seconds <= target else 'NOT met'}), CPU {cpu:.0f} s "
+        f"(utilisation {cpu / seconds:.2f} cores)"
     )
     write_result(
         "bench/results/make_run.json",
@@ -58,6 +70,8 @@ def main() -> None:
             "preset": args.preset,
             "seconds": seconds,
             "target_seconds": target,
+            "cpu_seconds": cpu,
+            "cpu_utilisation": cpu / seconds,
             "stage_seconds": stages,
         },
     )

@@ -470,6 +470,12 @@ def _details(name: str, r: dict) -> list[str]:
             f"{r['load_average']['after'][0]:.1f}.",
         ]
     elif name == "make_run":
+        if "cpu_seconds" in r:
+            lines += [
+                f"Wall {r['seconds']:.0f} s, CPU {r['cpu_seconds']:.0f} s: "
+                f"{r['cpu_utilisation']:.2f} of {r['machine']['cpus']} cores busy on average.",
+                "",
+            ]
         rows = [[stage, f"{s:.1f}"] for stage, s in r["stage_seconds"].items()]
         lines.append(tabulate(rows, headers=("stage", "seconds"), tablefmt="github"))
     return lines + [""]
