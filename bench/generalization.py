@@ -181,6 +181,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--standard-runs", help="also evaluate every run in this directory")
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="evaluate the runs already in --out instead of training them again",
+    )
     parser.add_argument("--result", default="bench/results/generalization.json")
     args = parser.parse_args()
     zoo_dir, outside = Path(args.zoo), Path(args.outside)
@@ -190,7 +195,12 @@ def main() -> None:
     if not (zoo_dir / CATALOG_FILE).is_file():
         build_zoo("mnist-mixed", zoo_dir, workers=2)
     encoders = [e for e in args.encoders.split(",") if e]
-    runs = train_mixed(zoo_dir, Path(args.out), encoders, args.seeds, args.epochs, args.patience)
+    if args.evaluate_only:
+        runs = sorted(p for p in Path(args.out).iterdir() if (p / "config.json").is_file())
+    else:
+        runs = train_mixed(
+            zoo_dir, Path(args.out), encoders, args.seeds, args.epochs, args.patience
+        )
     mixed = [evaluate(run, files, measured) for run in runs]
     standard = []
     if args.standard_runs:
