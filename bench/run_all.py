@@ -70,7 +70,7 @@ def _load(name: str) -> dict | None:
 
 
 def _target_row(what: str, value: float, target: float, unit: str, higher_better: bool) -> list:
-    if target == 0:  # a margin: no meaningful ratio
+    if target == 0 or (value == 0 and not higher_better):  # a margin, or a perfect zero
         ratio = ""
     else:
         ratio = f"{value / target if higher_better else target / value:.2f}x"
@@ -319,7 +319,7 @@ def _generalization_details(r: dict) -> list[str]:
         f"{outside['networks']} networks from `bench/outside_mnist.py` (styles "
         f"{', '.join(outside['styles'])}; measured test accuracy {min(outside['measured']):.3f}-"
         f"{max(outside['measured']):.3f}), predicted with `--dataset mnist` by runs trained on "
-        f"`{r['zoo']}` ({r['zoo_models']} models; {r['seeds']} seeds, at most {r['epochs']} "
+        f"`{r['zoo']}` ({r['zoo_models']} models; seeds: {r['seeds']}, at most {r['epochs']} "
         f"epochs, patience {r['patience']}) and by the standard study's runs.",
         "",
     ]
