@@ -110,7 +110,8 @@ def probe_outputs(
                 parts = [
                     _first_tensor(forward(probes[at : at + size])) for at in range(0, PROBES, size)
                 ]
-                out = torch.cat(parts) if all(isinstance(t, Tensor) for t in parts) else None
+                tensors = [t for t in parts if isinstance(t, Tensor)]
+                out = torch.cat(tensors) if len(tensors) == len(parts) else None
             except Exception:  # the network does not run on its probes: no probe outputs
                 return None
     if out is None or out.shape[0] != PROBES or not out.is_floating_point():

@@ -304,8 +304,9 @@ class _Descent:
         cost = torch.zeros(size, size, dtype=torch.float64)
         for slot, b_other in zip(slots, b_others):
             index = slot.index
-            if moved is not None:
-                index = gather_index(self.graph.bindings[slot.name].dims[slot.dim], moved)[index]
+            nodes = self.graph.bindings[slot.name].dims[slot.dim]
+            if moved is not None and nodes is not None:  # a slot's dimension is tied to nodes
+                index = gather_index(nodes, moved)[index]
             a_rows = _rows(self.a[slot.name], slot.dim, slot.index)
             cost += a_rows @ _rows(b_other, slot.dim, index).T
         return cost
