@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from weightspace.zoo.datasets import load_dataset
+from weightspace.zoo.datasets import TaskData, load_dataset
 
 SEED = 20_261_202
 OUTSIDE_WIDTHS = (20, 50, 100, 200)
@@ -173,18 +173,7 @@ def build(spec: dict) -> nn.Module:
     return AllConv(**arch)
 
 
-def read_mnist() -> dict[str, Tensor]:
-    """The 60,000 training and 10,000 test images, normalised, with their labels."""
-    data = load_dataset("mnist")
-    return {
-        "x_train": data.x_train,
-        "y_train": data.y_train,
-        "x_test": data.x_test,
-        "y_test": data.y_test,
-    }
-
-
-def train(model: nn.Module, spec: dict, data: dict[str, Tensor]) -> None:
+def train(model: nn.Module, spec: dict, data: TaskData) -> None:
     """The recipe of ``spec``: random batches, its optimizer and schedule, its input scaling."""
     torch.manual_seed(spec["seed"])
     if spec["optimizer"] == "sgd":
@@ -197,10 +186,10 @@ def train(model: nn.Module, spec: dict, data: dict[str, Tensor]) -> None:
         optimizer = torch.optim.Adagrad(model.parameters(), lr=0.02)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model.train()
-    n = len(data["x_train"])
+    n = len(data.x_train)
     for _ in range(spec["steps"]):
         index = torch.randint(0, n, (spec["batch_size"],))
-        loss = F.cross_entropy(model(scaled(data["x_train"][index], spec)), data["y_train"][index])
+        loss = F.cross_entropy(model(scaled(data.x_train[index], spec)), data.y_train[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -227,13 +216,13 @@ def make(out: Path, count: int = 48) -> list[dict]:
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out}: exists and is not empty; choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    data = read_mnist()
+    data = load_dataset("mnist")  # normalised images; scaled() gives a recipe its inputs
     records = []
     for spec in tqdm(plan(count, random.Random(SEED)), desc="outside networks"):
         start = time.perf_counter()
         model = build(spec)
         train(model, spec, data)
-        example = scaled(data["x_test"][:1], spec)
+        example = scaled(data.x_test[:1], spec)
         program = torch.export.export(model, (example,))
         torch.export.save(program, out / f"{spec['name']}.pt2")
         records.append(
@@ -241,9 +230,9 @@ def make(out: Path, count: int = 48) -> list[dict]:
                 **spec,
                 "file": f"{spec['name']}.pt2",
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "test_accuracy": accuracy(model, data["x_test"], data["y_test"], spec),
+                "test_accuracy": accuracy(model, data.x_test, data.y_test, spec),
                 "train_accuracy": accuracy(
-                    model, data["x_train"][:10_000], data["y_train"][:10_000], spec
+                    model, data.x_train[:10_000], data.y_train[:10_000], spec
                 ),
                 "seconds": time.perf_counter() - start,
             }

@@ -22,6 +22,7 @@ away, then the first :data:`PROBE_WIDTH` values are kept (``k`` ≤ ``PROBE_WIDT
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -50,20 +51,27 @@ def probe_inputs(
     is not one tensor of floats or of token ids of a network with an embedding."""
     if not isinstance(example, Tensor) or example.ndim < 2:
         return None
-    gen = torch.Generator().manual_seed(PROBE_SEED)
     shape = (PROBES, *example.shape[1:])
     if example.is_floating_point():
-        dtype = dtype or example.dtype
-        if example.ndim == 4:
-            return _blobs(shape, gen).to(dtype)
-        side = math.isqrt(shape[-1])
-        if example.ndim == 2 and side >= 4 and side * side == shape[-1]:
-            return _blobs((PROBES, 1, side, side), gen).reshape(shape).to(dtype)
-        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+        # a copy: a network may write into its input (x.relu_()), the cached probes stay
+        return _float_probes(shape).to(dtype or example.dtype, copy=True)
     embedding = next((m for m in module.modules() if isinstance(m, nn.Embedding)), None)
     if embedding is None:
         return None
+    gen = torch.Generator().manual_seed(PROBE_SEED)
     return torch.randint(0, embedding.num_embeddings, shape, generator=gen).to(example.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _float_probes(shape: tuple[int, ...]) -> Tensor:
+    """The float64 probes of an input shape, made once per shape (a zoo shares a few)."""
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    if len(shape) == 4:
+        return _blobs(shape, gen)
+    side = math.isqrt(shape[-1])
+    if len(shape) == 2 and side >= 4 and side * side == shape[-1]:
+        return _blobs((PROBES, 1, side, side), gen).reshape(shape)
+    return torch.randn(shape, generator=gen, dtype=torch.float64)
 
 
 def _blobs(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
