@@ -16,7 +16,15 @@ from .exceptions import WeightspaceError
 from .graph import NeuralGraph, is_prepared, to_graph
 from .limits import MAX_PARAMS
 from .objectives import bound_predictions
-from .train import REFERENCE_FILE, LoadedRun, RunError, embed_graphs, load_run, ood_scores
+from .train import (
+    REFERENCE_FILE,
+    LoadedRun,
+    RunError,
+    embed_graphs,
+    load_run,
+    ood_scores,
+    prediction_intervals,
+)
 from .zoo import read_spec
 
 ModelLike = nn.Module | NeuralGraph | str | Path
@@ -157,7 +165,11 @@ class Embedder:
         """:meth:`predict`, with how far to trust each prediction.
 
         Columns: each property; ``<property> low`` and ``<property> high``, its conformal
-        interval (nominal coverage in the run's ``uncertainty.coverage``, 90 %);
+        interval (nominal coverage in the run's ``uncertainty.coverage``, 90 %, for models
+        like the run's validation models), wider the farther the model's embedding is from
+        every training model's and clipped to the property's range (see
+        :func:`weightspace.train.prediction_intervals`; runs trained before adaptive
+        intervals have one width per property);
         ``dataset``, the data set the prediction is conditioned on (see
         :meth:`assumed_datasets`; empty for runs whose head does not read it); ``ood``, the
         out-of-distribution score (about 1 or less: like the training models; see the
@@ -187,15 +199,13 @@ class Embedder:
         table = self.predict_from_embeddings(z, assumed)
         record = self.run.config.get("uncertainty")
         reference = self._reference()
+        low, high = prediction_intervals(
+            record, table[self.properties].to_numpy(), z, reference, self.properties
+        )
         columns: dict[str, Any] = {}
-        for name in self.properties:
-            width = (record or {}).get("halfwidth", {}).get(name)
-            width = np.nan if width is None else width
-            bounded = bound_predictions(
-                np.stack([table[name] - width, table[name] + width], axis=1), [name, name]
-            )
+        for k, name in enumerate(self.properties):
             columns[name] = table[name]
-            columns[f"{name} low"], columns[f"{name} high"] = bounded[:, 0], bounded[:, 1]
+            columns[f"{name} low"], columns[f"{name} high"] = low[:, k], high[:, k]
         columns["dataset"] = ["" if name is None else name for name in assumed]
         if record is None or reference is None:
             columns["ood"] = np.full(len(graphs), np.nan)
@@ -214,7 +224,7 @@ class Embedder:
         return list((self.run.config.get("uncertainty") or {}).get("datasets", []))
 
     def _reference(self) -> np.ndarray | None:
-        """The run's unit-normalised training embeddings, if it stored them."""
+        """The run's training embeddings, if it stored them (unit-normalised in older runs)."""
         path = self.run.path / REFERENCE_FILE
         if not path.is_file():
             return None

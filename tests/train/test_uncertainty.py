@@ -10,17 +10,17 @@ import torch
 import weightspace as ws
 from weightspace.cli import main
 from weightspace.train import REFERENCE_FILE
-from weightspace.train._uncertainty import conformal_halfwidth, nearest_distance
+from weightspace.train._uncertainty import conformal_quantile, nearest_distance, nearest_euclidean
 from weightspace.zoo import Zoo
 
 
-def test_conformal_halfwidth_is_the_finite_sample_quantile():
+def test_conformal_quantile_is_the_finite_sample_quantile():
     residuals = np.array([0.1, -0.4, 0.2, np.nan, 0.3, -0.05, 0.6, 0.25, -0.15, 0.5, 0.35])
     # 10 finite values; rank ceil(11 * 0.9) = 10: the largest absolute residual
-    assert conformal_halfwidth(residuals, 0.9) == pytest.approx(0.6)
-    assert conformal_halfwidth(residuals, 0.5) == pytest.approx(0.3)  # rank 6 of 10
-    assert math.isinf(conformal_halfwidth(residuals[:5], 0.9))  # 4 values cannot give 90 %
-    assert math.isnan(conformal_halfwidth(np.array([np.nan]), 0.9))
+    assert conformal_quantile(residuals, 0.9) == pytest.approx(0.6)
+    assert conformal_quantile(residuals, 0.5) == pytest.approx(0.3)  # rank 6 of 10
+    assert math.isinf(conformal_quantile(residuals[:5], 0.9))  # 4 values cannot give 90 %
+    assert math.isnan(conformal_quantile(np.array([np.nan]), 0.9))
 
 
 def test_nearest_distance_is_cosine_and_can_exclude_itself():
@@ -29,17 +29,29 @@ def test_nearest_distance_is_cosine_and_can_exclude_itself():
     assert nearest_distance(z, z, exclude_self=True)[0] == pytest.approx(1 - 1 / math.sqrt(2))
 
 
+def test_nearest_euclidean_matches_the_direct_distance_and_can_exclude_itself():
+    rng = np.random.default_rng(0)
+    z, reference = rng.normal(size=(7, 3)) * 5, rng.normal(size=(2000, 3))
+    direct = np.linalg.norm(z[:, None, :] - reference[None], axis=2).min(axis=1)
+    assert nearest_euclidean(z, reference) == pytest.approx(direct)
+    within = nearest_euclidean(reference, reference, exclude_self=True)  # in two blocks
+    others = np.delete(np.linalg.norm(reference - reference[1500], axis=1), 1500)
+    assert within[1500] == pytest.approx(others.min())
+
+
 def test_a_run_records_intervals_and_its_reference(gnn_training):
     run = gnn_training.run_dir
     config = json.loads((run / "config.json").read_text())
     record = config["uncertainty"]
-    assert record["coverage"] == 0.9 and set(record["halfwidth"]) == set(config["properties"])
+    assert record["coverage"] == 0.9 and set(record["quantile"]) == set(config["properties"])
+    assert set(record["difficulty"]) == {"cosine", "euclidean"} and "halfwidth" not in record
     assert record["ood_scale"] > 0 and record["input_nodes"]
     reference = np.load(run / REFERENCE_FILE)
     assert reference.shape == (len(config["splits"]["train"]), ws.Embedder.load(run).dim)
     for metrics in gnn_training.metrics["properties"].values():
-        coverage = metrics["interval_coverage"]
-        assert coverage is None or 0.0 <= coverage <= 1.0
+        coverage, width = metrics["interval_coverage"], metrics["interval_width"]
+        assert (coverage is None) == (width is None)
+        assert coverage is None or (0.0 <= coverage <= 1.0 and width >= 0.0)
 
 
 def test_training_models_are_in_distribution_and_a_foreign_network_is_not(gnn_training, small_zoo):

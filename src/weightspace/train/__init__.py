@@ -9,10 +9,11 @@ from ._trainer import (
     TrainResult,
     embed_graphs,
     featurizer_of,
+    refit_uncertainty,
     resolve_device,
     train,
 )
-from ._uncertainty import COVERAGE, REFERENCE_FILE, ood_scores
+from ._uncertainty import COVERAGE, REFERENCE_FILE, ood_scores, prediction_intervals
 
 __all__ = [
     "COVERAGE",
@@ -34,7 +35,9 @@ __all__ = [
     "load_run",
     "model_files",
     "ood_scores",
+    "prediction_intervals",
     "prepared_graphs",
+    "refit_uncertainty",
     "resolve_device",
     "split_by_run",
     "train",

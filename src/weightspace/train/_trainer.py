@@ -21,14 +21,25 @@ from ..encoders import Encoder, create_encoder
 from ..exceptions import WeightspaceError
 from ..featurize import Featurizer
 from ..graph import GraphBatch, NeuralGraph
-from ..infra import atomic_write, resolve_progress
+from ..infra import atomic_write, atomic_write_json, read_manifest, resolve_progress
 from ..metrics import regression_metrics
 from ..objectives import PropertyHead, bound_predictions, info_nce, make_view, masked_mse
 from ..zoo import Zoo
 from ._config import ConfigError, TrainConfig
 from ._data import DataError, Split, prepared_graphs, property_table, split_by_run
-from ._run import HISTORY_FILE, check_out, clear_run, meta_modules, save_run, write_metrics
-from ._uncertainty import REFERENCE_FILE, fit_uncertainty
+from ._run import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RunError,
+    check_out,
+    clear_run,
+    load_run,
+    meta_modules,
+    save_run,
+    write_metrics,
+)
+from ._uncertainty import REFERENCE_FILE, fit_uncertainty, prediction_intervals
 
 EMBED_BATCH = 64
 LOSSES = ("total", "contrastive", "property")
@@ -278,7 +289,8 @@ class Trainer:
             targets.loc[split.test].to_numpy(),
             mean,
             std,
-            uncertainty["halfwidth"],
+            uncertainty,
+            reference,
         )
         metrics["epochs_run"] = len(history)
         metrics["best_val_total"] = best[0]
@@ -401,31 +413,37 @@ class Trainer:
         true: np.ndarray,
         mean: np.ndarray,
         std: np.ndarray,
-        halfwidth: Mapping[str, float | None],
+        record: Mapping[str, Any],
+        reference: np.ndarray,
     ) -> dict[str, Any]:
-        predicted = self._predict(encoder, head, graphs, dataset, mean, std)
+        """Test-split metrics, with the coverage and mean width (clipped to the property's
+        range) of the intervals of the uncertainty ``record`` and its ``reference``
+        embeddings (None for a property without intervals)."""
+        z = embed_graphs(encoder, graphs).numpy()
+        predicted = self._predict(head, z, dataset, mean, std)
+        low, high = prediction_intervals(record, predicted, z, reference, self.config.properties)
         properties: dict[str, Any] = {}
         for k, name in enumerate(self.config.properties):
             properties[name] = regression_metrics(true[:, k], predicted[:, k])
             known = np.isfinite(true[:, k])
-            width = halfwidth[name]
-            inside = np.abs(predicted[known, k] - true[known, k]) <= (width or np.inf)
-            properties[name]["interval_coverage"] = (
-                float(inside.mean()) if known.any() and width is not None else None
-            )
+            width = high[:, k] - low[:, k]
+            has_interval = known.any() and not np.isnan(width).all()
+            inside = (low[known, k] <= true[known, k]) & (true[known, k] <= high[known, k])
+            properties[name]["interval_coverage"] = float(inside.mean()) if has_interval else None
+            properties[name]["interval_width"] = float(np.nanmean(width)) if has_interval else None
         return {"test_models": len(graphs), "properties": properties}
 
     def _predict(
         self,
-        encoder: Encoder,
         head: PropertyHead,
-        graphs: Sequence[NeuralGraph],
+        z: np.ndarray,
         dataset: Tensor,
         mean: np.ndarray,
         std: np.ndarray,
     ) -> np.ndarray:
+        """Bounded predictions ``[n, P]`` from embeddings ``z`` ``[n, D]``."""
         with torch.no_grad():
-            standardised = head(embed_graphs(encoder, graphs), dataset).numpy()
+            standardised = head(torch.as_tensor(z), dataset).numpy()
         return bound_predictions(standardised * std + mean, self.config.properties)
 
     def _uncertainty(
@@ -440,7 +458,8 @@ class Trainer:
         std: np.ndarray,
         dataset_of: Callable[[Sequence[str]], Tensor],
     ) -> tuple[dict[str, Any], np.ndarray]:
-        """Conformal half-widths from the validation split, and the OOD reference."""
+        """Adaptive conformal intervals from the validation split, and the reference (the
+        training embeddings, for the intervals' difficulty and the OOD score)."""
         train_graphs = [graphs[i] for i in split.train]
         rows = catalog.set_index("id").loc[split.train]
         context: dict[str, list] = {
@@ -448,10 +467,11 @@ class Trainer:
             "families": [str(f) for f in rows["family"]],
             "input_nodes": [int(g.count_roles()["input"]) for g in train_graphs],
         }
-        val_graphs = [graphs[i] for i in split.val]
+        val_z = embed_graphs(encoder, [graphs[i] for i in split.val]).numpy()
         record, reference = fit_uncertainty(
             embed_graphs(encoder, train_graphs).numpy(),
-            self._predict(encoder, head, val_graphs, dataset_of(split.val), mean, std),
+            val_z,
+            self._predict(head, val_z, dataset_of(split.val), mean, std),
             targets.loc[split.val].to_numpy(),
             list(self.config.properties),
             context,
@@ -502,3 +522,74 @@ def train(
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
     trainer = Trainer(config, progress=progress, workers=workers, trust_pickle=trust_pickle)
     return trainer.fit(zoo, out, overwrite=overwrite)
+
+
+def refit_uncertainty(
+    run_dir: str | Path,
+    zoo: str | Path | Zoo | None = None,
+    *,
+    workers: int = 1,
+    progress: bool | None = None,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
+    """Fit a trained run's intervals and OOD reference again, in place, without retraining.
+
+    Gives a run trained before adaptive intervals (a record with one constant ``halfwidth``
+    per property) the intervals of this version: its training, validation and test models
+    are embedded again with its encoder (graphs from the zoo's cache where there), and the
+    ``uncertainty`` record of ``config.json``, ``reference.npy`` and the interval entries of
+    ``metrics.json`` (``interval_coverage``, ``interval_width``) are rewritten as training
+    would have written them. The encoder, head and other metrics are left as they are.
+
+    Args:
+        run_dir: the run directory.
+        zoo: the zoo the run was trained on (default: its recorded ``zoo`` path).
+        workers: processes building graphs missing from the zoo's cache.
+        progress: show progress bars (default: on a terminal, off under CI).
+        trust_pickle: allow ``.pt2`` zoo models whose loading needs a full unpickle.
+
+    Returns:
+        The run's new test metrics (the contents of ``metrics.json``).
+
+    Raises:
+        RunError: the run cannot be loaded (see :func:`load_run`).
+        ConfigError: its training settings are not this version's.
+        DataError: the zoo lacks some of the run's models or properties.
+    """
+    run = load_run(run_dir)
+    config = run.config
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(config["zoo"] if zoo is None else zoo)
+    split = Split(**config["splits"])
+    ids = split.train + split.val + split.test
+    built = prepared_graphs(zoo, run.featurizer, ids, workers, progress, trust_pickle=trust_pickle)
+    graphs = dict(zip(ids, built))
+    catalog = zoo.catalog
+    targets = property_table(catalog, run.properties, str(zoo.root))
+    mean, std = np.asarray(config["target_mean"]), np.asarray(config["target_std"])
+    dataset_of = dataset_indices(catalog, run.datasets)
+    settings = TrainConfig.from_dict(config["train_config"], where=str(run.path / CONFIG_FILE))
+    trainer = Trainer(settings.replace(device="cpu"), progress=progress)
+    uncertainty, reference = trainer._uncertainty(
+        run.encoder, run.head, graphs, split, catalog, targets, mean, std, dataset_of
+    )
+    fresh = trainer._test_metrics(
+        run.encoder,
+        run.head,
+        [graphs[i] for i in split.test],
+        dataset_of(split.test),
+        targets.loc[split.test].to_numpy(),
+        mean,
+        std,
+        uncertainty,
+        reference,
+    )
+    metrics = read_manifest(run.path / METRICS_FILE, RunError)
+    for name, values in fresh["properties"].items():
+        entry = metrics.setdefault("properties", {}).setdefault(name, {})
+        entry["interval_coverage"] = values["interval_coverage"]
+        entry["interval_width"] = values["interval_width"]
+    # The reference first: with it and the old record, predictions are as before.
+    atomic_write(run.path / REFERENCE_FILE, lambda f: np.save(f, reference))
+    atomic_write_json(run.path / CONFIG_FILE, {**config, "uncertainty": uncertainty})
+    write_metrics(run.path, metrics)
+    return metrics
