@@ -86,14 +86,19 @@ def test_transfer_and_lineage_tables_match_results_json(study):
     _, report, results = study
     tables = tables_by_heading(report.read_text())
     transfer = results["transfer"]
-    accuracy = next(t for h, ts in tables.items() if h == "Transfer" for t in ts)
+    rows = {**transfer["rankers"], **transfer["references"]}
+    accuracy, gains = [t for h, ts in tables.items() if h == "Transfer" for t in ts][:2]
     checked = 0
     for row in accuracy["rows"]:
         for budget in ("10", "50", "100"):
-            stat = transfer["rankers"][row["Ranker"]]["accuracy"][budget]
+            stat = rows[row["Ranker"]]["accuracy"][budget]
             assert row[f"Budget {budget}"] == format_stat(stat)
             checked += 1
-    assert checked == 3 * len(transfer["rankers"])
+    assert checked == 3 * len(rows)
+    for row in gains["rows"]:  # mean gain over the exact random pick and its interval
+        low, high = rows[row["Ranker"]]["gain_over_random"]["10"]["ci95"]
+        assert row["Budget 10"].endswith(f"[{low:+.3f}, {high:+.3f}]")
+    assert set(transfer["rankers"]["source_accuracy"]["per_target"]) == set(transfer["targets"])
     lineage = tables["Lineage: finding a model's source"][0]
     for row in lineage["rows"]:
         for encoder, by_transform in results["lineage"]["top1"].items():

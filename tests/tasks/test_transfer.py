@@ -11,31 +11,41 @@ import weightspace as ws
 from weightspace import cli
 from weightspace.cli import _transfer
 from weightspace.tasks.transfer import (
+    GOAL_GAIN,
+    OUTCOME_COLUMNS,
     TARGET_TASKS,
+    CandidateFeatures,
+    Cell,
     FineTuneJob,
     LearnedRanker,
     PredictedAccuracyRanker,
     RandomRanker,
+    Ranker,
     SourceAccuracyRanker,
     TransferError,
     UnknownTargetError,
     ZooEmbeddings,
+    bootstrap_interval,
     evaluate,
+    evaluate_rankers,
     fine_tune,
     fine_tune_curve,
     fits,
     fitting_ids,
+    goal_verdict,
     load_target,
+    measure_outcomes,
+    plan_cells,
     run_jobs,
     scratch_model,
     transfer_study,
 )
-from weightspace.tasks.transfer import _study as transfer_study_module
 from weightspace.tasks.transfer._targets import MNIST_TEST_EXAMPLES
 from weightspace.zoo.datasets import TaskData, load_dataset
 from weightspace.zoo.families import build_model
 
 SHARED_MNIST = Path(__file__).parents[2].parent / "shared" / "data" / "mnist"
+MNIST_TARGETS = [name for name, task in TARGET_TASKS.items() if task.source == "mnist"]
 TWO_TARGETS = ["digits-rotated", "digits-0to4"]
 
 
@@ -73,7 +83,18 @@ def test_targets_transform_the_digits_as_intended():
     assert np.array_equal(subset.x_test.numpy(), x_test[keep])
     assert sorted(subset.y_train.unique().tolist()) == [0, 1, 2, 3, 4]
     assert subset.num_classes == 10  # the head keeps its 10 outputs
-    assert {load_target(t).name for t in TWO_TARGETS} == set(TWO_TARGETS)
+    assert {load_target(t).name for t in TARGET_TASKS if t not in MNIST_TARGETS} == set(
+        TARGET_TASKS
+    ) - set(MNIST_TARGETS)
+
+
+def test_tabular_targets_reverse_the_features():
+    for source in ("wine", "breast_cancer"):
+        data, target = load_dataset(source, 0), load_target(f"{source}-reversed", 0)
+        assert target.type == "scientific" and target.input_shape == data.input_shape
+        assert torch.equal(target.x_train, data.x_train.flip(-1))
+        assert torch.equal(target.x_test[:, 0], data.x_test[:, -1])
+        assert torch.equal(target.y_test, data.y_test)
 
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"MNIST is not at {SHARED_MNIST}")
@@ -87,6 +108,17 @@ def test_mnist_target_is_pooled_to_the_digits_shape():
     assert torch.equal(mnist.y_train, full.y_train)
     assert set(mnist.y_test.tolist()) == set(range(10))
     assert abs(float(mnist.x_train.mean())) < 1e-4 and abs(float(mnist.x_train.std()) - 1) < 1e-3
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"MNIST is not at {SHARED_MNIST}")
+def test_rotated_mnist_target_keeps_the_mnist_shape():
+    rotated = load_target("mnist-rotated", 0, SHARED_MNIST)
+    full = load_dataset("mnist", 0, SHARED_MNIST)
+    assert rotated.input_shape == (1, 28, 28) and len(rotated.x_train) == 60000
+    assert torch.equal(rotated.x_train[:50], torch.rot90(full.x_train[:50], 1, dims=(-2, -1)))
+    pooled = load_target("mnist", 0, SHARED_MNIST)
+    assert len(rotated.x_test) == MNIST_TEST_EXAMPLES
+    assert torch.equal(rotated.y_test, pooled.y_test)  # the same test images as ``mnist``
 
 
 def test_unknown_target_lists_the_targets():
@@ -105,6 +137,10 @@ def test_candidates_fit_input_and_output_shapes():
     assert not fits({"family": "mlp", "in_features": 13, "num_classes": 10}, target)
     assert not fits({"family": "mlp", "in_features": 64, "num_classes": 3}, target)
     assert not fits({"family": "bert", "vocab_size": 32, "max_len": 16, "num_classes": 10}, target)
+    wine = load_target("wine-reversed")
+    assert fits({"family": "mlp", "in_features": 13, "num_classes": 3}, wine)
+    assert not fits({"family": "mlp", "in_features": 64, "num_classes": 10}, wine)
+    assert not fits({"family": "vgg", "in_channels": 1, "image_size": 8, "num_classes": 3}, wine)
 
 
 def test_zero_steps_measures_the_model_as_it_is(zoo, digits_ids):
@@ -171,17 +207,273 @@ def test_jobs_give_the_same_curves_in_worker_processes(zoo, digits_ids):
     assert here[jobs[0]][4] == fine_tune(model, data, 4, seed=1)
 
 
-def _outcomes(ids, targets, budget=5, seed=0):
+TOY_TARGETS = ("digits-rotated", "digits-shifted", "digits-0to4")
+TOY_BUDGETS = (5, 10)
+
+
+class _Scores(Ranker):
+    """A ranker of fixed scores by id that records every candidate list it ranks."""
+
+    def __init__(self, scores, name, calls):
+        self.table, self.name, self.calls = scores, name, calls
+
+    def scores(self, candidates):
+        self.calls.append((self.name, tuple(candidates)))
+        return np.array([self.table[c] for c in candidates])
+
+
+def _toy_study(seed=0, n_models=14, seeds=(0, 1, 2)):
+    """Cells of 8 of ``n_models`` models per target and seed, and their outcomes: a model's
+    latent quality plus a target offset plus noise; scratch is worse than any model."""
     rng = np.random.default_rng(seed)
-    rows = [(i, t, budget, float(rng.random()), 1.0) for t in targets for i in ids]
-    return pd.DataFrame(rows, columns=["id", "target", "budget", "accuracy", "loss"])
+    ids = [f"m{i:02d}" for i in range(n_models)]
+    quality = dict(zip(ids, rng.random(n_models)))
+    cells = [
+        Cell(t, s, tuple(sorted(rng.choice(ids, size=8, replace=False))))
+        for t in TOY_TARGETS
+        for s in seeds
+    ]
+    rows = []
+    for k, cell in enumerate(cells):
+        for i in cell.candidates:
+            for b in TOY_BUDGETS:
+                accuracy = 0.3 * quality[i] + 0.1 * k / len(cells) + 0.02 * rng.random() + b / 100
+                rows.append((i, cell.target, cell.seed, b, accuracy, 1.0, 0.1 * rng.random(), 2.0))
+    columns = [*OUTCOME_COLUMNS, "scratch_accuracy", "scratch_loss"]
+    return cells, pd.DataFrame(rows, columns=columns), quality
+
+
+def _toy_features(quality):
+    def features(ids, target):
+        return np.array([[quality[i], len(target)] for i in ids])
+
+    return features
+
+
+def _toy_factories(quality, calls, seen):
+    """A good, a bad and a learned ranker; every build records the targets it was given."""
+
+    def fixed(scores, name):
+        def build(target, budget, others):
+            seen.append((name, target, budget, set(others["target"])))
+            return _Scores(scores, name, calls)
+
+        return build
+
+    def learned(target, budget, others):
+        seen.append(("learned", target, budget, set(others["target"])))
+        return LearnedRanker(_toy_features(quality), target, budget).fit(others)
+
+    bad = {i: -q for i, q in quality.items()}
+    return {"good": fixed(quality, "good"), "bad": fixed(bad, "bad"), "learned": learned}
+
+
+def _cell_rows(outcomes, cell, budget):
+    rows = outcomes[
+        (outcomes["target"] == cell.target)
+        & (outcomes["seed"] == cell.seed)
+        & (outcomes["budget"] == budget)
+    ]
+    return rows.set_index("id").loc[list(cell.candidates)]
+
+
+def test_every_ranker_chooses_from_the_same_candidates_and_is_scored_on_the_same_runs():
+    cells, outcomes, quality = _toy_study()
+    calls, seen = [], []
+    result = evaluate_rankers(cells, outcomes, _toy_factories(quality, calls, seen), TOY_BUDGETS)
+    asked = {}
+    for name, candidates in calls:
+        asked.setdefault(name, []).append(candidates)
+    expected = [c.candidates for c in cells for _ in TOY_BUDGETS]
+    assert sorted(asked["good"]) == sorted(asked["bad"]) == sorted(expected)
+    assert len(result["picks"]) == 3 * len(cells) * len(TOY_BUDGETS)
+    for pick in result["picks"]:  # each pick is scored with the cell's one measured outcome
+        cell = next(c for c in cells if (c.target, c.seed) == (pick["target"], pick["seed"]))
+        assert pick["id"] in cell.candidates
+        rows = _cell_rows(outcomes, cell, pick["budget"])
+        assert pick["accuracy"] == rows.at[pick["id"], "accuracy"]
+    random = result["references"]["random"]["accuracy"]
+    for summary in result["rankers"].values():
+        for b in map(str, TOY_BUDGETS):
+            accuracy = np.array(summary["accuracy"][b]["values"])
+            gain = np.array(summary["gain_over_random"][b]["values"])
+            assert np.allclose(gain, accuracy - np.array(random[b]["values"]))
+    # the good ranker picks the best latent quality, the bad one the worst, in every cell
+    assert result["rankers"]["good"]["gain_over_random"]["10"]["ci95"][0] > 0
+    assert result["rankers"]["bad"]["gain_over_random"]["10"]["ci95"][1] < 0
+    learned = result["rankers"]["learned"]["gain_over_random"]["10"]["mean"]
+    assert learned > 0.5 * result["rankers"]["good"]["gain_over_random"]["10"]["mean"]
+
+
+def test_random_reference_is_the_exact_mean_over_the_candidates():
+    cells, outcomes, quality = _toy_study()
+    result = evaluate_rankers(cells, outcomes, _toy_factories(quality, [], []), TOY_BUDGETS)
+    references = result["references"]
+    for b in TOY_BUDGETS:
+        rows = [_cell_rows(outcomes, c, b) for c in cells]
+        exact = [r["accuracy"].mean() for r in rows]
+        assert references["random"]["accuracy"][str(b)]["values"] == pytest.approx(exact)
+        best = [r["accuracy"].max() for r in rows]
+        assert references["oracle"]["accuracy"][str(b)]["values"] == pytest.approx(best)
+        scratch = [r["scratch_accuracy"].mean() for r in rows]
+        assert references["scratch"]["accuracy"][str(b)]["values"] == pytest.approx(scratch)
+        assert references["random"]["gain_over_random"][str(b)]["values"] == [0.0] * len(cells)
+        for summary in result["rankers"].values():
+            assert all(
+                a <= o + 1e-12
+                for a, o in zip(
+                    summary["accuracy"][str(b)]["values"],
+                    references["oracle"]["accuracy"][str(b)]["values"],
+                )
+            )
+    # it is what many random draws average to
+    cell, rows = cells[0], _cell_rows(outcomes, cells[0], 10)
+    draws = [rows.at[RandomRanker(s).rank(cell.candidates)[0], "accuracy"] for s in range(4000)]
+    assert np.mean(draws) == pytest.approx(rows["accuracy"].mean(), abs=0.005)
+    per_target = references["random"]["per_target"]
+    assert set(per_target) == set(TOY_TARGETS)
+    assert per_target["digits-0to4"]["accuracy"]["10"]["values"] == pytest.approx(
+        references["random"]["accuracy"]["10"]["values"][6:9]
+    )
+
+
+def test_no_target_enters_its_own_ranker():
+    cells, outcomes, quality = _toy_study()
+    seen = []
+    clean = evaluate_rankers(cells, outcomes, _toy_factories(quality, [], seen), TOY_BUDGETS)
+    assert len(seen) == 3 * len(TOY_TARGETS) * len(TOY_BUDGETS)
+    for _, target, _, given in seen:  # by construction: a build gets the other targets only
+        assert given == set(TOY_TARGETS) - {target}
+    assert all(fit["target"] not in fit["training_targets"] for fit in clean["fits"])
+    # poisoning a target's outcomes changes what its picks score, never which they are
+    held_out = "digits-shifted"
+    poisoned = outcomes.copy()
+    mask = poisoned["target"] == held_out
+    poisoned.loc[mask, "accuracy"] = 1 - poisoned.loc[mask, "accuracy"]
+    dirty = evaluate_rankers(cells, poisoned, _toy_factories(quality, [], []), TOY_BUDGETS)
+
+    def picks(result):
+        return [
+            (p["ranker"], p["seed"], p["budget"], p["id"])
+            for p in result["picks"]
+            if p["target"] == held_out
+        ]
+
+    assert picks(clean) == picks(dirty)
+    # a learned ranker refuses the outcomes of its own target
+    with pytest.raises(TransferError, match="outcomes of 'digits-shifted' itself"):
+        LearnedRanker(_toy_features(quality), held_out, 10).fit(outcomes)
+    others = outcomes[outcomes["target"] != held_out]
+    flipped = others.assign(accuracy=1 - others["accuracy"])
+    ids = list(quality)
+    a = LearnedRanker(_toy_features(quality), held_out, 10).fit(others).scores(ids)
+    b = LearnedRanker(_toy_features(quality), held_out, 10).fit(flipped).scores(ids)
+    assert np.corrcoef(a, b)[0, 1] < 0  # it does learn from the other targets
+    with pytest.raises(TransferError, match="at least 2 models"):
+        LearnedRanker(_toy_features(quality), held_out, 7).fit(others)
+
+
+def test_evaluation_needs_a_full_grid_of_measured_cells():
+    cells, outcomes, quality = _toy_study()
+    with pytest.raises(TransferError, match="every target and seed"):
+        evaluate_rankers(cells[1:], outcomes, _toy_factories(quality, [], []), TOY_BUDGETS)
+    missing = outcomes.drop(index=outcomes.index[0])
+    with pytest.raises(TransferError, match="measure every candidate"):
+        evaluate_rankers(cells, missing, _toy_factories(quality, [], []), TOY_BUDGETS)
+
+
+def test_bootstrap_interval_resamples_targets_then_seeds():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(40, 5))
+    low, high = bootstrap_interval(noise)
+    assert (low, high) == bootstrap_interval(noise)  # seeded
+    assert low < noise.mean() < high
+    # pure seed noise enters twice (through the targets' means and the seeds): sqrt(2) wider
+    naive = 2 * 1.96 * noise.std() / np.sqrt(noise.size)
+    assert high - low == pytest.approx(np.sqrt(2) * naive, rel=0.15)
+    assert bootstrap_interval(np.full((4, 3), 0.25)) == pytest.approx((0.25, 0.25))
+    # targets that differ: the interval covers that spread, not only the seeds'
+    shifted = noise * 0.01 + np.linspace(-1, 1, 40)[:, None]
+    two_stage = np.subtract(*bootstrap_interval(shifted)[::-1])
+    seeds_only = np.subtract(*bootstrap_interval(shifted.reshape(1, -1))[::-1])
+    assert two_stage > 1.5 * seeds_only
+    # at least 95 % coverage of the true mean 0 over repeated experiments (conservative)
+    covered = [
+        lo < 0 < hi
+        for lo, hi in (bootstrap_interval(rng.normal(size=(8, 3)), draws=2000) for _ in range(200))
+    ]
+    assert np.mean(covered) >= 0.93
+    with pytest.raises(TransferError, match=r"\[targets, seeds\]"):
+        bootstrap_interval(np.zeros(5))
+
+
+def _gains(mean10, ci10, mean50, ci50):
+    return {
+        "gain_over_random": {
+            "10": {"mean": mean10, "ci95": ci10},
+            "50": {"mean": mean50, "ci95": ci50},
+        }
+    }
+
+
+def test_goal_needs_the_gain_and_an_interval_above_zero_at_each_budget():
+    rankers = {
+        "learned:gnn": _gains(0.05, [0.01, 0.09], 0.03, [0.001, 0.06]),
+        "predicted_accuracy:gnn": _gains(0.2, [0.1, 0.3], 0.01, [0.0, 0.02]),
+        "source_accuracy": _gains(0.5, [0.4, 0.6], 0.5, [0.4, 0.6]),  # not an embedding
+    }
+    eligible = ["learned:gnn", "predicted_accuracy:gnn"]
+    verdict = goal_verdict(rankers, eligible)
+    assert verdict["ranker"] == "learned:gnn" and verdict["met"]  # the weaker budget decides
+    assert verdict["gain"] == GOAL_GAIN and verdict["budgets"] == [10, 50]
+    rankers["learned:gnn"] = _gains(0.05, [0.01, 0.09], 0.03, [-0.001, 0.06])
+    verdict = goal_verdict(rankers, eligible)
+    assert not verdict["met"] and verdict["per_budget"]["10"]["met"]
+    assert not verdict["per_budget"]["50"]["met"]
+    assert goal_verdict(rankers, ["learned:none"])["ranker"] is None
+
+
+def test_cells_sample_candidates_per_seed_and_skip_targets_without_a_choice(zoo):
+    targets = [*TWO_TARGETS, "wine-reversed"]  # the small zoo has digits models only
+    cells, skipped = plan_cells(zoo.catalog, targets, [0, 1], 3)
+    assert [(c.target, c.seed) for c in cells] == [(t, s) for t in TWO_TARGETS for s in (0, 1)]
+    assert set(skipped) == {"wine-reversed"} and "0 zoo model" in skipped["wine-reversed"]
+    assert cells[0].candidates != cells[1].candidates  # a sample per seed
+    pools = {t: fitting_ids(zoo.catalog, load_target(t)) for t in TWO_TARGETS}
+    for cell in cells:
+        assert set(cell.candidates) <= set(pools[cell.target])
+        assert len(cell.candidates) == min(3, len(pools[cell.target]))
+    everything, _ = plan_cells(zoo.catalog, TWO_TARGETS, [0], None)
+    assert [c.candidates for c in everything] == [tuple(pools[t]) for t in TWO_TARGETS]
+
+
+def test_outcomes_are_the_fine_tuned_and_scratch_measurements(zoo, digits_ids):
+    cells = [Cell("digits-shifted", 1, tuple(digits_ids[:2]))]
+    outcomes = measure_outcomes(zoo, cells, [0, 3], scratch=True, progress=False)
+    assert list(outcomes.columns) == [*OUTCOME_COLUMNS, "scratch_accuracy", "scratch_loss"]
+    assert len(outcomes) == 4
+    row = outcomes[(outcomes["id"] == digits_ids[1]) & (outcomes["budget"] == 3)].iloc[0]
+    data = load_target("digits-shifted")
+    assert (row["accuracy"], row["loss"]) == fine_tune(zoo.load(digits_ids[1]), data, 3, seed=1)
+    fresh = scratch_model(zoo.spec(digits_ids[1]), 1)
+    assert (row["scratch_accuracy"], row["scratch_loss"]) == fine_tune(fresh, data, 3, seed=1)
+    plain = measure_outcomes(zoo, cells, [3], progress=False)
+    assert list(plain.columns) == list(OUTCOME_COLUMNS)
 
 
 def test_rankers_return_permutations_of_the_candidates(zoo, gnn_run, digits_ids):
     cands = digits_ids[4:]
     embeddings = ZooEmbeddings(ws.Embedder.load(gnn_run), zoo, progress=False)
-    learned = LearnedRanker(embeddings.embed, "digits-rotated", 5)
-    learned.fit(_outcomes(digits_ids[:4], ["digits-0to4", "digits-shifted"]))
+    features = CandidateFeatures(zoo.catalog, embeddings)
+    rng = np.random.default_rng(0)
+    rows = [
+        (i, t, 0, 5, float(rng.random()), 1.0)
+        for t in ("digits-0to4", "digits-shifted")
+        for i in digits_ids[:4]
+    ]
+    learned = LearnedRanker(features, "digits-rotated", 5)
+    learned.fit(pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS)))
+    assert learned.training_targets_ == ["digits-0to4", "digits-shifted"]
     rankers = [
         RandomRanker(0),
         SourceAccuracyRanker(zoo.catalog),
@@ -198,84 +490,76 @@ def test_rankers_return_permutations_of_the_candidates(zoo, gnn_run, digits_ids)
     assert np.allclose(embeddings.embed(cands[:3]), embedder.embed(files), atol=1e-5)
     predicted = embedder.predict(files)["test_accuracy"].to_numpy()
     assert np.allclose(embeddings.predicted_accuracy(cands[:3]), predicted, atol=1e-5)
+    x = features(cands[:3], "digits-rotated")
+    catalog = zoo.catalog.set_index("id").loc[cands[:3]]
+    assert x.shape == (3, embedder.embed(files).shape[1] + 4)
+    assert np.allclose(x[:, -3], catalog["test_accuracy"]) and np.all(x[:, -1] == 1.0)
+    assert np.allclose(x[:, -2], np.log10(catalog["n_params"].astype(float)))
+    assert np.all(CandidateFeatures(zoo.catalog)(cands[:3], "mnist")[:, -1] == 0.0)
     assert RandomRanker(0).rank(cands) == RandomRanker(0).rank(cands)
     assert RandomRanker(0).rank(cands) != RandomRanker(1).rank(cands)
     with pytest.raises(TransferError, match="must not be empty"):
         RandomRanker(0).rank([])
 
 
-def test_learned_ranker_never_uses_the_held_out_targets_outcomes(zoo, gnn_run, digits_ids):
-    embeddings = ZooEmbeddings(ws.Embedder.load(gnn_run), zoo, progress=False)
-    train_ids, cands = digits_ids[:6], digits_ids[6:]
-    others = _outcomes(train_ids, ["digits-0to4", "digits-shifted"])
-    leaked = _outcomes(train_ids, ["digits-rotated"], seed=7)
-    clean = LearnedRanker(embeddings.embed, "digits-rotated", 5).fit(others)
-    mixed = LearnedRanker(embeddings.embed, "digits-rotated", 5).fit(pd.concat([others, leaked]))
-    assert mixed.training_targets_ == ["digits-0to4", "digits-shifted"]
-    assert np.array_equal(clean.scores(cands), mixed.scores(cands))
-    # the ranker is not blind: outcomes of the training targets do move it
-    moved = LearnedRanker(embeddings.embed, "digits-rotated", 5).fit(
-        pd.concat([_outcomes(train_ids, ["digits-0to4", "digits-shifted"], seed=3), leaked])
-    )
-    assert not np.allclose(moved.scores(cands), clean.scores(cands))
-    with pytest.raises(TransferError, match="needs outcomes of at least 2 models on other targets"):
-        LearnedRanker(embeddings.embed, "digits-rotated", 5).fit(leaked)
-
-
-def test_study_follows_the_schema_and_reports_measured_numbers(
-    zoo, gnn_run, monkeypatch, small_zoo
-):
-    fits_seen = []
-
-    class Spy(LearnedRanker):
-        def fit(self, outcomes):
-            result = super().fit(outcomes)
-            fits_seen.append((self.held_out, set(self.training_targets_)))
-            return result
-
-    monkeypatch.setattr(transfer_study_module, "LearnedRanker", Spy)
+def test_study_follows_the_schema_and_reports_measured_numbers(zoo, gnn_run, small_zoo):
     study = transfer_study(
         {"gnn": gnn_run},
         small_zoo,
         TWO_TARGETS,
         budgets=(2, 5),
-        seeds=(0,),
-        candidates=4,
-        outcome_models=4,
-        random_picks=2,
+        seeds=(0, 1),
+        candidates=3,
         workers=1,
         progress=False,
+        keep_outcomes=True,
     )
     assert json.loads(json.dumps(study)) == study
     assert study["budgets"] == [2, 5] and study["targets"] == TWO_TARGETS
     assert set(study["rankers"]) == {
         "learned:gnn",
         "predicted_accuracy:gnn",
+        "learned_catalog",
         "source_accuracy",
-        "random",
     }
-    for per in study["rankers"].values():
-        assert set(per) == {"accuracy", "gain_over_scratch", "gain_over_random"}
-        for metric in per.values():
-            assert set(metric) == {"2", "5"}
-            for stat in metric.values():
-                assert set(stat) == {"mean", "std", "values"} and len(stat["values"]) == 2
-                assert stat["mean"] == pytest.approx(np.mean(stat["values"]))
-    assert study["rankers"]["random"]["gain_over_random"]["5"]["values"] == [0.0, 0.0]
-    assert fits_seen and all(held not in used for held, used in fits_seen)
-    assert {held for held, _ in fits_seen} == set(TWO_TARGETS)
+    assert set(study["references"]) == {"random", "oracle", "scratch"}
+    for summary in [*study["rankers"].values(), *study["references"].values()]:
+        assert set(summary["per_target"]) == set(TWO_TARGETS)
+        for metric in ("accuracy", "gain_over_random"):
+            for stat in summary[metric].values():
+                assert len(stat["values"]) == 4 and stat["mean"] == pytest.approx(
+                    np.mean(stat["values"])
+                )
+            low, high = summary["gain_over_random"]["5"]["ci95"]
+            assert low - 1e-12 <= summary["gain_over_random"]["5"]["mean"] <= high + 1e-12
+    assert study["goal"]["eligible"] == ["learned:gnn", "predicted_accuracy:gnn"]
+    assert study["goal"]["per_budget"] == {}  # budgets 10 and 50 were not measured
+    assert all(f["target"] not in f["training_targets"] for f in study["fits"])
+    assert {f["ranker"] for f in study["fits"]} == {"learned:gnn", "learned_catalog"}
     assert "Adam" in study["steps_note"] and study["seconds"]["total"] > 0
+    outcomes = pd.DataFrame(study["outcomes"])
+    assert len(outcomes) == sum(c["candidates"] for c in study["cells"]) * 2
     # a reported number is the measured accuracy of the pick, fine-tuned again here
     pick = next(p for p in study["picks"] if p["ranker"] == "source_accuracy")
-    k = [c["target"] for c in study["cells"]].index(pick["target"])
-    measured = fine_tune(zoo.load(pick["ids"][0]), load_target(pick["target"]), pick["budget"], 0)
+    k = [(c["target"], c["seed"]) for c in study["cells"]].index((pick["target"], pick["seed"]))
+    measured = fine_tune(
+        zoo.load(pick["id"]), load_target(pick["target"]), pick["budget"], pick["seed"]
+    )
     reported = study["rankers"]["source_accuracy"]["accuracy"][str(pick["budget"])]["values"][k]
     assert reported == pytest.approx(measured[0])
 
 
-def test_study_needs_two_targets(gnn_run, small_zoo):
+def test_study_needs_two_targets_with_candidates(gnn_run, small_zoo):
     with pytest.raises(TransferError, match="at least two targets"):
         transfer_study({"gnn": gnn_run}, small_zoo, ["digits-rotated"], budgets=(1,), seeds=(0,))
+    with pytest.raises(TransferError, match="skipped: {'wine-reversed'"):
+        transfer_study(
+            {"gnn": gnn_run},
+            small_zoo,
+            ["digits-rotated", "wine-reversed"],
+            budgets=(1,),
+            seeds=(0,),
+        )
     with pytest.raises(TransferError, match="'workers' parameter must be an int >= 1. Got 0"):
         transfer_study({"gnn": gnn_run}, small_zoo, TWO_TARGETS, workers=0)
 

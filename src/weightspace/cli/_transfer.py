@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "training, then fine-tune the top pick for --budget steps (Adam, lr "
         f"{LR:g}, batch {BATCH_SIZE}) and compare it with its architecture trained from "
         "scratch and with a random pick, on the target's test split. The learned ranker "
-        "is a ridge regression on the run's embeddings fitted to zoo models fine-tuned on "
-        "the other target tasks (never this one).",
+        "is a boosted-tree score of the run's embedding, predicted and catalog accuracy, "
+        "size and source data set of a model, fitted to zoo models fine-tuned for the "
+        "budget on the other target tasks (never this one).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--outcome-models",
         type=int,
         default=24,
-        help="models fine-tuned on the other targets to fit the learned ranker (default 24)",
+        help="models fine-tuned on each other target to fit the learned ranker (default 24)",
     )
     p.add_argument("--data-dir", help="MNIST folder or its parent (or set WEIGHTSPACE_DATA)")
     p.add_argument(
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if selection.outcome_models:
         print(
-            f"  fitted to {selection.outcome_models} zoo models fine-tuned for "
+            f"  fitted to {selection.outcome_models} fine-tuning runs of zoo models for "
             f"{selection.budget} steps on {', '.join(selection.outcome_targets)}"
         )
     top = ranking.head(args.top)

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from ..embedder import Embedder
+from ..report._stats import OUR_ENCODERS
 from ..tasks.lineage import evaluate_lineage
 from ..tasks.merging import choose_pairs, merge_study, task_data
 from ..tasks.transfer import transfer_study
@@ -33,11 +34,12 @@ LINEAGE_TRANSFORMATIONS = {
 
 
 def transfer_runs(runs: Mapping[str, Path]) -> dict[str, Path]:
-    """The runs whose rankers compete: gnn (or the first encoder) and the statnn baseline."""
-    main = "gnn" if "gnn" in runs else next(iter(runs))
-    chosen = {main: runs[main]}
-    if "statnn" in runs and main != "statnn":
-        chosen["statnn"] = runs["statnn"]
+    """The runs whose rankers compete: our encoders (or the first encoder when none is
+    there) and the statnn baseline."""
+    ours = [name for name in OUR_ENCODERS if name in runs] or [next(iter(runs))]
+    chosen = {name: runs[name] for name in ours}
+    if "statnn" in runs:
+        chosen.setdefault("statnn", runs["statnn"])
     return chosen
 
 
@@ -50,13 +52,15 @@ def run_transfer(
     workers: int,
     progress: bool | None,
 ) -> dict[str, Any]:
-    """Fine-tuning outcomes of each ranker's picks on the held-out target tasks."""
+    """Fine-tuning outcomes of each ranker's picks on the held-out target tasks; the goal is
+    judged on the rankers of our encoders."""
+    chosen = transfer_runs(runs)
     return transfer_study(
-        {name: str(path) for name, path in transfer_runs(runs).items()},
+        {name: str(path) for name, path in chosen.items()},
         zoo,
         seeds=tuple(seeds),
         candidates=settings.transfer_candidates,
-        outcome_models=settings.transfer_outcomes,
+        ours=[name for name in chosen if name in OUR_ENCODERS] or list(chosen)[:1],
         data_dir=data_dir,
         workers=workers,
         progress=progress,

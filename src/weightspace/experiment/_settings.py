@@ -23,9 +23,9 @@ class StudySettings:
         seeds: number of seeds (splits, initialisations and views change with the seed).
         robustness_models: test models transformed for the symmetry-robustness section.
         robustness_copies: transformed copies per model and transform.
-        transfer_candidates: zoo models each transfer ranker chooses from, per target.
-        transfer_outcomes: zoo models fine-tuned on every target to train the learned
-            transferability ranker.
+        transfer_candidates: zoo models each transfer ranker chooses from, per target and
+            seed; every one is fine-tuned (the outcomes score the rankers, give the exact
+            random baseline and, leave-one-target-out, train the learned rankers).
         merge_pairs: parent pairs of the interpolation study.
         lineage_sources: test models transformed for the lineage study.
     """
@@ -36,8 +36,7 @@ class StudySettings:
     seeds: int = 3
     robustness_models: int = 12
     robustness_copies: int = 2
-    transfer_candidates: int = 40
-    transfer_outcomes: int = 16
+    transfer_candidates: int = 12
     merge_pairs: int = 3
     lineage_sources: int = 12
 
@@ -48,8 +47,7 @@ STUDIES = {
         epochs=4,
         patience=4,
         robustness_models=6,
-        transfer_candidates=8,
-        transfer_outcomes=6,
+        transfer_candidates=4,
         merge_pairs=1,
         lineage_sources=4,
     ),

@@ -16,13 +16,9 @@ from ._figures import (
     property_figure,
 )
 from ._stats import OUR_ENCODERS, encoders_of, format_stat, property_names
-from ._studies import (
-    interpolation_blocks,
-    lineage_blocks,
-    transfer_blocks,
-    transfer_conclusions,
-)
+from ._studies import interpolation_blocks, lineage_blocks
 from ._table import pipe_table
+from ._transfer import transfer_blocks, transfer_conclusions
 
 SECTIONS = (
     "1. Experiment information",

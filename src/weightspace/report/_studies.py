@@ -1,4 +1,5 @@
-"""Report blocks of the applied studies: transfer, model interpolation and lineage."""
+"""Report blocks of the applied studies: model interpolation and lineage (transfer: see
+:mod:`._transfer`)."""
 
 from __future__ import annotations
 
@@ -8,73 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ._stats import OUR_ENCODERS, format_stat
 from ._table import pipe_table
 
 INTERPOLATION_FIGURE = "interpolation"
-
-
-def transfer_blocks(transfer: Mapping[str, Any] | None) -> list[str]:
-    """The transfer tables: target accuracy and gains per ranker and budget."""
-    if transfer is None:
-        return ["Transfer was not run in this version; no numbers are reported."]
-    budgets = [str(b) for b in transfer["budgets"]]
-    header = ["Ranker"] + [f"Budget {b}" for b in budgets]
-    targets = ", ".join(transfer["targets"])
-    blocks = [
-        f"Each ranker picks one zoo model per held-out target task ({targets}) and seed; "
-        "the pick is fine-tuned for the budget (optimisation steps, Adam, lr 1e-3, batch 64) "
-        "and evaluated on the target's test split. Mean ± std over targets and seeds."
-    ]
-    for key, label in (
-        ("accuracy", "Target accuracy"),
-        ("gain_over_scratch", "Gain over training the same architecture from scratch"),
-        ("gain_over_random", "Gain over a random pick"),
-    ):
-        rows = [
-            [ranker] + [format_stat(stats[key].get(b)) for b in budgets]
-            for ranker, stats in transfer["rankers"].items()
-        ]
-        blocks += [f"**{label}** (Budget {' / '.join(budgets)})", pipe_table(header, rows)]
-    return blocks
-
-
-def transfer_conclusions(transfer: Mapping[str, Any] | None) -> list[str]:
-    """Per budget: the ranker whose picks fine-tuned best, and whether it uses our encoders.
-
-    Rankers named ``<kind>:<encoder>`` use that encoder's embeddings; ``source_accuracy``
-    and ``random`` use none.
-    """
-    if not transfer:
-        return []
-    lines = []
-    for budget in (str(b) for b in transfer["budgets"]):
-        scores = {
-            ranker: stats["accuracy"][budget]
-            for ranker, stats in transfer["rankers"].items()
-            if stats["accuracy"].get(budget, {}).get("mean") is not None
-        }
-        if len(scores) < 2:
-            continue
-        ranked = sorted(scores, key=lambda r: -scores[r]["mean"])
-        best, runner = ranked[0], ranked[1]
-        gap = scores[best]["mean"] - scores[runner]["mean"]
-        spread = max(scores[best]["std"], scores[runner]["std"])
-        encoder = best.split(":", 1)[1] if ":" in best else None
-        kind = (
-            "one of our encoders"
-            if encoder in OUR_ENCODERS
-            else f"the baseline {encoder}"
-            if encoder
-            else "no embedding at all"
-        )
-        noise = "beyond" if gap > spread else "within"
-        lines.append(
-            f"**transfer, budget {budget} steps**: the picks of {best} ({kind}) fine-tune best "
-            f"({format_stat(scores[best])} target accuracy), {gap:.3f} ahead of {runner} "
-            f"({noise} the spread over targets and seeds, {spread:.3f})."
-        )
-    return lines
 
 
 def interpolation_blocks(

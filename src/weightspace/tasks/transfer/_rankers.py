@@ -3,13 +3,14 @@
 Every ranker scores candidate model ids (higher is better) and :meth:`Ranker.rank` orders
 them best first, ties kept in the candidates' order:
 
-- :class:`LearnedRanker`: ridge regression (scikit-learn ``RidgeCV`` on standardised
-  embedding dimensions) from a run's embeddings to the accuracy measured after fine-tuning
-  zoo models on the *other* target tasks for the same budget (leave-one-target-out: the
-  outcomes of the held-out target are dropped before fitting). Outcomes are z-scored within
-  each training target, so a target's difficulty does not enter the fit, and averaged per
-  model: the regression target is a model's mean standardised outcome, one row per model,
-  and the ridge penalty is chosen by leave-one-model-out cross-validation.
+- :class:`LearnedRanker`: a transferability score, gradient-boosted regression trees
+  (scikit-learn ``HistGradientBoostingRegressor``, settings :data:`BOOSTING`) from
+  :class:`CandidateFeatures` (a run's embedding and predicted accuracy of the model, its
+  catalog source accuracy, its size and whether it learned the target's source data set) to
+  the accuracy measured after fine-tuning zoo models for the same budget on *other* target
+  tasks. Each outcome enters as its accuracy minus the mean accuracy of all the candidates
+  of its target and seed, so targets of different difficulty are comparable. The fit
+  refuses outcomes of the target being ranked (leave-one-target-out by construction).
 - :class:`PredictedAccuracyRanker`: the run's predicted test accuracy on the model's own
   source task (:meth:`Embedder.predict`).
 - :class:`SourceAccuracyRanker`: the source test accuracy measured in the zoo catalog.
@@ -19,37 +20,47 @@ them best first, ties kept in the candidates' order:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.ensemble import HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits
 
 from ...embedder import Embedder
 from ...train import prepared_graphs
 from ...zoo import Zoo
-from ._finetune import FineTuneJob, run_jobs
-from ._targets import TransferError
+from ._targets import TARGET_TASKS, TransferError
 
 __all__ = [
+    "BOOSTING",
     "OUTCOME_COLUMNS",
-    "RIDGE_ALPHAS",
+    "CandidateFeatures",
     "LearnedRanker",
     "PredictedAccuracyRanker",
     "Ranker",
     "RandomRanker",
     "SourceAccuracyRanker",
     "ZooEmbeddings",
-    "measure_outcomes",
 ]
 
-RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 15))
-"""Ridge penalties tried by leave-one-out cross-validation (``RidgeCV``)."""
+BOOSTING = {
+    "max_iter": 100,
+    "learning_rate": 0.1,
+    "max_bins": 63,
+    "max_leaf_nodes": 15,
+    "min_samples_leaf": 5,
+    "l2_regularization": 1.0,
+    "early_stopping": False,
+    "random_state": 0,
+}
+"""Settings of the learned ranker's ``HistGradientBoostingRegressor``: fixed, not tuned on
+the targets; without early stopping nothing in the fit is random. Fits and predictions run
+on one thread (OpenMP's threads only slow these small fits down on a busy machine)."""
 
-OUTCOME_COLUMNS = ("id", "target", "budget", "accuracy", "loss")
-"""Columns of the outcome table of :func:`measure_outcomes`."""
+OUTCOME_COLUMNS = ("id", "target", "seed", "budget", "accuracy", "loss")
+"""Columns of an outcome table (:func:`~weightspace.tasks.transfer.measure_outcomes`): the
+test accuracy and loss of zoo model ``id`` fine-tuned on ``target`` with ``seed`` for
+``budget`` steps."""
 
 
 class Ranker:
@@ -173,104 +184,112 @@ class PredictedAccuracyRanker(Ranker):
         return self.embeddings.predicted_accuracy(candidates)
 
 
-class LearnedRanker(Ranker):
-    """A transferability score regressed on embeddings, fitted without the held-out target.
+class CandidateFeatures:
+    """The learned ranker's inputs for zoo models as starting points for a target.
+
+    Columns, in order: the run's embedding and predicted source accuracy of the model (only
+    with ``embeddings``), the source test accuracy of the catalog, log10 of the parameter
+    count, and 1.0 where the model was trained on the target's source data set (else 0.0).
 
     Args:
-        embed: Maps model ids to embeddings ``[n, d]`` (e.g. :meth:`ZooEmbeddings.embed`).
-        held_out: The target being ranked for; its outcomes are never used.
-        budget: The fine-tuning budget whose outcomes are regressed.
+        catalog: The zoo catalog (``id``, ``test_accuracy``, ``n_params``, ``dataset``).
+        embeddings: A run's :class:`ZooEmbeddings`; None leaves out the embedding columns.
+    """
+
+    def __init__(self, catalog: pd.DataFrame, embeddings: ZooEmbeddings | None = None) -> None:
+        rows = catalog.set_index("id")
+        self.accuracy = rows["test_accuracy"].astype(float)
+        self.size = np.log10(rows["n_params"].astype(float))
+        self.dataset = rows["dataset"].astype(str)
+        self.embeddings = embeddings
+
+    def __call__(self, ids: Sequence[str], target: str) -> np.ndarray:
+        """Features ``[len(ids), n_features]`` of ``ids`` as starting points for ``target``."""
+        ids = list(ids)
+        same = self.dataset.loc[ids].to_numpy() == TARGET_TASKS[target].source
+        catalog = np.stack(
+            [
+                np.nan_to_num(self.accuracy.loc[ids].to_numpy(), nan=0.0),
+                self.size.loc[ids].to_numpy(),
+                same.astype(float),
+            ],
+            axis=1,
+        )
+        if self.embeddings is None:
+            return catalog
+        predicted = self.embeddings.predicted_accuracy(ids)[:, None]
+        return np.concatenate([self.embeddings.embed(ids), predicted, catalog], axis=1)
+
+
+def centred_accuracy(outcomes: pd.DataFrame) -> pd.Series:
+    """Each outcome's accuracy minus the mean of its target, seed and budget."""
+    cell = outcomes.groupby(["target", "seed", "budget"])["accuracy"]
+    return outcomes["accuracy"] - cell.transform("mean")
+
+
+class LearnedRanker(Ranker):
+    """A transferability score learned from fine-tuning outcomes on other targets.
+
+    Args:
+        features: Maps model ids and a target name to features ``[n, f]``
+            (e.g. a :class:`CandidateFeatures`).
+        target: The target being ranked for; :meth:`fit` refuses its outcomes.
+        budget: The fine-tuning budget whose outcomes are learned.
         name: The ranker's name in results.
 
     Attributes:
         training_targets_: The targets whose outcomes the fit used (after :meth:`fit`).
-        model_: The fitted scaler + ridge pipeline.
+        training_rows_: The number of outcomes it used.
+        model_: The fitted regressor.
     """
 
     def __init__(
         self,
-        embed: Callable[[Sequence[str]], np.ndarray],
-        held_out: str,
+        features: Callable[[Sequence[str], str], np.ndarray],
+        target: str,
         budget: int,
         name: str = "learned",
     ) -> None:
-        self.embed, self.held_out, self.budget, self.name = embed, held_out, budget, name
+        self.features, self.target, self.budget, self.name = features, target, budget, name
 
     def fit(self, outcomes: pd.DataFrame) -> LearnedRanker:
-        """Fits the ridge on the outcomes of every target but the held-out one.
+        """Fits the score to the outcomes of other targets at this budget.
 
         Args:
-            outcomes: Rows of :data:`OUTCOME_COLUMNS` (see :func:`measure_outcomes`).
+            outcomes: Rows of :data:`OUTCOME_COLUMNS`, none of them of ``target``.
 
         Returns:
             self.
 
         Raises:
-            TransferError: If fewer than 2 models have outcomes of another target at this
-                budget.
+            TransferError: If an outcome is of ``target`` (it would leak into its own
+                ranker), or fewer than 2 models have outcomes at this budget.
         """
-        rows = outcomes[(outcomes["target"] != self.held_out) & (outcomes["budget"] == self.budget)]
+        if (outcomes["target"] == self.target).any():
+            raise TransferError(
+                f"LearnedRanker for {self.target!r} got outcomes of {self.target!r} itself; "
+                "pass only the outcomes of the other targets (leave-one-target-out)."
+            )
+        rows = outcomes[outcomes["budget"] == self.budget]
         if rows["id"].nunique() < 2:
             raise TransferError(
-                f"LearnedRanker for {self.held_out!r} needs outcomes of at least 2 models on "
+                f"LearnedRanker for {self.target!r} needs outcomes of at least 2 models on "
                 f"other targets at budget {self.budget}; got {rows['id'].nunique()}. Measure "
                 "outcomes on another target or of more models."
             )
-        grouped = rows.groupby("target")["accuracy"]
-        spread = grouped.transform("std").fillna(0.0)
-        z = (rows["accuracy"] - grouped.transform("mean")) / spread.where(spread > 0, 1.0)
-        y = z.groupby(rows["id"]).mean()  # one row per model: LOO-CV leaves whole models out
-        self.model_: Pipeline = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
-        self.model_.fit(self.embed(list(y.index)), y.to_numpy())
+        rows = rows.assign(y=centred_accuracy(rows))
+        groups = [(str(target), group) for target, group in rows.groupby("target", sort=False)]
+        x = np.concatenate([self.features(list(g["id"]), target) for target, g in groups])
+        y = np.concatenate([g["y"].to_numpy() for _, g in groups])
+        with threadpool_limits(1):
+            self.model_ = HistGradientBoostingRegressor(**BOOSTING).fit(x, y)
         self.training_targets_ = sorted(rows["target"].unique())
+        self.training_rows_ = len(rows)
         return self
 
     def scores(self, candidates: Sequence[str]) -> np.ndarray:
         if not hasattr(self, "model_"):
             raise TransferError("LearnedRanker.fit must be called before scores or rank.")
-        return self.model_.predict(self.embed(list(candidates)))
-
-
-def measure_outcomes(
-    zoo: Zoo,
-    ids: Sequence[str],
-    targets: Sequence[str],
-    budgets: Sequence[int],
-    seed: int,
-    *,
-    split_seed: int = 0,
-    data_dir: str | Path | None = None,
-    workers: int = 1,
-    progress: bool | None = None,
-) -> pd.DataFrame:
-    """Fine-tunes zoo models on target tasks and records accuracy after each budget.
-
-    Args:
-        zoo: The zoo.
-        ids: The models to fine-tune (each must fit every target).
-        targets: Target task names.
-        budgets: Step counts to measure after (one fine-tuning run of the largest).
-        seed: The fine-tuning seed.
-        split_seed: The targets' split seed (see :func:`load_target`).
-        data_dir: Where to find MNIST.
-        workers: Processes fine-tuning (see :func:`run_jobs`).
-        progress: Show a progress bar (default: on a terminal).
-
-    Returns:
-        One row per model, target and budget, with columns :data:`OUTCOME_COLUMNS`.
-    """
-    jobs = {(i, t): FineTuneJob(str(zoo.path(i)), False, t, seed) for i in ids for t in targets}
-    curves = run_jobs(
-        jobs.values(),
-        budgets,
-        split_seed=split_seed,
-        data_dir=data_dir,
-        workers=workers,
-        progress=progress,
-    )
-    rows = [
-        (model_id, target, budget, accuracy, loss)
-        for (model_id, target), job in jobs.items()
-        for budget, (accuracy, loss) in curves[job].items()
-    ]
-    return pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS))
+        x = self.features(list(candidates), self.target)
+        with threadpool_limits(1):
+            return self.model_.predict(x)

@@ -11,23 +11,18 @@ import pandas as pd
 
 from ...embedder import Embedder
 from ...zoo import Zoo
+from ._finetune import FineTuneJob, run_jobs
 from ._rankers import (
+    CandidateFeatures,
     LearnedRanker,
     PredictedAccuracyRanker,
     RandomRanker,
     Ranker,
     SourceAccuracyRanker,
     ZooEmbeddings,
-    measure_outcomes,
 )
-from ._study import Bench, candidate_sample, check_positive, outcome_sample
-from ._targets import (
-    TransferError,
-    available_targets,
-    fitting_ids,
-    load_target,
-    target_names,
-)
+from ._study import candidate_sample, check_positive, measure_outcomes, plan_cells
+from ._targets import TransferError, available_targets, fitting_ids, load_target, target_names
 
 __all__ = ["RANKERS", "Selection", "select_model"]
 
@@ -48,7 +43,8 @@ class Selection:
         results: ``(accuracy, loss)`` on the target test split after ``budget`` steps for
             ``"top pick"``, ``"from scratch"`` (its architecture) and ``"random pick"``.
         random_id: The random pick.
-        outcome_models: Zoo models fine-tuned to fit the learned ranker (0 for the others).
+        outcome_models: Fine-tuning runs of zoo models on the other targets that the learned
+            ranker was fitted to (0 for the others).
         outcome_targets: The targets they were fine-tuned on (never ``target``).
         seconds: Wall time of the whole selection.
     """
@@ -81,8 +77,9 @@ def select_model(
 ) -> Selection:
     """Ranks the zoo's candidates for one target, then fine-tunes the top pick.
 
-    The learned ranker is fitted on ``outcome_models`` zoo models fine-tuned for ``budget``
-    steps on every other available target; those models are not candidates.
+    The learned ranker (the study's ``learned:<run>``) is fitted on ``outcome_models`` zoo
+    models per other available target (drawn with ``seed`` among those that fit it),
+    fine-tuned there for ``budget`` steps; nothing of ``target`` enters the fit.
 
     Args:
         run: The trained run (needed by ``learned`` and ``predicted_accuracy``).
@@ -92,7 +89,7 @@ def select_model(
         seed: Seeds the outcome sample, candidates, random pick and fine-tuning.
         ranker: One of :data:`RANKERS`.
         candidates: Rank a seeded sample of this many (default: every fitting model).
-        outcome_models: Models fine-tuned to fit the learned ranker.
+        outcome_models: Models fine-tuned per other target to fit the learned ranker.
         split_seed: The zoo's seed (see :func:`load_target`).
         data_dir: Where to find MNIST.
         workers: Processes fine-tuning (the results do not depend on it).
@@ -103,30 +100,32 @@ def select_model(
 
     Raises:
         UnknownTargetError: If ``target`` is unknown; the message lists the targets.
-        TransferError: On an unknown ranker, a missing run or no candidate.
+        TransferError: On an unknown ranker, a missing run, no candidate, or (learned) no
+            other target with outcomes of 2 models.
     """
     started = time.perf_counter()
     if ranker not in RANKERS:
         raise TransferError(f"Unknown ranker {ranker!r}. Expected one of {list(RANKERS)}.")
     check_positive("budget", budget)
     check_positive("candidates", candidates, allow_none=True)
+    check_positive("outcome_models", outcome_models)
     check_positive("workers", workers)
     (target,) = target_names([target])
     zoo = zoo if isinstance(zoo, Zoo) else Zoo.open(zoo)
     catalog = zoo.catalog
-    others = [t for t in available_targets(data_dir) if t != target] if ranker == "learned" else []
-    pools = {
-        t: fitting_ids(catalog, load_target(t, split_seed, data_dir)) for t in [target, *others]
-    }
     options: dict[str, Any] = {
         "split_seed": split_seed,
         "data_dir": data_dir,
         "workers": workers,
         "progress": progress,
     }
-    sample = outcome_sample(pools, outcome_models, seed) if others else []
-    cands = candidate_sample(pools[target], set(sample), candidates, seed, target)
+    pool = fitting_ids(catalog, load_target(target, split_seed, data_dir))
+    if not pool:
+        raise TransferError(f"No zoo model fits target {target!r} (inputs and output width).")
+    cands = candidate_sample(pool, candidates, seed, target)
     chosen: Ranker
+    others: list[str] = []
+    fitted_runs = 0
     if ranker == "random":
         chosen = RandomRanker(seed)
     elif ranker == "source_accuracy":
@@ -138,8 +137,14 @@ def select_model(
         if ranker == "predicted_accuracy":
             chosen = PredictedAccuracyRanker(emb)
         else:
-            outcomes = measure_outcomes(zoo, sample, others, [budget], seed, **options)
-            chosen = LearnedRanker(emb.embed, target, budget).fit(outcomes)
+            names = [t for t in available_targets(data_dir) if t != target]
+            cells, _ = plan_cells(
+                catalog, names, [seed], outcome_models, split_seed=split_seed, data_dir=data_dir
+            )
+            others = [c.target for c in cells]  # the targets with models to fine-tune
+            outcomes = measure_outcomes(zoo, cells, [budget], **options)
+            chosen = LearnedRanker(CandidateFeatures(catalog, emb), target, budget).fit(outcomes)
+            fitted_runs = len(outcomes)
     ordered = chosen.rank(cands)
     scores = dict(zip(cands, chosen.scores(cands)))
     rows = catalog.set_index("id").loc[ordered]
@@ -154,23 +159,20 @@ def select_model(
         }
     )
     random_id = RandomRanker(seed).rank(cands)[0]
-    bench = Bench(zoo)
-    top_job, scratch_job = bench.jobs([ordered[0]], target, seed)
-    random_job = bench.jobs([random_id], target, seed)[0]
-    bench.run([top_job, scratch_job, random_job], [budget], **options)
-    results = {
-        "top pick": bench.curves[top_job][budget],
-        "from scratch": bench.curves[scratch_job][budget],
-        "random pick": bench.curves[random_job][budget],
+    jobs = {
+        "top pick": FineTuneJob(str(zoo.path(ordered[0])), False, target, seed),
+        "from scratch": FineTuneJob.from_scratch(zoo.spec(ordered[0]), target, seed),
+        "random pick": FineTuneJob(str(zoo.path(random_id)), False, target, seed),
     }
+    curves = run_jobs(jobs.values(), [budget], **options)
     return Selection(
         target=target,
         ranker=ranker,
         budget=budget,
         ranking=ranking,
-        results=results,
+        results={name: curves[job][budget] for name, job in jobs.items()},
         random_id=random_id,
-        outcome_models=len(sample),
+        outcome_models=fitted_runs,
         outcome_targets=others,
         seconds=time.perf_counter() - started,
     )

@@ -12,13 +12,18 @@ pure function; none is a new data file:
 - ``mnist``: MNIST's 28x28 images average-pooled to the 8x8 of digits
   (``adaptive_avg_pool2d``), then standardised with one mean and std of the pooled train
   split, so the digits models fit it. The test split is a fixed random
-  :data:`MNIST_TEST_EXAMPLES` of the 10,000 test images, to keep measuring cheap. It needs
-  the MNIST files (``data_dir`` or ``$WEIGHTSPACE_DATA``); :func:`available_targets` leaves
-  it out when they are missing.
+  :data:`MNIST_TEST_EXAMPLES` of the 10,000 test images, to keep measuring cheap.
+- ``mnist-rotated``: MNIST at its own 28x28, rotated by 90 degrees counter-clockwise, for
+  the zoo's MNIST models; the same :data:`MNIST_TEST_EXAMPLES` test images.
+- ``wine-reversed`` and ``breast_cancer-reversed``: tabular targets of another data kind
+  for the zoo's tabular MLPs: the features in reverse order (a fixed permutation of the
+  inputs, as a rotation is of the pixels).
 
-The digits targets keep the digits split of ``seed`` and its standardisation. Pass the zoo's
-seed (0 unless the zoo was built with ``--seed``): then no target test image was in the
-training set of any zoo model, in any form.
+The MNIST targets need the MNIST files (``data_dir`` or ``$WEIGHTSPACE_DATA``);
+:func:`available_targets` leaves them out when they are missing. The other targets keep the
+split of ``seed`` of their source and its standardisation. Pass the zoo's seed (0 unless the
+zoo was built with ``--seed``): then no target test example was in the training set of any
+zoo model, in any form.
 """
 
 from __future__ import annotations
@@ -122,11 +127,16 @@ def first_five_classes(data: TaskData) -> TaskData:
     )
 
 
+def _mnist_test_subset(n: int) -> Tensor:
+    """The indices of the :data:`MNIST_TEST_EXAMPLES` test examples the MNIST targets keep."""
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return keep[:MNIST_TEST_EXAMPLES].sort().values
+
+
 def pool_to_digits(data: TaskData) -> TaskData:
     """Average-pools images to 8x8, standardises them with the pooled train split and keeps
     :data:`MNIST_TEST_EXAMPLES` test examples."""
-    keep = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(0))
-    keep = keep[:MNIST_TEST_EXAMPLES].sort().values
+    keep = _mnist_test_subset(len(data.x_test))
     train = F.adaptive_avg_pool2d(data.x_train, 8)  # [N, 1, 8, 8]
     test = F.adaptive_avg_pool2d(data.x_test[keep], 8)
     pixels = train.double()  # float64 statistics: the same whatever the thread count
@@ -138,6 +148,24 @@ def pool_to_digits(data: TaskData) -> TaskData:
         x_test=(test - mean) / std,
         y_test=data.y_test[keep],
         input_shape=(data.input_shape[0], 8, 8),
+    )
+
+
+def rotate_mnist(data: TaskData) -> TaskData:
+    """Rotates MNIST by 90 degrees counter-clockwise and keeps :data:`MNIST_TEST_EXAMPLES`
+    test examples."""
+    keep = _mnist_test_subset(len(data.x_test))
+    data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep])
+    return _map_images(data, "mnist-rotated", lambda x: torch.rot90(x, 1, dims=(-2, -1)))
+
+
+def reverse_features(data: TaskData) -> TaskData:
+    """Reverses the order of the (tabular) input features."""
+    return replace(
+        data,
+        name=f"{data.name}-reversed",
+        x_train=data.x_train.flip(-1),
+        x_test=data.x_test.flip(-1),
     )
 
 
@@ -155,6 +183,16 @@ TARGET_TASKS: dict[str, TargetTask] = {
             "digits-0to4", "digits", "digits of classes 0-4 (10 outputs)", first_five_classes
         ),
         TargetTask("mnist", "mnist", "MNIST pooled to 8x8", pool_to_digits),
+        TargetTask("mnist-rotated", "mnist", "MNIST rotated by 90 degrees", rotate_mnist),
+        TargetTask(
+            "wine-reversed", "wine", "wine with its features in reverse order", reverse_features
+        ),
+        TargetTask(
+            "breast_cancer-reversed",
+            "breast_cancer",
+            "breast_cancer with its features in reverse order",
+            reverse_features,
+        ),
     )
 }
 """The target tasks by name."""
@@ -199,13 +237,13 @@ def _load(name: str, seed: int, data_dir: str | None) -> TaskData:
 
 
 def available_targets(data_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """The target names whose data is here: all of them, less ``mnist`` without its files."""
-    names = list(TARGET_TASKS)
+    """The target names whose data is here: all of them, less the MNIST ones without its
+    files."""
     try:
         find_mnist(data_dir)
     except DatasetNotFoundError:
-        names.remove("mnist")
-    return names
+        return [name for name, task in TARGET_TASKS.items() if task.source != "mnist"]
+    return list(TARGET_TASKS)
 
 
 def input_shape_of(spec: dict) -> tuple[int, ...] | None:
@@ -221,12 +259,13 @@ def input_shape_of(spec: dict) -> tuple[int, ...] | None:
 def fits(spec: dict, data: TaskData) -> bool:
     """Whether a zoo architecture reads the target's inputs and has its output width.
 
-    MLPs read flattened images, the other image families ``[C, H, W]``; token models never
-    fit an image target. Architectures with another output width, and those of other
-    tasks (segmentation, detection, generation: no class logits), are not candidates.
+    The targets are classification tasks. MLPs read flattened images or the tabular
+    features, the other image families ``[C, H, W]``; token models never fit. Architectures
+    with another output width, and those of other tasks (segmentation, detection,
+    generation: no class logits), are not candidates.
     """
     shape = input_shape_of(spec)
-    if shape is None or data.task != "classification" or data.type != "vision":
+    if shape is None or data.task != "classification":
         return False
     if spec["family"] in TASK_FAMILIES.values():
         return False
