@@ -7,9 +7,10 @@ Kendall τ and R² of test-accuracy and generalization-gap prediction on the tes
 (mean ± std over seeds), training seconds per epoch (median), the epochs and seconds each
 run trained (one budget rule for every encoder: at most ``--epochs``, stopped after
 ``--patience`` epochs without a better validation loss), and embedding throughput on the
-zoo's cached graphs (median of 3 passes). ``gnn-pos`` and ``gnn-rff`` are ablations of the
-gnn's optional inputs (learned input/output position embeddings, random Fourier features
-of the weights).
+zoo's cached graphs (median of 3 passes). ``gnn-pos``, ``gnn-rff`` and ``gnn-noprobe`` are
+ablations of the gnn's optional inputs (adding learned input/output position embeddings,
+adding random Fourier features of the weights, leaving out every node's values on the fixed
+probes); ``weightnet-noprobe`` is weightnet without the node probe values.
 
 A peer variant is skipped, with the reason recorded, when it does not fit the machine: NFN-HNP
 ties parameters to the identity of every input neuron, which for 784 inputs gives 348
@@ -63,7 +64,9 @@ ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
     # ablations of the gnn's optional inputs (issue: keep only those that measurably help)
     "gnn-pos": ("gnn", {"positions": 64}),
     "gnn-rff": ("gnn", {"fourier_features": 8}),
+    "gnn-noprobe": ("gnn", {"probe_features": False}),
     "weightnet": ("weightnet", {}),
+    "weightnet-noprobe": ("weightnet", {"probe_features": False}),
     "probe": ("probe", {}),
     "statnn": ("statnn", {}),
     "mlp": ("mlp", {}),

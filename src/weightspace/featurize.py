@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor
 
-from .graph import PROBE_SEED, PROBE_VERSION, PROBE_WIDTH, PROBES, NeuralGraph
+from .graph import NODE_PROBES, PROBE_SEED, PROBE_VERSION, PROBE_WIDTH, PROBES, NeuralGraph
 from .graph.features import (
     EDGE_TYPES,
     NODE_FEATURES,
@@ -35,7 +35,7 @@ from .graph.features import (
 from .segment import scatter_sum
 from .symmetry import canonicalize
 
-PREPARE_VERSION = 4  # bump whenever the output of prepare_graph changes
+PREPARE_VERSION = 5  # bump whenever the output of prepare_graph changes
 
 
 def _one_side_stats(nodes: Tensor, values: Tensor, num_nodes: int) -> list[Tensor]:
@@ -105,7 +105,7 @@ class Featurizer:
                 "node_features": NODE_FEATURES,
                 "node_stats": NODE_STATS,
                 "edge_types": EDGE_TYPES,
-                "probes": [PROBES, PROBE_WIDTH, PROBE_SEED, PROBE_VERSION],
+                "probes": [PROBES, PROBE_WIDTH, NODE_PROBES, PROBE_SEED, PROBE_VERSION],
             },
             sort_keys=True,
         )

@@ -145,8 +145,8 @@ def test_bad_hyperparameters_are_rejected():
 
 
 @pytest.mark.parametrize("family", ["mlp", "vgg", "vit"])
-def test_position_embeddings_and_fourier_features_keep_invariance(family, examples64, generator):
-    enc = _encoder(positions=8, fourier_features=4)
+def test_positions_fourier_and_probe_features_keep_invariance(family, examples64, generator):
+    enc = _encoder(positions=8, fourier_features=4, probe_features=True)
     ex = examples64[family]
     assert_invariant(
         lambda m: _embed(enc, m, ex.inputs), ex.module, ex.inputs, atol=1e-9, generator=generator

@@ -1,4 +1,5 @@
-"""The fixed probes, the probe outputs every graph carries, and the ``probe`` encoder."""
+"""The fixed probes, the probe outputs and node probe values every graph carries, and the
+``probe`` encoder."""
 
 from dataclasses import replace
 
@@ -9,7 +10,7 @@ from torch import nn
 import weightspace as ws
 from weightspace.encoders import create_encoder
 from weightspace.featurize import Featurizer
-from weightspace.graph import PROBES, probe_inputs
+from weightspace.graph import NODE_PROBES, PROBES, probe_inputs
 
 
 def _mlp() -> nn.Sequential:
@@ -132,3 +133,74 @@ def test_flattened_images_get_the_same_probes_as_images():
     b = ws.to_graph(images, torch.zeros(1, 1, 28, 28)).probe_outputs
     assert torch.allclose(a, b, atol=1e-6)
     assert probe_inputs(torch.zeros(1, 13), flat).unique().numel() > 2  # not a square: noise
+
+
+# Node ids of _mlp()'s graph: 64 inputs, 12 ReLU units, 7 tanh units, 5 outputs.
+_FIRST, _SECOND, _OUT = slice(64, 76), slice(76, 83), slice(83, 88)
+
+
+def test_node_probes_are_each_unit_s_values_on_the_probes():
+    net = _mlp()
+    x = torch.zeros(1, 64, dtype=torch.float64)
+    graph = ws.to_graph(net, x)
+    assert graph.node_probes.shape == (graph.num_nodes, NODE_PROBES) == (88, NODE_PROBES)
+    probes = probe_inputs(x, net)[:NODE_PROBES]
+    first = torch.relu(probes @ net[1].weight.T + net[1].bias)  # computed here, by hand
+    second = torch.tanh(first @ net[3].weight.T + net[3].bias)
+    logits = second @ net[5].weight.T + net[5].bias
+    assert torch.isnan(graph.node_probes[:64]).all()  # inputs: the probes themselves
+    for nodes, values in ((_FIRST, first), (_SECOND, second), (_OUT, logits)):
+        assert torch.allclose(graph.node_probes[nodes], values.T, atol=1e-12, rtol=0)
+
+
+def test_node_probes_of_a_conv_channel_average_its_feature_map():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 13 * 13, 4)
+    ).double()
+    x = torch.zeros(1, 1, 28, 28, dtype=torch.float64)
+    graph = ws.to_graph(net, x)  # 1 input channel, 3 conv channels, 4 outputs
+    maps = net[:3](probe_inputs(x, net)[:NODE_PROBES])  # [P, 3, 13, 13]
+    assert torch.allclose(graph.node_probes[1:4], maps.mean((2, 3)).T, atol=1e-12, rtol=0)
+
+
+def test_node_probes_move_with_their_units_under_a_hand_made_symmetry():
+    """Permuted rows, ReLU rows times their scale, flipped tanh rows negated; and equal
+    after canonicalisation, which the graph encoders read."""
+    net = _mlp()
+    x = torch.zeros(1, 64, dtype=torch.float64)
+    a, b = ws.to_graph(net, x), ws.to_graph(_by_hand(net), x)
+    first = [3, 0, 11, 5, 1, 9, 2, 8, 10, 4, 7, 6]
+    scale = torch.linspace(0.5, 3.0, 12, dtype=torch.float64)
+    second = [6, 2, 0, 5, 1, 3, 4]
+    sign = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    expected_first = a.node_probes[_FIRST][first] * scale[:, None]
+    assert torch.allclose(b.node_probes[_FIRST], expected_first, atol=1e-12, rtol=0)
+    expected_second = a.node_probes[_SECOND][second] * sign[:, None]
+    assert torch.allclose(b.node_probes[_SECOND], expected_second, atol=1e-12, rtol=0)
+    assert torch.allclose(b.node_probes[_OUT], a.node_probes[_OUT], atol=1e-12, rtol=0)
+    featurize = Featurizer()
+    canon_a, canon_b = featurize(a).node_probes, featurize(b).node_probes
+    assert torch.allclose(canon_b[_FIRST], canon_a[_FIRST][first], atol=1e-10, rtol=0)
+    assert torch.allclose(canon_b[_SECOND], canon_a[_SECOND][second], atol=1e-10, rtol=0)
+    # the check can fail: without canonicalisation the rescaled rows differ
+    assert not torch.allclose(b.node_probes[_FIRST], a.node_probes[_FIRST][first], atol=1e-6)
+
+
+def test_the_gnn_reading_node_probes_is_exactly_invariant_to_a_hand_made_symmetry():
+    net = _mlp()
+    x = torch.zeros(1, 64, dtype=torch.float64)
+    featurize = Featurizer()
+    graphs = [featurize(ws.to_graph(m, x)) for m in (net, _by_hand(net))]
+    torch.manual_seed(0)
+    encoder = create_encoder("gnn", probe_features=True).double().eval()
+    batch = ws.GraphBatch.from_graphs(graphs)
+    assert batch.node_probe_mask.sum() == 2 * (12 + 7 + 5)
+    encoder.fit([batch])
+    with torch.no_grad():
+        z = encoder(batch)
+        # the check can fail: the same weights with other node probe values embed elsewhere
+        moved = replace(graphs[1], node_probes=graphs[1].node_probes.flip(0))
+        z_moved = encoder(ws.GraphBatch.from_graphs([moved]))
+    assert torch.allclose(z[0], z[1], atol=1e-10, rtol=0)
+    assert not torch.allclose(z[1], z_moved[0], atol=1e-6)

@@ -49,6 +49,19 @@ def test_exactly_invariant_to_symmetries(family, examples64, encoder64):
     )
 
 
+@pytest.mark.parametrize("family", ["mlp", "vgg", "vit"])
+def test_probe_features_keep_invariance(family, examples64):
+    ex = examples64[family]
+    encoder = _encoder(probe_features=True)
+
+    def embed(module):
+        return _embed(encoder, [_graph(module, ex.inputs)])
+
+    assert_invariant(
+        embed, ex.module, ex.inputs, atol=1e-9, generator=torch.Generator().manual_seed(7)
+    )
+
+
 def _perturbed(module, name, index):
     changed = copy.deepcopy(module)
     with torch.no_grad():

@@ -10,6 +10,7 @@ heads of a group among themselves, q and k dimensions with one order per group, 
 dimensions with the output projection's columns of the group's query heads.
 """
 
+import copy
 import math
 from typing import NamedTuple
 
@@ -41,6 +42,11 @@ OUT0 = HEAD0 + HEADS
 O0 = OUT0 + HEADS * HEAD_DIM
 
 
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
 class GQAttention(nn.Module):
     """Grouped-query self-attention with a causal mask, written as Llama writes it.
 
@@ -49,15 +55,27 @@ class GQAttention(nn.Module):
     "repeat_interleave" (``k.repeat_interleave(n_rep, dim=1)``, then the same), "sdpa"
     (``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)``).
     kv: the number of key/value heads (1: multi-query attention).
+    rotary: rotary position embeddings as Llama applies them, heads viewed as
+    ``(B, T, -1, d)`` (with one kv head, k and v are ``(B, T, 1, d)``): cos and sin from
+    the positions and an ``inv_freq`` buffer, ``q * cos + rotate_half(q) * sin``.
     """
 
-    def __init__(self, style: str, kv: int = KV) -> None:
+    def __init__(self, style: str, kv: int = KV, rotary: bool = False) -> None:
         super().__init__()
-        self.style, self.kv = style, kv
+        self.style, self.kv, self.rotary = style, kv, rotary
         self.q = nn.Linear(D, Q_DIM)
         self.k, self.v = nn.Linear(D, kv * HEAD_DIM), nn.Linear(D, kv * HEAD_DIM)
         self.o = nn.Linear(Q_DIM, D)
         self.register_buffer("causal_mask", torch.tril(torch.ones(T, T, dtype=torch.bool)))
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        positions = torch.arange(T, device=q.device).to(self.inv_freq.dtype)
+        freqs = positions[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos()[None, None], emb.sin()[None, None]
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
     def _repeat(self, t: Tensor) -> Tensor:
         n_rep = HEADS // self.kv
@@ -68,9 +86,11 @@ class GQAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b = x.shape[0]
-        q = self.q(x).view(b, T, HEADS, HEAD_DIM).transpose(1, 2)
-        k = self.k(x).view(b, T, self.kv, HEAD_DIM).transpose(1, 2)
-        v = self.v(x).view(b, T, self.kv, HEAD_DIM).transpose(1, 2)
+        q = self.q(x).view(b, T, -1, HEAD_DIM).transpose(1, 2)
+        k = self.k(x).view(b, T, -1, HEAD_DIM).transpose(1, 2)
+        v = self.v(x).view(b, T, -1, HEAD_DIM).transpose(1, 2)
+        if self.rotary:
+            q, k = self._rotate(q, k)
         if self.style == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -84,10 +104,10 @@ class GQAttention(nn.Module):
 class Net(nn.Module):
     """Embedding, one residual GQA block, mean over tokens, a 3-way head."""
 
-    def __init__(self, style: str = "expand", kv: int = KV) -> None:
+    def __init__(self, style: str = "expand", kv: int = KV, rotary: bool = False) -> None:
         super().__init__()
         self.embed = nn.Linear(IN, D)
-        self.attn = GQAttention(style, kv)
+        self.attn = GQAttention(style, kv, rotary)
         self.head = nn.Linear(D, 3)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,9 +116,11 @@ class Net(nn.Module):
         return self.head(h.mean(dim=1))
 
 
-def _net(style: str = "expand", dtype: torch.dtype = torch.float64, kv: int = KV) -> Net:
+def _net(
+    style: str = "expand", dtype: torch.dtype = torch.float64, kv: int = KV, rotary: bool = False
+) -> Net:
     torch.manual_seed(0)  # the same weights for every style
-    return Net(style, kv).to(dtype).eval()
+    return Net(style, kv, rotary).to(dtype).eval()
 
 
 def _x(dtype: torch.dtype = torch.float64) -> Tensor:
@@ -193,8 +215,9 @@ def _rows(kv: Tensor, heads: Tensor, q_dims: Tensor, k_dims: Tensor, v_dims: Ten
     """Rows from the original kv head of each kv head ``kv`` [KV], the original query head
     of each query head ``heads`` [HEADS] and the original dimension of each dimension
     within a head: ``q_dims`` [HEADS, HEAD_DIM], ``k_dims`` and ``v_dims`` [KV, HEAD_DIM]
-    (the output projection's columns follow a head's query head and its group's v)."""
-    group = torch.arange(HEADS) // N_REP
+    (the output projection's columns follow a head's query head and its group's v).
+    Another number of kv heads than KV is ``len(kv)``."""
+    group = torch.arange(HEADS) // (HEADS // len(kv))
     return _Rows(
         heads=heads,
         q=(heads[:, None] * HEAD_DIM + q_dims).reshape(-1),
@@ -223,17 +246,22 @@ def _apply(net: Net, rows: _Rows) -> Net:
         for part in ("weight", "bias"):
             state[f"attn.{name}.{part}"] = state[f"attn.{name}.{part}"][index]
     state["attn.o.weight"] = state["attn.o.weight"][:, rows.o]
-    permuted = _net(net.attn.style)
+    permuted = copy.deepcopy(net)
     permuted.load_state_dict(state)
     return permuted
 
 
 def _node_permutation(rows: _Rows, num_nodes: int) -> Tensor:
-    """The same reordering as a permutation of the graph's nodes (see the layout above)."""
+    """The same reordering as a permutation of the graph's nodes (see the layout above;
+    with ``len(rows.k)`` k and v nodes)."""
+    k0 = Q0 + Q_DIM
+    v0 = k0 + len(rows.k)
+    head0 = v0 + len(rows.v)
+    out0 = head0 + HEADS
     perm = torch.arange(num_nodes)
-    for base, index in ((Q0, rows.q), (K0, rows.k), (V0, rows.v), (OUT0, rows.o)):
+    for base, index in ((Q0, rows.q), (k0, rows.k), (v0, rows.v), (out0, rows.o)):
         perm[base : base + len(index)] = base + index
-    perm[HEAD0 : HEAD0 + HEADS] = HEAD0 + rows.heads
+    perm[head0 : head0 + HEADS] = head0 + rows.heads
     return perm
 
 
@@ -343,6 +371,53 @@ def test_one_kv_head_multi_query_attention(style, generator):
         assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
 
 
+@pytest.mark.parametrize("style", STYLES)
+def test_rotary_embeddings_of_one_kv_head(style, generator):
+    """Llama with ``num_key_value_heads=1``: k and v are viewed as ``(B, T, 1, d)``, one
+    head without a head dimension, and k gets the rotary embeddings q gets. q and k
+    dimensions are pinned within each head; the query heads (one group) move among
+    themselves, v dimensions with the output nodes of every query head."""
+    net, x = _net(style, kv=1, rotary=True), _x()
+    graph = ws.to_graph(net, x)
+    assert graph.count_roles()["attention"] == Q_DIM + 2 * HEAD_DIM + HEADS + Q_DIM
+    assert (graph.num_nodes, graph.num_edges) == (
+        IN + D + Q_DIM + 2 * HEAD_DIM + HEADS + Q_DIM + D + D + 3,
+        IN * D + D * (Q_DIM + 2 * HEAD_DIM) + 2 * Q_DIM + 2 * Q_DIM + Q_DIM * D + 2 * D + D * 3,
+    )
+    assert [tuple(b.shape) for b in graph.perm_blocks] == [
+        (HEADS, HEAD_WIDTH),
+        (1, HEADS * HEAD_WIDTH + 2 * HEAD_DIM),
+    ]
+    attention = graph.node_role == ws.graph.ROLES.index("attention")
+    groups = [tuple(r.shape) for r in graph.perm_groups if bool(attention[r].all())]
+    assert groups == [(HEAD_DIM, 1 + HEADS)]  # v with the outputs; q and k are pinned
+    assert graph.equal(ws.to_graph(_net("expand", kv=1, rotary=True), x))
+    same = torch.arange(HEAD_DIM)
+    for _ in range(3):  # by hand: the query heads, and v's dimensions
+        heads = torch.randperm(HEADS, generator=generator)
+        v_dims = torch.randperm(HEAD_DIM, generator=generator)[None]
+        rows = _rows(torch.tensor([0]), heads, same.expand(HEADS, -1), same[None], v_dims)
+        permuted = _apply(net, rows)
+        assert_function_preserved(net, permuted, x, atol=1e-10)
+        perm = _node_permutation(rows, graph.num_nodes)
+        assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
+    for _ in range(3):
+        perm = sample_permutation(graph, generator)
+        permuted = permute_module(net, graph, perm)
+        assert_function_preserved(net, permuted, x, atol=1e-10)
+        assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
+    # Rotary embeddings break the q/k dimension symmetry that plain attention has.
+    swapped = torch.tensor([1, 0, 2, 3])
+    rows = _rows(
+        torch.tensor([0]), torch.arange(HEADS), swapped.expand(HEADS, -1), swapped[None], same[None]
+    )
+    plain = _net(style, kv=1)
+    for model, changes in ((plain, False), (net, True)):
+        with torch.no_grad():
+            moved = float((_apply(model, rows)(x) - model(x)).abs().max())
+        assert (moved > 1e-4) == changes
+
+
 def test_float32_permutation(generator):
     net, x = _net("sdpa", torch.float32), _x(torch.float32)
     permuted = symmetry.permute(net, generator, x)
@@ -351,15 +426,17 @@ def test_float32_permutation(generator):
 
 
 # ------------------------------------------------------------ Hugging Face Llama
-@pytest.fixture(params=["sdpa", "eager", "sdpa-enable_gqa"])
-def llama(request, monkeypatch):
-    """A random two-layer LlamaForCausalLM (never downloaded) with 4 query heads and 2
-    key/value heads, float64, and its inputs; ``sdpa`` repeats k and v with repeat_kv
-    (under its mask), ``eager`` too before its matmul, ``sdpa-enable_gqa`` passes
-    ``enable_gqa=True``. Its RMSNorm computes in float64, not float32, so that only
-    float64 rounding is left in comparisons."""
+LLAMA_IMPLEMENTATIONS = ["sdpa", "eager", "sdpa-enable_gqa"]
+
+
+def _llama(request_param: str, monkeypatch: pytest.MonkeyPatch, kv: int = KV):
+    """A random two-layer LlamaForCausalLM (never downloaded) with 4 query heads and
+    ``kv`` key/value heads, float64, and its inputs; ``sdpa`` repeats k and v with
+    repeat_kv (under its mask), ``eager`` too before its matmul, ``sdpa-enable_gqa``
+    passes ``enable_gqa=True``. Its RMSNorm computes in float64, not float32, so that
+    only float64 rounding is left in comparisons."""
     transformers = pytest.importorskip("transformers")
-    implementation, _, gqa = request.param.partition("-")
+    implementation, _, gqa = request_param.partition("-")
     if gqa:
         monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
     norm = transformers.models.llama.modeling_llama.LlamaRMSNorm
@@ -374,7 +451,7 @@ def llama(request, monkeypatch):
         hidden_size=D,
         num_hidden_layers=2,
         num_attention_heads=HEADS,
-        num_key_value_heads=KV,
+        num_key_value_heads=kv,
         intermediate_size=32,
         max_position_embeddings=16,
         bos_token_id=0,
@@ -386,6 +463,28 @@ def llama(request, monkeypatch):
     model = transformers.LlamaForCausalLM(config).double().eval()
     ids = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(0))
     return model, {"input_ids": ids}
+
+
+@pytest.fixture(params=LLAMA_IMPLEMENTATIONS)
+def llama(request, monkeypatch):
+    """:func:`_llama` with 2 key/value heads."""
+    return _llama(request.param, monkeypatch)
+
+
+def _check_llama_permutations(model, inputs, graph, generator) -> None:
+    """Sampled permutations preserve the outputs and relabel the graph; so does permute."""
+    with torch.no_grad():
+        reference = model(**inputs)[0]
+        for _ in range(2):
+            perm = sample_permutation(graph, generator)
+            permuted = permute_module(model, graph, perm)
+            torch.testing.assert_close(permuted(**inputs)[0], reference, rtol=0, atol=1e-10)
+            assert ws.to_graph(permuted, inputs).equal(permute_graph(graph, perm))
+        changed = symmetry.permute(model, generator, example_input=inputs)
+        torch.testing.assert_close(changed(**inputs)[0], reference, rtol=0, atol=1e-10)
+        rescaled = symmetry.rescale(model, generator, example_input=inputs)
+        torch.testing.assert_close(rescaled(**inputs)[0], reference, rtol=0, atol=1e-10)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), changed.parameters()))
 
 
 def test_llama_gqa_converts_and_permutes(llama, generator):
@@ -405,13 +504,23 @@ def test_llama_gqa_converts_and_permutes(llama, generator):
     v = torch.cat([b[:, -(N_REP + 1) * HEAD_DIM :].reshape(-1) for b in outer])
     v_groups = [r for r in graph.perm_groups if bool(torch.isin(r, v).any())]
     assert [tuple(r.shape) for r in v_groups] == [(HEAD_DIM, 1 + N_REP)] * 2 * KV
-    with torch.no_grad():
-        reference = model(**inputs)[0]
-        for _ in range(2):
-            perm = sample_permutation(graph, generator)
-            permuted = permute_module(model, graph, perm)
-            torch.testing.assert_close(permuted(**inputs)[0], reference, rtol=0, atol=1e-10)
-            assert ws.to_graph(permuted, inputs).equal(permute_graph(graph, perm))
-        changed = symmetry.permute(model, generator, example_input=inputs)
-        torch.testing.assert_close(changed(**inputs)[0], reference, rtol=0, atol=1e-10)
-    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), changed.parameters()))
+    _check_llama_permutations(model, inputs, graph, generator)
+
+
+@pytest.mark.parametrize("implementation", LLAMA_IMPLEMENTATIONS)
+def test_llama_with_one_kv_head_converts_and_permutes(implementation, monkeypatch, generator):
+    """``num_key_value_heads=1``: one kv head without a head dimension, with rotary
+    embeddings; every query head reads it (one group of HEADS)."""
+    model, inputs = _llama(implementation, monkeypatch, kv=1)
+    graph = ws.to_graph(model, inputs)
+    per_layer = Q_DIM + 2 * HEAD_DIM + HEADS + HEADS * HEAD_DIM
+    assert graph.count_roles()["attention"] == 2 * per_layer
+    assert sum(layer.n_params for layer in graph.layers) == sum(
+        p.numel() for p in model.parameters()
+    )
+    blocks = [(HEADS, HEAD_WIDTH), (1, HEADS * HEAD_WIDTH + 2 * HEAD_DIM)]
+    assert [tuple(b.shape) for b in graph.perm_blocks] == 2 * blocks
+    attention = graph.node_role == ws.graph.ROLES.index("attention")
+    groups = [tuple(r.shape) for r in graph.perm_groups if bool(attention[r].all())]
+    assert groups == [(HEAD_DIM, 1 + HEADS)] * 2  # v with the outputs; q and k pinned
+    _check_llama_permutations(model, inputs, graph, generator)

@@ -1,4 +1,5 @@
-"""Feature scales fitted on training graphs, shared by the graph encoders.
+"""Feature scales fitted on training graphs and node probe features, shared by the graph
+encoders.
 
 Trained weights are small (about ``1/sqrt(fan_in)``) and their typical size differs by
 edge type (a 784-input dense layer against a 3x3 kernel against a norm's scale). An
@@ -15,15 +16,19 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ..graph import PREPARED_NODE_DIM, GraphBatch
+from ..graph import NODE_PROBES, PREPARED_NODE_DIM, GraphBatch
 from ..graph.features import EDGE_FEATURE_DIM, EDGE_TYPES
 from ..segment import symlog
 
 WEIGHT_DIM = EDGE_FEATURE_DIM - 1
 """Weight columns of an edge (its features after the type code)."""
 
+PROBE_FEATURE_DIM = NODE_PROBES + 3
+"""Width of :func:`node_probe_features`."""
+
 _MIN_SCALE = 1e-2  # floor of fitted feature scales, so unseen values are not blown up
 _MAX_WEIGHT_UNITS = 1e4  # edge weights are read up to this many RMS of their edge type
+_MAX_PROBE_VALUE = 1e12  # node probe values are read up to this size (absurd weights reach 1e30)
 
 
 class FeatureScales(nn.Module):
@@ -73,3 +78,20 @@ class FeatureScales(nn.Module):
         ef = edge_features.to(self.weight_rms.dtype)
         scaled = ef[:, 1:] / self.weight_rms[ef[:, 0].long()]
         return scaled.clamp(-_MAX_WEIGHT_UNITS, _MAX_WEIGHT_UNITS)
+
+
+def node_probe_features(values: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
+    """``[N, PROBE_FEATURE_DIM]`` what the graph encoders read of each node's probe values.
+
+    Per node: its values ``GraphBatch.node_probes`` standardised across the probes (their
+    shape), the sign-log of their mean and standard deviation (their size: canonical, since
+    prepared graphs are canonicalised), and a 1; all 0 for a node without values (``mask``
+    False). Computed per node, so they permute with the nodes; values beyond ±1e12 (from
+    absurd weights) are saturated, so that every feature stays finite in float32.
+    """
+    values = values.clamp(-_MAX_PROBE_VALUE, _MAX_PROBE_VALUE)  # squares stay finite
+    mean = values.mean(dim=1, keepdim=True)
+    std = (values - mean).square().mean(dim=1, keepdim=True).sqrt()
+    shape = (values - mean) / (std + eps)
+    features = torch.cat([shape, symlog(mean), symlog(std), torch.ones_like(mean)], dim=1)
+    return features * mask.unsqueeze(1).to(features.dtype)

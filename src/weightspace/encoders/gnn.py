@@ -26,7 +26,7 @@ from ..graph.features import DEPTH, EDGE_TYPES, POSITION, ROLE_CODE, ROLE_OFFSET
 from ..segment import scatter_max, scatter_sum
 from ._base import Encoder, check_prepared
 from ._registry import EncoderConfigError, register_encoder
-from ._scales import WEIGHT_DIM, FeatureScales
+from ._scales import PROBE_FEATURE_DIM, WEIGHT_DIM, FeatureScales, node_probe_features
 
 _STD_EPS = 1e-6  # keeps sqrt smooth (and float error small) where a variance is ~0
 _N_AGGREGATES = 4  # mean, std, sum / sqrt(degree), mean * log(1 + degree)
@@ -42,6 +42,8 @@ class _Chunk(NamedTuple):
     """Consecutive whole graphs of a batch, with node ids local to the chunk."""
 
     node_features: Tensor  # [n, F]
+    node_probes: Tensor  # [n, NODE_PROBES]
+    node_probe_mask: Tensor  # [n]
     edge_features: Tensor  # [e, 1 + K]
     src: Tensor  # [e]
     dst: Tensor  # [e]
@@ -70,6 +72,8 @@ def _chunks(batch: GraphBatch, max_cost: int) -> Iterator[_Chunk]:
         src, dst = batch.edge_index[:, e0:e1] - n0
         yield _Chunk(
             node_features=batch.node_features[n0:n1],
+            node_probes=batch.node_probes[n0:n1],
+            node_probe_mask=batch.node_probe_mask[n0:n1],
             edge_features=batch.edge_features[e0:e1],
             src=src,
             dst=dst,
@@ -169,6 +173,10 @@ class GNNEncoder(Encoder):
         fourier_features: read each weight value through ``fourier_features`` random
             Fourier features (sin and cos of fixed frequencies drawn from N(0, 1) in RMS
             units) instead of linearly; 0 disables.
+        probe_features: add each node's values on the fixed probes (of the canonical
+            network; see :func:`~weightspace.encoders._scales.node_probe_features`) to its
+            initial state. A permutation permutes them with the nodes, so the encoder stays
+            invariant.
     """
 
     symmetry = "permutation"
@@ -183,6 +191,7 @@ class GNNEncoder(Encoder):
         dropout: float = 0.0,
         positions: int = 0,
         fourier_features: int = 0,
+        probe_features: bool = True,
     ) -> None:
         super().__init__()
         if (
@@ -201,6 +210,7 @@ class GNNEncoder(Encoder):
         self.out_dim = out_dim
         self.scales = FeatureScales()
         self.node_in = nn.Linear(PREPARED_NODE_DIM, hidden)
+        self.probe_in = nn.Linear(PROBE_FEATURE_DIM, hidden) if probe_features else None
         self.edge_type = nn.Embedding(len(EDGE_TYPES), edge_dim)
         self.position = nn.Embedding(2 * positions, hidden) if positions else None
         frequencies = torch.randn(fourier_features, generator=torch.Generator().manual_seed(0))
@@ -239,6 +249,8 @@ class GNNEncoder(Encoder):
         h = self.node_in(self.scales.nodes(chunk.node_features))  # [n, hidden]
         if self.position is not None:
             h = h + self._position_embeddings(chunk.node_features)
+        if self.probe_in is not None:
+            h = h + self.probe_in(node_probe_features(chunk.node_probes, chunk.node_probe_mask))
         initial = h
         code = chunk.edge_features[:, 0].long()
         weights = self.scales.weights(chunk.edge_features)  # [E, 9] unit RMS per edge type

@@ -22,7 +22,7 @@ from ..graph.features import DEPTH, EDGE_TYPES, PREPARED_NODE_DIM
 from ..segment import rank_within, scatter_max, scatter_mean
 from ._base import Encoder, check_prepared
 from ._registry import register_encoder
-from ._scales import WEIGHT_DIM, FeatureScales
+from ._scales import PROBE_FEATURE_DIM, WEIGHT_DIM, FeatureScales, node_probe_features
 
 _MAX_BUCKETS = 40  # size buckets 2**k; covers any layer with fewer than 2**39 neurons
 
@@ -174,6 +174,9 @@ class WeightNetEncoder(Encoder):
         out_dim: embedding width.
         dropout: dropout rate in attention and MLPs (training only).
         max_depth: depths above it are clipped before the depth encoding.
+        probe_features: add each neuron's values on the fixed probes (see
+            :func:`~weightspace.encoders._scales.node_probe_features`) to its token's
+            inputs; they move with the neuron, so the embedding stays invariant.
     """
 
     symmetry = "permutation"
@@ -188,6 +191,7 @@ class WeightNetEncoder(Encoder):
         out_dim: int = 256,
         dropout: float = 0.0,
         max_depth: int = 64,
+        probe_features: bool = True,
     ) -> None:
         super().__init__()
         if max_depth < 1:
@@ -195,9 +199,11 @@ class WeightNetEncoder(Encoder):
         self.out_dim = out_dim
         self.max_depth = max_depth
         self.scales = FeatureScales()
+        self.probe_features = probe_features
         self.edge_in = nn.Linear(len(EDGE_TYPES) + WEIGHT_DIM, d_model)
+        probe_width = PROBE_FEATURE_DIM if probe_features else 0
         self.token = nn.Sequential(
-            nn.Linear(PREPARED_NODE_DIM + 2 * d_model + 2, d_model),
+            nn.Linear(PREPARED_NODE_DIM + 2 * d_model + 2 + probe_width, d_model),
             nn.GELU(),
             nn.Linear(d_model, d_model),
         )
@@ -254,6 +260,8 @@ class WeightNetEncoder(Encoder):
         out_mean, out_count = scatter_mean(phi, src, n)
         counts = torch.log1p(torch.stack([in_count, out_count], dim=1))  # [N, 2]
         features = [self.scales.nodes(batch.node_features), in_mean, out_mean, counts]
+        if self.probe_features:
+            features.append(node_probe_features(batch.node_probes, batch.node_probe_mask))
         return self.token(torch.cat(features, dim=1))
 
     def _layer_summaries(

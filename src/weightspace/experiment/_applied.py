@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ..embedder import Embedder
-from ..report._stats import OUR_ENCODERS
+from ..report import OUR_ENCODERS
 from ..tasks.lineage import evaluate_lineage
 from ..tasks.merging import choose_pairs, merge_study, task_data
 from ..tasks.transfer import transfer_study

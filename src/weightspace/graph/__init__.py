@@ -9,7 +9,7 @@ from ._batch import GraphBatch
 from ._convert import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, supported_operations, to_graph
 from ._folding import fold_batchnorm
 from ._graph import LayerInfo, NeuralGraph, ParamBinding
-from ._probes import PROBE_SEED, PROBE_VERSION, PROBE_WIDTH, PROBES, probe_inputs
+from ._probes import NODE_PROBES, PROBE_SEED, PROBE_VERSION, PROBE_WIDTH, PROBES, probe_inputs
 from ._trace import ExampleInput
 from .features import (
     ACTIVATIONS,
@@ -33,6 +33,7 @@ __all__ = [
     "LayerInfo",
     "NODE_FEATURES",
     "NODE_FEATURE_DIM",
+    "NODE_PROBES",
     "NODE_STATS",
     "NODE_STAT_DIM",
     "PREPARED_NODE_DIM",

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..exceptions import GraphError
 from ._graph import NeuralGraph
-from ._probes import PROBE_WIDTH, PROBES
+from ._probes import NODE_PROBES, PROBE_WIDTH, PROBES
 from .features import EDGE_FEATURE_DIM, NODE_FEATURE_DIM, PREPARED_NODE_DIM
 
 
@@ -33,6 +33,9 @@ class GraphBatch:
             probes (``NeuralGraph.probe_outputs``), zero-padded.
         probe_mask: ``[B, PROBE_WIDTH]`` True on the output units a network has (all False
             for a graph without probe outputs).
+        node_probes: ``[N, NODE_PROBES]`` every node's values on the first probes
+            (``NeuralGraph.node_probes``), 0 where it has none.
+        node_probe_mask: ``[N]`` True on the nodes that have probe values.
     """
 
     node_features: Tensor
@@ -44,6 +47,8 @@ class GraphBatch:
     ptr: Tensor
     probe_outputs: Tensor
     probe_mask: Tensor
+    node_probes: Tensor
+    node_probe_mask: Tensor
 
     @classmethod
     def from_graphs(cls, graphs: Sequence[NeuralGraph]) -> GraphBatch:
@@ -80,6 +85,8 @@ class GraphBatch:
                 width = g.probe_outputs.shape[1]
                 probes[i, :, :width] = g.probe_outputs
                 probe_mask[i, :width] = True
+        node_probes = torch.cat([_node_probes(g, dtype) for g in graphs])
+        node_probe_mask = ~node_probes.isnan().any(dim=1)
         return cls(
             node_features=torch.cat([g.node_features.to(dtype) for g in graphs]),
             edge_index=torch.cat([g.edge_index for g in graphs], dim=1) + edge_offsets,
@@ -90,6 +97,8 @@ class GraphBatch:
             ptr=ptr,
             probe_outputs=probes,
             probe_mask=probe_mask,
+            node_probes=node_probes.nan_to_num(0.0),
+            node_probe_mask=node_probe_mask,
         )
 
     @property
@@ -128,6 +137,13 @@ class GraphBatch:
         return GraphBatch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
+def _node_probes(g: NeuralGraph, dtype: torch.dtype) -> Tensor:
+    """``[N, NODE_PROBES]`` the graph's node probe values, NaN where it has none."""
+    if g.node_probes is None:
+        return torch.full((g.num_nodes, NODE_PROBES), torch.nan, dtype=dtype)
+    return g.node_probes.to(dtype)
+
+
 def _validate(g: NeuralGraph, i: int, width: int) -> None:
     n, e = g.num_nodes, g.num_edges
     if width not in (NODE_FEATURE_DIM, PREPARED_NODE_DIM):
@@ -162,4 +178,10 @@ def _validate(g: NeuralGraph, i: int, width: int) -> None:
         raise GraphError(
             f"graph {i}: expected 'probe_outputs' of floats of shape [{PROBES}, "
             f"<= {PROBE_WIDTH}] or None (got {probes.dtype} {list(probes.shape)})"
+        )
+    values = g.node_probes
+    if values is not None and (values.shape != (n, NODE_PROBES) or not values.is_floating_point()):
+        raise GraphError(
+            f"graph {i}: expected 'node_probes' of floats of shape [{n}, {NODE_PROBES}] or "
+            f"None (got {values.dtype} {list(values.shape)})"
         )

@@ -230,6 +230,22 @@ class GraphBuilder:
     def set_bias(self, nodes: Tensor, values: Tensor) -> None:
         self._bias.append((nodes, values.detach().reshape(-1)))
 
+    def bias_of(self, nodes: Tensor) -> Tensor:
+        """The bias feature of ``nodes`` set so far (0 where none was set)."""
+        return self._feature_of(self._bias, nodes, 0.0)
+
+    def scale_of(self, nodes: Tensor) -> Tensor:
+        """The scale feature of ``nodes`` set so far (1 where none was set)."""
+        return self._feature_of(self._scale, nodes, 1.0)
+
+    def _feature_of(
+        self, entries: list[tuple[Tensor, Tensor]], nodes: Tensor, default: float
+    ) -> Tensor:
+        full = torch.full((self.num_nodes,), default, dtype=self.dtype)
+        for where, values in entries:
+            full[where] = values.to(self.dtype)
+        return full[nodes]
+
     def set_scale(self, nodes: Tensor, values: Tensor) -> None:
         self._scale.append((nodes, values.detach().reshape(-1)))
 
@@ -276,12 +292,18 @@ class GraphBuilder:
         self._edges.append(chunk)
 
     def scale_incoming(self, block: int, nodes: Tensor, factor: Tensor) -> None:
-        """Multiply the weights of the dense edges created in ``block`` that enter ``nodes``."""
+        """Multiply the weights of the edges created in ``block`` that enter ``nodes``."""
         full = torch.ones(self.num_nodes, dtype=self.dtype)
         full[nodes] = factor.detach().to(self.dtype)
         for chunk in self._edges:
-            if chunk.block == block and isinstance(chunk, _DenseEdges):
-                chunk.target_scale = full[chunk.dst_nodes]
+            if chunk.block != block:
+                continue
+            if isinstance(chunk, _DenseEdges):
+                scale = full[chunk.dst_nodes]
+                old = chunk.target_scale
+                chunk.target_scale = scale if old is None else old * scale
+            else:
+                chunk.weights = chunk.weights * full[chunk.dst].unsqueeze(1)
 
     # ------------------------------------------------------------------- symmetry
     def tie(self, a: Tensor, b: Tensor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -14,10 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..exceptions import UnsupportedModuleError
-from ._builder import GraphBuilder, Value
+from ._builder import GraphBuilder, Value, kernel_features
 from ._folding import batchnorm_affine, foldable_batchnorms, module_affine
 from ._graph import LayerInfo, NeuralGraph, ParamBinding
-from ._probes import probe_outputs
+from ._probes import Tap, run_probes
 from ._trace import (
     ExampleInput,
     TensorInfo,
@@ -29,6 +30,7 @@ from ._trace import (
     record_shapes_guessing,
     trace,
 )
+from .features import ROLES
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,36 @@ class _Scores:
     pinned: bool = False
 
 
+class _Foldable(NamedTuple):
+    """Nodes a layer or a normalisation has just made: a per-channel scale or shift of
+    their output (layer scale ``gamma * x``) folds into their edges and features.
+
+    ``block``: the layer's block, whose edges into ``nodes`` take a scale; None for a
+    normalisation, whose scale feature does.
+    """
+
+    nodes: Tensor
+    block: int | None
+
+
+@dataclass(frozen=True)
+class _Moment:
+    """Part of a LayerNorm or RMSNorm over the channels written by hand, as ConvNeXt's
+    channels-first LayerNorm is (``u = x.mean(1, keepdim=True); s = (x - u).pow(2).mean(1,
+    keepdim=True); (x - u) / torch.sqrt(s + eps)``): no nodes until it is normalised.
+
+    ``kind``: "mean" (of ``source`` over its channels), "deviation" (``source``, minus
+    that mean when ``centered``, to ``power``) or "spread" (the mean over the channels of
+    a squared deviation, to a power: ``power`` counts powers of ``source``, 2 for the
+    variance, -1 for ``rsqrt`` of it).
+    """
+
+    source: Value
+    kind: str
+    centered: bool = False
+    power: float = 1.0
+
+
 _ACTIVATION_MODULES: dict[type, str] = {
     nn.ReLU: "relu",
     nn.LeakyReLU: "leaky_relu",
@@ -113,7 +145,11 @@ _ACTIVATION_MODULES: dict[type, str] = {
     nn.Hardswish: "hardswish",
     nn.Mish: "mish",
     nn.ReLU6: "relu6",
+    nn.Hardsigmoid: "hardsigmoid",
 }
+# Activations recorded with the one-hot of another (NODE_FEATURES has no column of their
+# own): hardsigmoid, the piecewise-linear sigmoid of MobileNetV3's squeeze-excitation.
+_ACTIVATION_FEATURES = {"hardsigmoid": "sigmoid"}
 _FUNCTION_NAMES: dict[Any, str] = {
     operator.add: "add",
     operator.iadd: "add",
@@ -147,6 +183,7 @@ _FUNCTION_NAMES: dict[Any, str] = {
     F.hardswish: "hardswish",
     F.mish: "mish",
     F.relu6: "relu6",
+    F.hardsigmoid: "hardsigmoid",
     F.dropout: "dropout",
     F.softmax: "softmax",
     torch.softmax: "softmax",
@@ -165,6 +202,7 @@ _FUNCTION_NAMES: dict[Any, str] = {
     torch.matmul: "matmul",
     F.scaled_dot_product_attention: "scaled_dot_product_attention",
     torch.addmm: "addmm",
+    torch.einsum: "einsum",
     # issue 14: input affine maps, functional layers, resampling, padding, chunk/split
     operator.sub: "sub",
     torch.sub: "sub",
@@ -180,9 +218,22 @@ _FUNCTION_NAMES: dict[Any, str] = {
     F.interpolate: "interpolate",
     F.pad: "pad",
     F.group_norm: "group_norm",
+    F.layer_norm: "layer_norm",
+    F.instance_norm: "F.instance_norm",
+    F.batch_norm: "F.batch_norm",
+    **({F.rms_norm: "rms_norm"} if hasattr(F, "rms_norm") else {}),  # torch >= 2.4
     torch.chunk: "chunk",
     torch.split: "split",
     torch.repeat_interleave: "repeat_interleave",
+    # issue 14: LayerNorm and RMSNorm written by hand
+    operator.pow: "pow",
+    torch.pow: "pow",
+    torch.square: "square",
+    torch.sqrt: "sqrt",
+    torch.rsqrt: "rsqrt",
+    torch.reciprocal: "reciprocal",
+    torch.var: "var",
+    torch.std: "std",
 }
 _ACTIVATION_NAMES = tuple(_ACTIVATION_MODULES.values())
 _PASS_THROUGH = (
@@ -199,6 +250,10 @@ _PASS_THROUGH = (
 )
 # What a parameter read in forward() may go through on its way to a layer or a junction.
 _PARAMETER_VIEWS = frozenset(("expand", "expand_as", *_PASS_THROUGH))
+# Operations whose result holds the same entries as their input (see _fold_target).
+_WHOLE_VIEWS = frozenset(
+    ("permute", "transpose", "view", "reshape", "_unsafe_view", *_PASS_THROUGH)
+)
 _POOLS = tuple(
     f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2)
 )
@@ -266,9 +321,17 @@ def to_graph(module: nn.Module, example_input: ExampleInput | None = None) -> Ne
             example_input, seen = record_shapes_guessing(gm, candidate_inputs(module, gm))
         else:
             seen = record_shapes(gm, example_input)
-        graph = _Converter(gm, seen).run()
-        outputs = probe_outputs(lambda x: gm(*flat_inputs(gm, x)), module, example_input)
-    return replace(graph, probe_outputs=outputs)
+        converter = _Converter(gm, seen)
+        graph = converter.run()
+        probes = run_probes(
+            gm,
+            partial(flat_inputs, gm),
+            module,
+            example_input,
+            converter.taps(graph),
+            graph.num_nodes,
+        )
+    return replace(graph, probe_outputs=probes.outputs, node_probes=probes.nodes)
 
 
 _MAX_MESSAGE = 200  # characters in an UnsupportedModuleError message, at most
@@ -347,6 +410,8 @@ class _Converter:
         self.folds = foldable_batchnorms(gm)
         # Linear/Conv call -> (block, output nodes, path, bias), for BatchNorm folding
         self.producers: dict[fx.Node, tuple[int, Tensor, str, Tensor | None]] = {}
+        # results that per-channel constants may fold into (see _fold_constant)
+        self.foldable: dict[fx.Node, _Foldable] = {}
         self.inputs: dict[str, Value] = {}
         self.input_affines: dict[str, tuple[Tensor, Tensor]] = {}  # on input nodes
         self.node: fx.Node | None = None
@@ -365,6 +430,16 @@ class _Converter:
                 self.env[node] = self._dispatch(node)
         assert output is not None  # fx graphs always end in an output node
         return self.b.build(output)
+
+    def taps(self, graph: NeuralGraph) -> list[Tap]:
+        """Where the tensors of the network hold ``graph``'s computed nodes, in the order the
+        network computes them (input nodes excluded: they are the probes themselves)."""
+        computed = graph.node_role != ROLES.index("input")
+        taps = []
+        for node, value in self.env.items():
+            if isinstance(value, Value) and len(value.nodes) and bool(computed[value.nodes].all()):
+                taps.append(Tap(node.name, value.nodes, value.axis, value.fold))
+        return taps
 
     def _where(self) -> str:
         """The node being converted: a module's path, or an operation's owner and name."""
@@ -440,6 +515,10 @@ class _Converter:
             elif value.axis != axis:
                 raise self._fail(f"input {x.name!r} read with channels on two dimensions")
             return value
+        if isinstance(x, _Heads):
+            raise self._fail(
+                "channels split into attention heads (or rotary halves) read as a whole"
+            )
         raise self._fail(f"an argument of type {type(x).__name__} where an activation was expected")
 
     @staticmethod
@@ -465,7 +544,7 @@ class _Converter:
         if isinstance(x, _Affine):  # (x - mean) / std folded into the first layer
             return self._folded_input_layer(node, path, mod.weight, mod.bias, None, x, exact=True)
         return self._tied_layer(
-            lambda: self._linear(node, path, mod.weight, mod.bias, self._value(x, -1)),
+            lambda: self._linear(node, path, mod.weight, mod.bias, self._linear_input(x)),
             lambda: [f"{path}.weight", f"{path}.bias"],
         )
 
@@ -526,11 +605,11 @@ class _Converter:
     def _linear(
         self, node: fx.Node | None, path: str, weight: Tensor, bias: Tensor | None, x: Value
     ) -> Value:
+        if x.axis != x.ndim - 1:  # token mixing
+            return self._token_linear(node, path, weight, bias, x)
         out_features, in_features = weight.shape
         if in_features != x.width:
             raise self._fail(f"Linear expects {in_features} features, got {x.width}")
-        if x.axis != x.ndim - 1:
-            raise self._fail("Linear applied to a tensor whose features are not last")
         n_params = weight.numel() + (bias.numel() if bias is not None else 0)
         head_depth = self._attention_output(x)  # the output projection of attention
         with self.b.layer(path, "Linear", n_params):
@@ -544,6 +623,35 @@ class _Converter:
             self._bias(path, out, bias)
         if node is not None:
             self.producers[node] = (self.b.block, out, path, bias)
+            self.foldable[node] = _Foldable(out, self.b.block)
+        return self._make(out, x.axis, x.ndim)
+
+    def _linear_input(self, x: Any) -> Value:
+        """What a Linear reads: activations with their channels anywhere (a Linear over
+        another dimension mixes tokens), a network input with its features last."""
+        return x if isinstance(x, Value) else self._value(x, -1)
+
+    def _token_linear(
+        self, node: fx.Node | None, path: str, weight: Tensor, bias: Tensor | None, x: Value
+    ) -> Value:
+        """A Linear over a dimension other than the channels (MLP-Mixer's token mixing,
+        ``mlp(x.transpose(1, 2))``): the same map for every channel, like a depthwise
+        layer. Each channel gets one new node, fed by one ``grouped_conv`` edge from its
+        own channel that carries the map ``[W | b]`` as its kernel (pooled to 3x3 when
+        larger); the units along the mixed dimension are no nodes."""
+        if x.fold:
+            raise self._fail("a Linear over the positions of a flattened feature map")
+        kernel = weight.detach()
+        if bias is not None:
+            kernel = torch.cat([kernel, bias.detach().unsqueeze(1)], 1)
+        n_params = weight.numel() + (bias.numel() if bias is not None else 0)
+        with self.b.layer(path, "Linear (over a non-channel dimension)", n_params):
+            out = self.b.add_nodes(len(x.nodes), "hidden", self.b.depth(x.nodes) + 1)
+            edges = kernel_features(kernel[None, None]).expand(len(x.nodes), -1)
+            self.b.add_edges(x.nodes, out, "grouped_conv", edges)
+            self.b.tie(x.nodes, out)
+        if node is not None:
+            self.foldable[node] = _Foldable(out, self.b.block)
         return self._make(out, x.axis, x.ndim)
 
     def _bias(self, path: str, nodes: Tensor, bias: Tensor | None) -> None:
@@ -566,6 +674,7 @@ class _Converter:
         kind = f"Conv{weight.dim() - 2}d"
         out = self._conv_layer(path, weight, weight.detach(), bias, groups, x, kind, edge_type)
         self.producers[node] = (self.b.block, out, path, bias)
+        self.foldable[node] = _Foldable(out, self.b.block)
         return self._make(out, 1, x.ndim)
 
     def _conv_layer(
@@ -629,7 +738,8 @@ class _Converter:
         self, node: fx.Node, path: str, affine: tuple[Tensor, Tensor], x: Value
     ) -> Value:
         scale, shift = affine
-        names = ("weight", "bias", "running_mean", "running_var")
+        every = ("weight", "bias", "running_mean", "running_var")
+        names = [n for n in every if f"{path}.{n}" in self._state]  # affine=False: no weight
         producer = self.folds.get(node)
         if producer is not None:  # fold into the Linear/Conv before it
             block, nodes, layer_path, bias = self.producers[producer]
@@ -645,7 +755,10 @@ class _Converter:
             for name in names:
                 power = ((0, nodes, 1),) if name in ("weight", "bias") else ()
                 self.b.bind(f"{path}.{name}", (nodes,), power)
+            if not {"weight", "bias"} <= set(names):  # nothing left to carry a rescaling
+                self.b.forbid_rescale(nodes)
             self.b.layers.append(LayerInfo(path, "BatchNorm (folded)", 2 * len(scale), 0, 0))
+            self.foldable[node] = self.foldable[producer]
             return x
         with self.b.layer(path, "BatchNorm (affine)", 2 * len(scale)):
             out = self._norm_nodes(x, "batch_norm")
@@ -671,6 +784,8 @@ class _Converter:
         out = self.b.add_nodes(len(x.nodes), "hidden", self.b.depth(x.nodes) + 1)
         self.b.add_edges(x.nodes, out, edge_type)
         self.b.tie(x.nodes, out)
+        assert self.node is not None  # normalisations are made while run() converts a node
+        self.foldable[self.node] = _Foldable(out, None)
         if weight is not None:
             self.b.set_scale(out, weight)
             self.b.bind(f"{path}.weight", (out,))
@@ -697,7 +812,7 @@ class _Converter:
         return self._make(out, x.axis, x.ndim)
 
     def _activation(self, x: Value, name: str) -> Value:
-        self.b.set_activation(x.nodes, name)
+        self.b.set_activation(x.nodes, _ACTIVATION_FEATURES.get(name, name))
         return x
 
     def _softmax(self, x: Value) -> Value:
@@ -832,6 +947,8 @@ class _Converter:
             return self._sdpa(node, args, kwargs)
         if name == "matmul":
             return self._attention_matmul(node, args[0], args[1])
+        if name == "einsum":
+            return self._einsum(node, args)
         scores = [a for a in (*args, *kwargs.values()) if isinstance(a, _Scores)]
         if scores:
             return self._scores_step(name, args, scores[0])
@@ -857,7 +974,11 @@ class _Converter:
             if merged is None:
                 raise self._fail(f"reshape from {src} to {dst} that mixes heads with tokens")
             if x.pinned and isinstance(merged, Value):
-                raise self._fail("heads with rotary position embeddings merged before attention")
+                if len(x.axes) > 1:
+                    raise self._fail(
+                        "heads with rotary position embeddings merged before attention"
+                    )
+                merged = _Heads(merged.nodes, (merged.axis,), merged.ndim, pinned=True)
             return self._unrepeated(merged)
         if name in ("getitem", "select", "slice"):
             return self._unrepeated(self._heads_index(x, name, args))
@@ -878,21 +999,30 @@ class _Converter:
         """``unsqueeze``, ``expand`` / ``expand_as`` and ``repeat_interleave`` of split heads.
 
         ``expand`` repeats a grid dimension of size 1, or adds the expanded dimension to
-        the grid (the ``n_rep`` copies of repeat_kv, merged with the heads by its reshape).
+        the grid (the ``n_rep`` copies of repeat_kv, merged with the heads by its reshape);
+        so does ``repeat_interleave`` of a dimension of size 1 (one kv head without a head
+        dimension).
         """
         if name == "unsqueeze":
             dim = args[1] % (x.ndim + 1)
             return replace(x, axes=tuple(a + (a >= dim) for a in x.axes), ndim=x.ndim + 1)
-        if name == "repeat_interleave":
-            repeats = kwargs.get("repeats", _get(args, 1))
-            dim = kwargs.get("dim", _get(args, 2))
-            if not isinstance(repeats, int) or dim is None or dim % x.ndim not in x.axes:
-                raise self._fail("repeat_interleave other than of whole attention heads")
-            g = x.axes.index(dim % x.ndim)
-            return replace(x, grid=x.grid.repeat_interleave(repeats, g))
         source = node.args[0]
         assert isinstance(source, fx.Node)
         src, dst = self._shape(source), self._shape(node)
+        if name == "repeat_interleave":
+            repeats = kwargs.get("repeats", _get(args, 1))
+            dim = kwargs.get("dim", _get(args, 2))
+            if not isinstance(repeats, int) or dim is None:
+                raise self._fail("repeat_interleave other than of whole attention heads")
+            dim %= x.ndim
+            if dim in x.axes:
+                g = x.axes.index(dim)
+                return replace(x, grid=x.grid.repeat_interleave(repeats, g))
+            if src[dim] != 1:
+                raise self._fail("repeat_interleave other than of whole attention heads")
+            # one kv head without a head dimension, repeated for its query heads
+            grid = x.grid.unsqueeze(-1).expand(*x.grid.shape, repeats)
+            return replace(x, grid=grid, axes=(*x.axes, dim))
         offset = len(dst) - len(src)  # expand adds dimensions in front
         axes = [a + offset for a in x.axes]
         grid = x.grid.expand([dst[a] for a in axes])
@@ -945,7 +1075,13 @@ class _Converter:
     def _heads_cat(self, args: tuple, kwargs: dict) -> _Heads:
         """``cat`` of parts of the same heads along a grid dimension (rotate_half)."""
         parts = list(args[0])
-        first = parts[0]
+        first = next(p for p in parts if isinstance(p, _Heads))
+        parts = [  # the other half of one head of rotate_half: cat(-x2, x1)
+            _Heads(p.nodes, (p.axis,), p.ndim)
+            if isinstance(p, Value) and (p.ndim, (p.axis,)) == (first.ndim, first.axes)
+            else p
+            for p in parts
+        ]
         if not all(isinstance(p, _Heads) for p in parts) or any(
             (p.axes, p.ndim) != (first.axes, first.ndim) for p in parts
         ):
@@ -983,23 +1119,39 @@ class _Converter:
     def _attention_matmul(self, node: fx.Node, a: Any, b: Any) -> Any:
         """``q @ k.transpose(-2, -1)`` gives scores; ``scores @ v`` is the attention."""
         if isinstance(a, _Scores):
-            if a.head_axis is None and isinstance(b, Value) and b.axis == b.ndim - 1:
-                v = b.nodes.unsqueeze(0)
-            else:
+            v = self._one_head(b, a.ndim, a.ndim - 1) if a.head_axis is None else None
+            if v is None:
                 v = self._head_grid(b, a.head_axis, a.ndim, feature_axis=a.ndim - 1)
-            pin_v = isinstance(b, _Heads) and b.pinned
-            out = self._attend(self._owner(node), a.q, a.k, v, pin_qk=a.pinned, pin_v=pin_v)
+            out = self._attend(
+                self._owner(node), a.q, a.k, v, pin_qk=a.pinned, pin_v=self._pinned(b)
+            )
             return self._heads(out, a.head_axis, a.ndim)
-        if isinstance(a, Value) and isinstance(b, Value):  # one head
-            if a.axis == a.ndim - 1 and b.axis == b.ndim - 2 == a.ndim - 2 and not a.fold:
-                return _Scores(a.nodes.unsqueeze(0), b.nodes.unsqueeze(0), None, a.ndim)
+        if isinstance(a, (Value, _Heads)):  # one head without a head dimension
+            q, k = self._one_head(a, a.ndim, a.ndim - 1), self._one_head(b, a.ndim, a.ndim - 2)
+            if q is not None and k is not None:
+                return _Scores(q, k, None, a.ndim, self._pinned(a, b))
         if isinstance(a, _Heads):
             head_axis = self._head_axis(a)
             q = self._head_grid(a, head_axis, a.ndim, feature_axis=a.ndim - 1)
             k = self._head_grid(b, head_axis, a.ndim, feature_axis=a.ndim - 2)
-            pinned = a.pinned or (isinstance(b, _Heads) and b.pinned)
-            return _Scores(q, k, head_axis, a.ndim, pinned)
+            return _Scores(q, k, head_axis, a.ndim, self._pinned(a, b))
         raise self._fail("matmul of activations other than attention's q @ k^T and scores @ v")
+
+    @staticmethod
+    def _pinned(*operands: Any) -> bool:
+        """Whether any operand is heads pinned by rotary position embeddings."""
+        return any(isinstance(x, _Heads) and x.pinned for x in operands)
+
+    @staticmethod
+    def _one_head(x: Any, ndim: int, axis: int) -> Tensor | None:
+        """The ``[1, dim]`` grid of one head without a head dimension, its channels along
+        ``axis`` of an ``ndim``-dimensional tensor: plain channels, or channels pinned by
+        rotary embeddings (a :class:`_Heads` with one grid dimension); else None."""
+        if isinstance(x, Value) and (x.ndim, x.axis) == (ndim, axis) and not x.fold:
+            return x.nodes.unsqueeze(0)
+        if isinstance(x, _Heads) and (x.ndim, x.axes) == (ndim, (axis,)):
+            return x.grid.unsqueeze(0)
+        return None
 
     def _head_axis(self, x: _Heads) -> int:
         if len(x.axes) != 2 or x.ndim - 1 not in x.axes:
@@ -1012,9 +1164,9 @@ class _Converter:
         Channels not split into heads, read by split heads, are one key/value head that
         every query head reads (multi-query attention): a ``[1, head_dim]`` grid.
         """
-        if isinstance(x, Value) and head_axis is not None:
-            if x.ndim == ndim and x.axis == feature_axis and not x.fold:
-                return x.nodes.unsqueeze(0)
+        single = self._one_head(x, ndim, feature_axis) if head_axis is not None else None
+        if single is not None:
+            return single
         if not isinstance(x, _Heads) or x.ndim != ndim or set(x.axes) != {head_axis, feature_axis}:
             raise self._fail("attention whose q, k and v heads do not line up")
         return x.grid if x.axes == (head_axis, feature_axis) else x.grid.T
@@ -1034,12 +1186,12 @@ class _Converter:
         q, k, v, mask = operands
         if not self._mask_like(mask):
             raise self._fail("scaled_dot_product_attention with a learned mask")
-        if all(isinstance(t, Value) for t in (q, k, v)):  # one head, [B, T, D]
-            ndim = q.ndim
-            if any(t.axis != ndim - 1 or t.fold or t.ndim != ndim for t in (q, k, v)):
-                raise self._fail("scaled_dot_product_attention on features that are not last")
-            grids = [t.nodes.unsqueeze(0) for t in (q, k, v)]
-            head_axis, pinned = None, (False, False)
+        ndim = getattr(q, "ndim", 0)
+        q1, k1, v1 = (self._one_head(t, ndim, ndim - 1) for t in (q, k, v))
+        if q1 is not None and k1 is not None and v1 is not None:  # one head, [B, T, D]
+            grids, head_axis = [q1, k1, v1], None
+        elif all(isinstance(t, Value) for t in (q, k, v)):
+            raise self._fail("scaled_dot_product_attention on features that are not last")
         else:
             if not isinstance(q, _Heads):
                 raise self._fail("scaled_dot_product_attention of unsplit and split heads")
@@ -1048,11 +1200,8 @@ class _Converter:
             if kwargs.get("enable_gqa"):
                 n_rep = len(grids[0]) // len(grids[1])
                 grids[1:] = [grid.repeat_interleave(n_rep, 0) for grid in grids[1:]]
-            pinned = (
-                q.pinned or (isinstance(k, _Heads) and k.pinned),
-                isinstance(v, _Heads) and v.pinned,
-            )
-        out = self._attend(self._owner(node), *grids, pin_qk=pinned[0], pin_v=pinned[1])
+        pin_qk, pin_v = self._pinned(q, k), self._pinned(v)
+        out = self._attend(self._owner(node), *grids, pin_qk=pin_qk, pin_v=pin_v)
         return self._heads(out, head_axis, ndim)
 
     def _attend(
@@ -1255,9 +1404,7 @@ class _Converter:
             grid = grid.select(g, i)
         remaining = [g for g in range(x.grid.dim()) if g not in dict(dropped)]
         new_axes = [new_axes[kept.index(g)] for g in remaining]
-        if len(new_axes) == 1:
-            if x.pinned:
-                raise self._fail("one head with rotary position embeddings")
+        if len(new_axes) == 1 and not x.pinned:
             return self._make(grid, new_axes[0], out_dim)
         return _Heads(grid, tuple(new_axes), out_dim, x.pinned)
 
@@ -1279,11 +1426,69 @@ class _Converter:
             grids = [x.grid.select(g, i) for i in range(x.grid.shape[g])]
             if len(axes) == 1 and not x.pinned:
                 return tuple(self._make(gr, axes[0], x.ndim - 1) for gr in grids)
-            if len(axes) == 1:
-                raise self._fail("one head with rotary position embeddings")
             return tuple(_Heads(gr, axes, x.ndim - 1, x.pinned) for gr in grids)
         sizes = [info.shape[dim] for info in parts]
         return tuple(replace(x, grid=gr) for gr in x.grid.split(sizes, g))
+
+    def _einsum(self, node: fx.Node, args: tuple) -> Any:
+        """``torch.einsum`` in attention: of q and k (``'bhqd,bhkd->bhqk'``: the scores,
+        whose last two letters must be the query and key tokens) and of the scores and v
+        (``'bhqk,bhkd->bhqd'``), in any layout of the letters, one head without a head
+        letter too."""
+        equation = str(args[0]).replace(" ", "")
+        inputs, arrow, out = equation.partition("->")
+        letters, operands = inputs.split(","), _einsum_operands(args)
+        activations = (Value, _Heads, _Scores)
+        if (
+            not arrow
+            or "." in equation
+            or len(letters) != 2
+            or len(operands) != 2
+            or not all(isinstance(o, activations) for o in operands)
+        ):
+            raise self._fail(f"einsum {equation!r} other than q-k and scores-v of attention")
+        (la, lb), (a, b) = letters, operands
+        contracted = [c for c in la if c in lb and c not in out]
+        only_a, only_b = ([c for c in x if c not in y] for x, y in ((la, lb), (lb, la)))
+        if len(contracted) != 1 or len(only_a) != 1 or len(only_b) != 1:
+            raise self._fail(f"einsum {equation!r} other than q-k and scores-v of attention")
+        c = contracted[0]
+        if isinstance(a, _Scores):  # scores (key letter last) with v
+            head = la[a.head_axis] if a.head_axis is not None else None
+            if la[-1] != c or (head is not None and (head not in lb or head not in out)):
+                raise self._fail(f"einsum {equation!r} whose scores and v do not line up")
+            v_dim = lb.index(only_b[0])
+            if head is None:
+                v = self._one_head(b, len(lb), v_dim)
+                if v is None:
+                    raise self._fail(f"einsum {equation!r} whose scores and v do not line up")
+            else:
+                v = self._head_grid(b, lb.index(head), len(lb), v_dim)
+            pin_v = self._pinned(b)
+            grid = self._attend(self._owner(node), a.q, a.k, v, pin_qk=a.pinned, pin_v=pin_v)
+            if head is None:
+                return self._make(grid.reshape(-1), out.index(only_b[0]), len(out))
+            return _Heads(grid, (out.index(head), out.index(only_b[0])), len(out))
+        # q with k: the head letter is that of the other grid dimension of q
+        if out[-2:] != only_a[0] + only_b[0]:
+            raise self._fail(f"einsum {equation!r} whose scores are not [..., query, key]")
+        head = None
+        if isinstance(a, _Heads) and len(a.axes) == 2 and la.index(c) in a.axes:
+            head = la[a.axes[1] if a.axes[0] == la.index(c) else a.axes[0]]
+        if head is None:  # one head without a head letter
+            q, k = self._one_head(a, len(la), la.index(c)), self._one_head(b, len(lb), lb.index(c))
+        elif head in lb and head in out:
+            q = self._head_grid(a, la.index(head), len(la), la.index(c))
+            k = self._head_grid(b, lb.index(head), len(lb), lb.index(c))
+        else:
+            q = k = None
+        if q is None or k is None:
+            raise self._fail(f"einsum {equation!r} of q and k whose heads do not line up")
+        head_axis = out.index(head) if head is not None else None
+        return _Scores(q, k, head_axis, len(out), self._pinned(a, b))
+
+    def _op_einsum(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        return self._einsum(node, args)
 
     # Operation handlers for attention on unsplit tensors and for Hugging Face's Conv1D.
     def _op_matmul(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
@@ -1339,8 +1544,7 @@ class _Converter:
                 rows = p.tensor.detach().movedim(channel_dim, -1).reshape(-1, width)  # [R, C]
                 row_nodes = self.b.add_nodes(rows.shape[0], "input", depth=0)
                 self.b.add_dense_edges(row_nodes, out, rows.T, "embedding")
-                dims = tuple(out if d == channel_dim else None for d in range(p.tensor.dim()))
-                self.b.bind(p.name, dims)
+                self.b.bind(p.name, self._param_dims(p, channel_dim, out))
         return self._make(out, out_ndim - trailing, out_ndim)
 
     def _combine(self, node: fx.Node, operands: list, kind: str) -> Any:
@@ -1353,7 +1557,11 @@ class _Converter:
         gates: tuple[bool, ...] = ()
         if kind == "gate":
             # The gate is the operand with one value per channel ([B, C, 1, 1]).
-            sizes = [math.prod(self._shape(a)) for a in node.args if isinstance(a, fx.Node)]
+            sizes = [
+                math.prod(self._shape(a))
+                for a, o in zip(node.args, operands)
+                if isinstance(o, (Value, _Raw)) and isinstance(a, fx.Node)
+            ]
             gates = tuple(s < max(sizes) for s in sizes) if min(sizes) < max(sizes) else ()
         return self._junction(node.name, values, params, self._out_ndim(), kind, gates)
 
@@ -1374,9 +1582,14 @@ class _Converter:
         if not node.users and name is not None and name.startswith("_assert"):
             return None
         parts = list(args[0]) if name == "cat" else list(args)  # cat takes a list
+        if name == "einsum":
+            parts = _einsum_operands(args)
         # 2b. Attention written by hand: operations on split heads and on scores.
         if any(isinstance(a, (_Heads, _Scores)) for a in (*parts, *kwargs.values())):
             return self._attention_step(node, target, args, kwargs)
+        # 2c. A LayerNorm or RMSNorm written by hand, part way.
+        if any(isinstance(a, _Moment) for a in parts):
+            return self._moment_step(node, name, args, kwargs)
         # 3. A call on no activation or parameter (sizes, torch.arange positions) adds no
         #    nodes; nor does one on positions and buffers (rotary cos/sin from inv_freq).
         operands = (Value, _Raw, _Affine, _Param)
@@ -1390,6 +1603,9 @@ class _Converter:
         if isinstance(x, _Param) and (operation is None or not operation.takes_parameters):
             if name in _PARAMETER_VIEWS:
                 return x
+            view = self._parameter_view(node, name, x, args)
+            if view is not None:  # self.weight[:, None, None]
+                return view
             if not isinstance(x.tensor, nn.Parameter) and not any(
                 isinstance(a, (Value, _Raw, _Affine)) for a in (*parts, *kwargs.values())
             ):  # a buffer (an attention mask) computed on: no weights, no nodes
@@ -1430,7 +1646,7 @@ class _Converter:
                 weight, bias = t[1], _get(t, 2)
                 out = self._folded_input_layer(node, path, weight, bias, None, args[0], exact=True)
             else:
-                out = self._linear(node, path, t[1], _get(t, 2), self._value(args[0], -1))
+                out = self._linear(node, path, t[1], _get(t, 2), self._linear_input(args[0]))
             self._rebind(path, args[1:3])
             return out
 
@@ -1464,9 +1680,12 @@ class _Converter:
         return self._batchnorm(node, path, affine, self._value(args[0], 1))
 
     def _op_layernorm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
-        path, t = self._exported_layer(name, args)
-        x = self._value(args[0], -1)
-        return self._layernorm(path, tuple(t[1]), _get(t, 2), _get(t, 3), x)
+        """Exported ``layer_norm``, or ``F.layer_norm(x, shape, self.weight, self.bias)``."""
+        args = _positional(args, kwargs, ("input", "normalized_shape", "weight", "bias"))
+        path, t = self._norm_arguments(node, args)
+        out = self._layernorm(path, tuple(t[1]), t[2], t[3], self._value(args[0], -1))
+        self._rebind(path, args[2:4])
+        return out
 
     def _op_embedding(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
         path, t = self._exported_layer(name, args)
@@ -1476,13 +1695,42 @@ class _Converter:
         affine = None if kwargs else self._input_affine(node, name, args)  # x + mean
         if affine is not None:
             return affine
+        folded = None if kwargs else self._fold_constant(node, name, args)
+        if folded is not None:
+            return folded
         return self._combine(node, list(args[:2]), "residual")
 
     def _op_mul(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         affine = None if kwargs else self._input_affine(node, name, args)  # x * std
         if affine is not None:
             return affine
+        folded = None if kwargs else self._fold_constant(node, name, args)
+        if folded is not None:  # layer scale: gamma * x
+            return folded
+        x = next((a for a in args[:2] if isinstance(a, Value)), None)
+        if x is not None and any(isinstance(a, _Index) for a in args[:2]):
+            # rotary embeddings of one head without a head dimension: x * cos
+            if x.axis == x.ndim - 1 and not x.fold:
+                head = _Heads(x.nodes, (x.axis,), x.ndim)
+                rotary = self._rotary_step(node, name, tuple(head if a is x else a for a in args))
+                if rotary is not None:
+                    return rotary
         return self._combine(node, list(args[:2]), "gate")
+
+    def _op_neg(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """``-x``: of the network input (an affine map of it), of a layer's fresh output
+        (folded into the layer), or of one head's channels (half of rotate_half in rotary
+        embeddings: the head's dimensions are pinned from then on)."""
+        affine = self._input_affine(node, name, args)
+        if affine is not None:
+            return affine
+        folded = self._fold_constant(node, name, args)
+        if folded is not None:
+            return folded
+        x = _get(args, 0)
+        if isinstance(x, Value) and x.axis == x.ndim - 1 and not x.fold:
+            return _Heads(x.nodes, (x.axis,), x.ndim, pinned=True)
+        raise self._fail("'neg' other than of an input, a layer's output or a rotary half")
 
     def _op_cat(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         """Along the channels: the nodes of the parts side by side; otherwise a junction."""
@@ -1539,18 +1787,111 @@ class _Converter:
             order[a], order[b] = order[b], order[a]
         return self._make(x.nodes, order.index(x.axis), ndim, x.fold)
 
-    def _op_reduce(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+    def _op_reduce(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """Reductions over positions keep the channels; the mean over the channels alone
+        (``keepdim``) starts a normalisation written by hand (:class:`_Moment`)."""
         x = self._value(_get(args, 0))
-        ndim = x.ndim
-        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if dims is None:
-            raise self._fail("a reduction over every dimension")
-        dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else dims)]
+        dims, keep = self._reduction(x, args, kwargs)
+        if dims == [x.axis] and keep and name == "mean" and not x.fold:
+            return _Moment(x, "mean")
         if x.axis in dims:
             raise self._fail("a reduction over the channel dimension")
-        keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
         axis = x.axis if keep else x.axis - sum(d < x.axis for d in dims)
         return self._make(x.nodes, axis, self._out_ndim(), x.fold)
+
+    def _reduction(self, x: Value, args: tuple, kwargs: dict) -> tuple[list[int], bool]:
+        """The dimensions a reduction ``f(x, dim, keepdim)`` of ``x`` reduces, and ``keepdim``."""
+        dims = kwargs.get("dim", _get(args, 1))
+        if dims is None:
+            raise self._fail("a reduction over every dimension")
+        keep = kwargs.get("keepdim", _get(args, 2))
+        dims = [d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims)]
+        return dims, bool(keep)
+
+    # LayerNorm / RMSNorm over the channels written by hand (ConvNeXt's channels-first
+    # LayerNorm): statistics over the channels have no nodes; the normalised channels are
+    # a normalisation's nodes, and the affine map after it folds into them.
+    def _op_moment(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> _Moment:
+        """``x.pow(e)`` / ``x ** e`` / ``torch.square(x)``, ``x.var(channels)`` /
+        ``x.std(channels)`` of channels: a part of a normalisation written by hand."""
+        x = self._value(_get(args, 0))
+        if x.fold:
+            raise self._fail(f"{name!r} of a flattened feature map")
+        if name in ("pow", "square"):
+            exponent = 2.0 if name == "square" else kwargs.get("exponent", _get(args, 1))
+            if not isinstance(exponent, (int, float)):
+                raise self._fail(f"{name!r} of activations by a tensor")
+            return _Moment(x, "deviation", power=float(exponent))
+        if name in ("var", "std"):
+            dims, keep = self._reduction(x, args, kwargs)
+            if dims == [x.axis] and keep:
+                return _Moment(x, "spread", centered=True, power=2.0 if name == "var" else 1.0)
+        raise self._fail(f"{name!r} of activations other than in a LayerNorm written by hand")
+
+    def _moment_step(self, node: fx.Node, name: str | None, args: tuple, kwargs: dict) -> Any:
+        """One step of a normalisation written by hand (see :class:`_Moment`)."""
+        a, b = _get(args, 0), _get(args, 1)
+        m = a if isinstance(a, _Moment) else b
+        if not isinstance(m, _Moment):  # cat([x.mean(1, keepdim=True), ...]) (CBAM)
+            raise self._fail(self._MOMENT_ERROR.format(name=name))
+        other = b if m is a else a
+        same = isinstance(other, (Value, _Moment)) and self._same_channels(other, m.source)
+        if m.kind == "mean" and name == "sub" and m is b and isinstance(a, Value) and same:
+            return _Moment(m.source, "deviation", centered=True)
+        if m.kind == "deviation":
+            if name in ("pow", "square") and m is a:
+                exponent = 2.0 if name == "square" else b
+                if isinstance(exponent, (int, float)):
+                    return replace(m, power=m.power * exponent)
+            if name == "mul" and a is b:
+                return replace(m, power=2 * m.power)
+            if name == "mean":
+                dims, keep = self._reduction(m.source, args, kwargs)
+                if dims == [m.source.axis] and keep and m.power == 2:
+                    return replace(m, kind="spread")
+        if m.kind == "spread" and m is a:
+            exponents = {"sqrt": 0.5, "rsqrt": -0.5, "reciprocal": -1.0}
+            if name in exponents:
+                return replace(m, power=m.power * exponents[name])
+            if name == "pow" and isinstance(b, (int, float)):
+                return replace(m, power=m.power * b)
+            if name == "add" and isinstance(b, (int, float)):  # + eps
+                return m
+        if m.kind == "spread" and name in ("add", "truediv", "div") and m is b and other == 1:
+            return m if name == "add" else replace(m, power=-m.power)  # eps + s, 1 / s
+        spread = any(isinstance(o, _Moment) and o.kind == "spread" for o in (a, b))
+        if spread and name in ("mul", "truediv", "div") and same:
+            return self._normalised(node, name, a, b)
+        raise self._fail(self._MOMENT_ERROR.format(name=name))
+
+    _MOMENT_ERROR = (
+        "{name!r} of a mean or variance over the channels (only a LayerNorm or RMSNorm may use one)"
+    )
+
+    @staticmethod
+    def _same_channels(x: Value | _Moment, source: Value) -> bool:
+        value = x.source if isinstance(x, _Moment) else x
+        return (value.axis, value.ndim) == (source.axis, source.ndim) and torch.equal(
+            value.nodes, source.nodes
+        )
+
+    def _normalised(self, node: fx.Node, name: str, a: Any, b: Any) -> Value:
+        """``deviation * spread`` or ``deviation / spread``: a LayerNorm (centred) or an
+        RMSNorm (not) when the product no longer scales with the channels."""
+        if name == "mul" and isinstance(a, _Moment) and a.kind == "spread":
+            a, b = b, a
+        if name != "mul" and not isinstance(b, _Moment):
+            raise self._fail("a division by the channels of a normalisation written by hand")
+        x = a if isinstance(a, _Moment) else _Moment(a, "deviation")
+        spread = b
+        assert isinstance(spread, _Moment)
+        power = x.power + (spread.power if name == "mul" else -spread.power)
+        if x.kind != "deviation" or x.power != 1 or power != 0 or x.centered != spread.centered:
+            raise self._fail("a normalisation over the channels other than LayerNorm, RMSNorm")
+        kind, edge = ("LayerNorm", "layer_norm") if x.centered else ("RMSNorm", "rms_norm")
+        with self.b.layer(self._owner(node), f"{kind} (written by hand)"):
+            out = self._norm_nodes(x.source, edge)
+        return self._make(out, x.source.axis, x.source.ndim)
 
     def _op_getitem(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
         return self._getitem(self._value(_get(args, 0)), args[1])
@@ -1558,7 +1899,7 @@ class _Converter:
     def _op_select(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
         """aten indexing of one dimension: ``select`` drops it, ``slice`` keeps it."""
         value = self._value(_get(args, 0))
-        index = args[2] if name == "select" else slice(0, 1)  # a slice keeps the dim
+        index = args[2] if name == "select" else slice(*(_get(args, i) for i in (2, 3, 4)))
         return self._getitem(value, (slice(None),) * (args[1] % value.ndim) + (index,))
 
     def _op_expand(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
@@ -1609,14 +1950,18 @@ class _Converter:
             index = index[:at] + (slice(None),) * fill + index[at + 1 :]
         index = index + (slice(None),) * (ndim - sum(i is not None for i in index))
         dim = out_dim = 0
-        axis = None
+        axis, nodes = None, x.nodes
         for item in index:
             if item is None:
                 out_dim += 1
                 continue
             if dim == x.axis:
                 if not _full_slice(item):
-                    raise self._fail("indexing the channel dimension")
+                    if not isinstance(item, slice) or x.fold:
+                        raise self._fail("indexing the channel dimension other than by a slice")
+                    every = torch.arange(len(x.nodes))
+                    if not torch.equal(every[item], every):  # exported x[:, 0:big]: all
+                        nodes = self._channel_parts(x.nodes, [every[item]])[0]
                 axis = out_dim
             if not isinstance(item, int):
                 if not isinstance(item, slice):
@@ -1624,7 +1969,16 @@ class _Converter:
                 out_dim += 1
             dim += 1
         assert axis is not None
-        return self._make(x.nodes, axis, out_dim, x.fold)
+        return self._make(nodes, axis, out_dim, x.fold)
+
+    def _channel_parts(self, nodes: Tensor, parts: list[Tensor]) -> list[Tensor]:
+        """The channels at the positions ``parts`` (slices, chunks), each read on its own:
+        a channel may trade places only with channels in the same parts."""
+        labels = torch.zeros(len(nodes), dtype=torch.long)
+        for i, positions in enumerate(parts):
+            labels[positions] = i + 1
+        self.b.partition(nodes, labels)
+        return [nodes[positions] for positions in parts]
 
     # ------------------------------------- checkpoints people actually have (issue 14)
     # Input affine maps, GroupNorm/InstanceNorm/RMSNorm, ConvTranspose, Upsample,
@@ -1691,11 +2045,18 @@ class _Converter:
             return None
         return _Affine(raw, scale, shift)
 
-    def _op_input_affine(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> _Affine:
+    def _op_input_affine(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """``-``, ``/`` and unary ``-`` by constants: of the network input (an affine map
+        of it), or of a layer's fresh output (folded into the layer)."""
         affine = self._input_affine(node, name, args) if not kwargs else None
-        if affine is None:
-            raise self._fail(f"{name!r} other than of the network input by a constant")
-        return affine
+        if affine is not None:
+            return affine
+        folded = None if kwargs else self._fold_constant(node, name, args)
+        if folded is None:
+            raise self._fail(
+                f"{name!r} other than of the network input or of a layer's output by a constant"
+            )
+        return folded
 
     def _affine_channels(self, x: _Affine, axis: int) -> tuple[Tensor, Tensor]:
         """The affine map's per-channel ``(scale, shift)`` along ``axis`` (``[C]`` each)."""
@@ -1825,6 +2186,141 @@ class _Converter:
             self.b.layers[-1] = replace(info, n_params=info.n_params - tensor.numel())
         return out
 
+    # Per-channel constants on a layer's output fold into the layer or normalisation that
+    # made the channels, when nothing else reads them: layer scale (ConvNeXt's gamma * x,
+    # timm's LayerScale) and the affine map of a normalisation written by hand.
+    def _fold_constant(self, node: fx.Node, name: str, args: tuple) -> Value | None:
+        """``x * c``, ``c * x``, ``x / c``, ``x + c``, ``c + x``, ``x - c`` or ``-x``, where
+        ``x`` is the fresh output of a layer or normalisation and ``c`` a number, parameter
+        or buffer with one value per channel (or one for all).
+
+        A scale multiplies a layer's incoming edges and bias (a normalisation's scale and
+        shift features); a shift adds to the bias. Returns the same channels, or None
+        when the call is no such fold (then it converts as before).
+        """
+        a, b = _get(args, 0), _get(args, 1)
+        if name == "neg":
+            name, b = "mul", -1.0
+        first = isinstance(a, Value)
+        value, c = (a, b) if first else (b, a)
+        if (
+            not isinstance(value, Value)
+            or value.fold
+            or (not first and name in ("sub", "div", "truediv"))
+        ):
+            return None
+        target = self._fold_target(node.args[0 if first else 1], value)
+        constant = self._channel_constant(c, value)
+        if target is None or constant is None:
+            return None
+        factor, channel_dim = constant
+        nodes, is_scale = target.nodes, name in ("mul", "div", "truediv")
+        if is_scale:
+            factor = factor if name == "mul" else 1 / factor
+            if target.block is None:
+                self.b.set_scale(nodes, self.b.scale_of(nodes) * factor)
+            else:
+                self.b.scale_incoming(target.block, nodes, factor)
+            self.b.set_bias(nodes, self.b.bias_of(nodes) * factor)
+        else:
+            self.b.set_bias(nodes, self.b.bias_of(nodes) + (factor if name == "add" else -factor))
+        self._bind_folded(c, channel_dim, nodes, shift=not is_scale)
+        self.foldable[node] = target
+        return value
+
+    def _fold_target(self, source: Any, value: Value) -> _Foldable | None:
+        """What made ``value``'s channels, when ``source`` (its fx node) is that result
+        itself or a view of it (permute, reshape, dropout) and nothing else reads it."""
+        while isinstance(source, fx.Node) and len(source.users) == 1:
+            target = self.foldable.get(source)
+            if target is not None:
+                return target if torch.equal(target.nodes, value.nodes) else None
+            if source.op == "call_module":
+                if not isinstance(self.modules[str(source.target)], (nn.Dropout, nn.Identity)):
+                    return None
+            elif _op_name(source.target) not in _WHOLE_VIEWS:
+                return None
+            source = source.args[0]
+        return None
+
+    def _channel_constant(self, c: Any, value: Value) -> tuple[Tensor, int | None] | None:
+        """``c`` as one value per channel of ``value`` (``[C]``) and the dimension of ``c``
+        along the channels (None for one value for all); None when ``c`` is no number,
+        parameter or buffer, or varies along another dimension."""
+        width, dtype = len(value.nodes), self.b.dtype
+        if isinstance(c, (int, float)) and not isinstance(c, bool):
+            return torch.full((width,), float(c), dtype=dtype), None
+        if not isinstance(c, _Param) or not c.tensor.is_floating_point():
+            return None
+        t = c.tensor.detach().to(dtype)
+        channel_dim = t.dim() - (value.ndim - value.axis)
+        if t.dim() > value.ndim or any(s != 1 for d, s in enumerate(t.shape) if d != channel_dim):
+            return None
+        if t.numel() == 1:
+            return t.reshape(1).expand(width), None
+        if channel_dim < 0 or t.shape[channel_dim] != width:
+            return None
+        return t.reshape(width), channel_dim
+
+    def _bind_folded(self, c: Any, channel_dim: int | None, nodes: Tensor, *, shift: bool) -> None:
+        """Bind a folded constant: a per-channel tensor moves with ``nodes``; a shift scales
+        with them (a shift shared by all channels, or no parameter, forbids rescaling)."""
+        state = self._state.get(c.name) if isinstance(c, _Param) else None
+        if shift and (state is None or channel_dim is None):
+            self.b.forbid_rescale(nodes)  # the shift does not scale with the neuron
+        if not isinstance(c, _Param):
+            return
+        if state is None:  # a buffer outside the state dict: nothing can move it
+            if channel_dim is not None:
+                self.b.fix(nodes)
+            return
+        dims = self._param_dims(c, channel_dim, nodes) if channel_dim is not None else ()
+        axis = next((d for d, n in enumerate(dims) if n is not None), None)
+        terms = ((axis, nodes, 1),) if shift and axis is not None else ()
+        self.b.bind(c.name, dims or (None,) * state.dim(), terms)
+        if c.name in self._parameters():
+            kind = "shift" if shift else "scale"
+            self.b.layers.append(
+                LayerInfo(c.name, f"per-channel {kind} (folded)", state.numel(), 0, 0)
+            )
+
+    @functools.cached_property
+    def _state(self) -> dict[str, Tensor]:
+        """The network's parameters and persistent buffers by name (what permute rewrites)."""
+        return self.gm.state_dict(keep_vars=True)
+
+    def _parameter_view(
+        self, node: fx.Node, name: str | None, x: _Param, args: tuple
+    ) -> _Param | None:
+        """A view of a parameter read in forward() that keeps its entries in order
+        (``self.weight[:, None, None]``, ``unsqueeze``, ``view``, ``reshape``); else None."""
+        if name == "getitem":
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if not all(i is None or i is Ellipsis or _full_slice(i) for i in index):
+                return None
+            return _Param(x.name, x.tensor[index])
+        if name in ("unsqueeze", "squeeze", "view", "reshape", "_unsafe_view"):
+            return _Param(x.name, x.tensor.reshape(self._shape(node)))
+        if name == "slice" and self._shape(node) == tuple(x.tensor.shape):  # exported [:]
+            return x
+        return None
+
+    def _param_dims(self, p: _Param, view_dim: int, nodes: Tensor) -> tuple[Tensor | None, ...]:
+        """Binding dimensions of the parameter (or buffer) read as ``p``, whose tensor (maybe
+        a view of it: :meth:`_parameter_view`) holds ``nodes`` along ``view_dim``."""
+        state = self._state.get(p.name)
+        shape, view = tuple(p.tensor.shape if state is None else state.shape), tuple(p.tensor.shape)
+        dim: int | None = view_dim
+        if shape != view:
+            dim = None
+            for src, dst in _reshape_groups(shape, view):
+                sized = [d for d in src if shape[d] != 1]
+                if view_dim in dst and len(sized) == 1 and shape[sized[0]] == view[view_dim]:
+                    dim = sized[0]
+            if dim is None:
+                raise self._fail(f"a view of parameter {p.name!r} that mixes its channels")
+        return tuple(nodes if d == dim else None for d in range(len(shape)))
+
     def _mod_group_norm(self, node: fx.Node, path: str, mod: nn.GroupNorm, x: Any) -> Value:
         return self._group_norm(path, mod.num_groups, mod.weight, mod.bias, self._value(x, 1))
 
@@ -1875,14 +2371,24 @@ class _Converter:
                 self.b.partition(out, torch.arange(channels) // (channels // groups))
         return self._make(out, x.axis, x.ndim)
 
+    @staticmethod
+    def _norm_arguments(node: fx.Node, args: Sequence[Any]) -> tuple[str, list]:
+        """A normalisation's path (that of its first parameter, else the call's name) and
+        its arguments, parameters replaced by their tensors."""
+        params = [a for a in args if isinstance(a, _Param)]
+        path = params[0].name.rsplit(".", 1)[0] if params else node.name
+        return path, [a.tensor if isinstance(a, _Param) else a for a in args]
+
     def _op_norm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
         """Exported (or functional) ``group_norm``, ``instance_norm``, ``rms_norm``."""
-        params = [a for a in (*args, *kwargs.values()) if isinstance(a, _Param)]
-        path = params[0].name.rsplit(".", 1)[0] if params else node.name
-        t = [a.tensor if isinstance(a, _Param) else a for a in args]
+        arguments = {
+            "group_norm": ("input", "num_groups", "weight", "bias"),
+            "instance_norm": ("input", "weight", "bias", "running_mean", "running_var"),
+            "rms_norm": ("input", "normalized_shape", "weight"),
+        }[name]
+        args = _positional(args, kwargs, arguments)
+        path, t = self._norm_arguments(node, args)
         if name == "group_norm":  # (x, num_groups, weight, bias, eps, cudnn)
-            args = _positional(args, kwargs, ("input", "num_groups", "weight", "bias"))
-            t = [a.tensor if isinstance(a, _Param) else a for a in args]
             out = self._group_norm(path, int(t[1]), t[2], t[3], self._value(args[0], 1))
             self._rebind(path, args[2:4])
             return out
@@ -1897,11 +2403,26 @@ class _Converter:
             self._rebind(path, args[1:3])
             return out
         # rms_norm: (x, normalized_shape, weight, eps)
-        args = _positional(args, kwargs, ("input", "normalized_shape", "weight"))
-        weight = args[2].tensor if isinstance(args[2], _Param) else None
-        out = self._rms_norm(path, tuple(args[1]), weight, self._value(args[0], -1))
+        out = self._rms_norm(path, tuple(t[1]), t[2], self._value(args[0], -1))
         self._rebind(path, args[2:3])
         return out
+
+    def _op_functional_norm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        """``F.batch_norm`` / ``F.instance_norm(x, running_mean, running_var, weight, bias,
+        training / use_input_stats, momentum, eps)`` (timm's BatchNormAct2d calls the
+        first): converted as the exported ops, whose arguments come in another order."""
+        flag = "training" if name == "F.batch_norm" else "use_input_stats"
+        names = ("input", "running_mean", "running_var", "weight", "bias", flag, "momentum", "eps")
+        x, mean, var, weight, bias, batch_stats, momentum, eps = _positional(args, kwargs, names)
+        eps = 1e-5 if eps is None else eps
+        if name == "F.batch_norm":
+            if batch_stats:
+                raise self._fail("F.batch_norm with batch statistics (training=True)")
+            aten = (x, weight, bias, mean, var, False, momentum, eps)
+            return self._op_batchnorm(node, "batch_norm", aten, {})
+        batch_stats = True if batch_stats is None else batch_stats
+        aten = (x, weight, bias, mean, var, batch_stats, momentum, eps)
+        return self._op_norm(node, "instance_norm", aten, {})
 
     def _mod_rms_norm(self, node: fx.Node, path: str, mod: nn.RMSNorm, x: Any) -> Value:
         shape = tuple(mod.normalized_shape)
@@ -2001,7 +2522,8 @@ class _Converter:
         if x.fold:
             raise self._fail("splitting the channels of a flattened feature map")
         sizes = [part.shape[dim] for part in parts]
-        return tuple(self._make(nodes, x.axis, x.ndim) for nodes in torch.split(x.nodes, sizes))
+        pieces = self._channel_parts(x.nodes, list(torch.arange(len(x.nodes)).split(sizes)))
+        return tuple(self._make(nodes, x.axis, x.ndim) for nodes in pieces)
 
     # -------------------------------------------------------------------- output
     def _output(self, node: fx.Node) -> Value:
@@ -2120,9 +2642,20 @@ _EXPORTED = (
     "exported (torch.export) linear, conv1d/conv2d, batch_norm, layer_norm, embedding; "
     "F.linear/F.conv1d/F.conv2d on parameters"
 )
+_NORMS = (
+    "group_norm, instance_norm, rms_norm, layer_norm (exported, or F.group_norm, "
+    "F.instance_norm, F.rms_norm, F.layer_norm on parameters); F.batch_norm on running "
+    "statistics (folded like BatchNorm)"
+)
 _LINEAR_ARGS = ("input", "weight", "bias")
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_TRANSPOSE_ARGS = (*_CONV_ARGS[:5], "output_padding", "groups", "dilation")
+
+
+def _einsum_operands(args: tuple) -> list:
+    """The tensors of ``torch.einsum(equation, *operands)`` or ``(equation, [operands])``."""
+    rest = list(args[1:])
+    return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
 
 
 def _positional(args: tuple, kwargs: dict, names: tuple[str, ...]) -> tuple:
@@ -2136,7 +2669,7 @@ _HAND_ATTENTION = (
     "masked_fill, where), softmax, dropout, @ v, or F.scaled_dot_product_attention; "
     "rotary position embeddings of q and k (q * cos + rotate_half(q) * sin); grouped-query "
     "attention (k/v heads repeated by unsqueeze/expand/reshape or repeat_interleave, "
-    "or enable_gqa)"
+    "or enable_gqa); einsum of q and k and of the scores and v"
 )
 # Operation names (as _op_name gives them) -> entry, looked up after the explicit steps of
 # _Converter._call, which handle what no name decides.
@@ -2198,7 +2731,13 @@ _OPERATIONS = _operation_table(
     ),
     # issue 14
     (
-        ("sub", "truediv", "div", "neg"),
+        ("neg",),
+        _Converter._op_neg,
+        "-x of the input (affine map), of a layer's output (folded), of rotary halves",
+        True,
+    ),
+    (
+        ("sub", "truediv", "div"),
         _Converter._op_input_affine,
         "affine maps of the input by constants or buffers ((x - mean) / std, x * s + b)",
         True,
@@ -2227,7 +2766,13 @@ _OPERATIONS = _operation_table(
     (
         ("group_norm", "instance_norm", "rms_norm"),
         _Converter._op_norm,
-        "group_norm, instance_norm (instance statistics), rms_norm (exported or F.group_norm)",
+        _NORMS,
+        True,
+    ),
+    (
+        ("F.instance_norm", "F.batch_norm"),
+        _Converter._op_functional_norm,
+        _NORMS,
         True,
     ),
     (("pad",), _Converter._op_pad, "pad (spatial; channels with a constant)", False),
@@ -2235,6 +2780,13 @@ _OPERATIONS = _operation_table(
         ("chunk", "split", "split_with_sizes"),
         _Converter._op_split,
         "chunk/split (GLU, SwiGLU gating)",
+        False,
+    ),
+    (
+        ("pow", "square", "var", "std", "sqrt", "rsqrt", "reciprocal"),
+        _Converter._op_moment,
+        "LayerNorm/RMSNorm over the channels written by hand (mean over the channels, "
+        "x - u, pow, var, sqrt, rsqrt, division; then its weight * x + bias)",
         False,
     ),
     # issue 14: attention written by hand, Hugging Face Conv1D
@@ -2245,6 +2797,7 @@ _OPERATIONS = _operation_table(
         False,
     ),
     (("scaled_dot_product_attention",), _Converter._op_sdpa, _HAND_ATTENTION, False),
+    (("einsum",), _Converter._op_einsum, _HAND_ATTENTION, False),
     (("addmm",), _Converter._op_addmm, "addmm(bias, x, weight) (Hugging Face Conv1D)", True),
 )
 # What the explicit steps of _Converter._call (before the table) let through.

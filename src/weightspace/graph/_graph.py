@@ -71,6 +71,11 @@ class NeuralGraph:
         probe_outputs: ``[PROBES, k]`` the network's outputs on fixed probe inputs (see
             :mod:`weightspace.graph._probes`), None when its input takes no probes. Every
             function-preserving symmetry leaves them unchanged.
+        node_probes: ``[N, NODE_PROBES]`` each node's value on the first ``NODE_PROBES``
+            probes (averaged over positions: pixels, tokens), NaN rows for nodes the
+            network computes no tensor of (inputs, attention heads); None when the input
+            takes no probes. A permutation permutes the rows and a rescaling of node ``n``
+            by ``a[n]`` multiplies its row by ``a[n]``, like the node's bias.
     """
 
     node_features: Tensor
@@ -84,6 +89,7 @@ class NeuralGraph:
     bindings: Mapping[str, ParamBinding] = field(default_factory=dict)
     layers: tuple[LayerInfo, ...] = ()
     probe_outputs: Tensor | None = None
+    node_probes: Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -107,6 +113,7 @@ class NeuralGraph:
             self.node_rescale,
             *self.perm_groups,
             *self.perm_blocks,
+            *(t for t in (self.probe_outputs, self.node_probes) if t is not None),
         ]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -147,13 +154,14 @@ class NeuralGraph:
         return {t: int(c) for t, c in zip(EDGE_TYPES, counts) if c > 0}
 
     def to(self, dtype: torch.dtype) -> NeuralGraph:
-        """A copy with node and edge features (and probe outputs) cast to ``dtype``."""
-        probes = self.probe_outputs
+        """A copy with node and edge features (and probe values) cast to ``dtype``."""
+        outputs, nodes = self.probe_outputs, self.node_probes
         return replace(
             self,
             node_features=self.node_features.to(dtype),
             edge_features=self.edge_features.to(dtype),
-            probe_outputs=None if probes is None else probes.to(dtype),
+            probe_outputs=None if outputs is None else outputs.to(dtype),
+            node_probes=None if nodes is None else nodes.to(dtype),
         )
 
     def equal(self, other: NeuralGraph, atol: float = 0.0) -> bool:

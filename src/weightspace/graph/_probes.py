@@ -18,23 +18,33 @@ machine, for every network with that input shape.
 Outputs are reduced to ``[PROBES, k]``: image outputs are averaged on a coarse grid (4x4 for
 one channel, one cell per channel for ten), other dimensions beyond the second averaged
 away, then the first :data:`PROBE_WIDTH` values are kept (``k`` ≤ ``PROBE_WIDTH``).
+
+The same pass keeps the value of every graph node on the first :data:`NODE_PROBES` probes:
+the mean of its channel over positions (pixels, tokens) in the last tensor of the network
+that holds it, which is its output after its activation (and pooling). These are not
+invariant but equivariant: a permutation of hidden units permutes them with the nodes, and
+a rescaling of a unit (ReLU family by ``a > 0``, odd activations by ``-1``) multiplies its
+values by its factor, so the canonical form of a network has canonical node values.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 PROBES = 64
 """Probe inputs per network."""
 PROBE_WIDTH = 16
 """Output units kept per probe."""
+NODE_PROBES = 32
+"""Probes (the first ones) on which every graph node's value is kept."""
 PROBE_SEED = 20_241_202
 PROBE_VERSION = 2
 """Bumped whenever the probes change (part of the featurizer fingerprint)."""
@@ -91,41 +101,120 @@ def _blobs(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     return torch.where(smooth > threshold, high, low)
 
 
-def probe_outputs(
-    forward: Callable[[Tensor], Any], module: nn.Module, example: Any
-) -> Tensor | None:
-    """``[PROBES, k]`` outputs of the network on its probes, or None.
+@dataclass(frozen=True)
+class Tap:
+    """Where graph nodes' values lie in one tensor of the traced network.
+
+    Attributes:
+        node: the fx node that computes the tensor.
+        nodes: ``[C]`` the graph node of each channel.
+        axis: the tensor dimension of the channels (batch dimension 0 included).
+        fold: positions flattened into the channel axis, channel-major (a flattened feature
+            map); empty otherwise.
+    """
+
+    node: str
+    nodes: Tensor
+    axis: int
+    fold: tuple[int, ...] = ()
+
+
+class ProbeValues(NamedTuple):
+    """A network's values on its probes (see :func:`run_probes`)."""
+
+    outputs: Tensor | None  # [PROBES, k]
+    nodes: Tensor | None  # [num_nodes, NODE_PROBES]
+
+
+class _Tapping(fx.Interpreter):
+    """Runs a traced network and keeps the per-channel means of the tapped tensors."""
+
+    def __init__(self, gm: fx.GraphModule, taps: Mapping[str, Tap]) -> None:
+        super().__init__(gm)
+        self.taps = taps
+        self.means: dict[str, Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        tap = self.taps.get(n.name)
+        if tap is not None and isinstance(result, Tensor):
+            means = _channel_means(result, tap)
+            if means is not None:
+                self.means[n.name] = means
+        return result
+
+
+def _channel_means(value: Tensor, tap: Tap) -> Tensor | None:
+    """``[batch, C]`` the mean of every channel of ``value`` over its other positions."""
+    if tap.axis == 0 or tap.axis >= value.ndim or not value.is_floating_point():
+        return None
+    moved = value.movedim(tap.axis, 1)
+    if moved.shape[1] != len(tap.nodes) * math.prod(tap.fold):
+        return None
+    return moved.reshape(moved.shape[0], len(tap.nodes), -1).mean(dim=2)
+
+
+def run_probes(
+    gm: fx.GraphModule,
+    inputs: Callable[[Any], tuple],
+    module: nn.Module,
+    example: Any,
+    taps: Sequence[Tap] = (),
+    num_nodes: int = 0,
+) -> ProbeValues:
+    """The network's outputs on its probes and the values of its graph nodes on them.
 
     Args:
-        forward: runs the network (in eval mode) on one batch of inputs.
+        gm: the traced network, in eval mode.
+        inputs: the placeholder values of ``gm`` for one batch of inputs.
         module: the network (its parameters' dtype and embeddings shape the probes).
         example: one batch of inputs, as the network takes them.
+        taps: where the nodes' values lie, in the order ``gm`` computes them; a node's row
+            holds its values in the last tap that has it (after its activation).
+        num_nodes: rows of the node values.
 
-    Returns None when the input has no probes (see :func:`probe_inputs`) or the network
+    Both are None when the input has no probes (see :func:`probe_inputs`) or the network
     cannot run on them. A program exported for a fixed batch size runs the probes in
     batches of the example's size.
     """
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     probes = probe_inputs(example, module, dtype)
     if probes is None:
-        return None
+        return ProbeValues(None, None)
+    by_name = {tap.node: tap for tap in taps}
+    parts: list[tuple[Any, dict[str, Tensor]]] = []
     with torch.no_grad():
-        try:
-            out = _first_tensor(forward(probes))
-        except Exception:  # a program exported for the example's batch size
-            size = example.shape[0]
+        # all at once, else in batches of the example's size
+        for size in dict.fromkeys((PROBES, example.shape[0])):
             try:
-                parts = [
-                    _first_tensor(forward(probes[at : at + size])) for at in range(0, PROBES, size)
-                ]
-                tensors = [t for t in parts if isinstance(t, Tensor)]
-                out = torch.cat(tensors) if len(tensors) == len(parts) else None
-            except Exception:  # the network does not run on its probes: no probe outputs
-                return None
-    if out is None or out.shape[0] != PROBES or not out.is_floating_point():
-        return None
-    out = _reduce(out)[:, :PROBE_WIDTH]
-    return torch.nan_to_num(out, nan=0.0, posinf=_LIMIT, neginf=-_LIMIT).clamp(-_LIMIT, _LIMIT)
+                parts = []
+                for at in range(0, PROBES, size):
+                    tapping = _Tapping(gm, by_name)
+                    out = _first_tensor(tapping.run(*inputs(probes[at : at + size])))
+                    parts.append((out, tapping.means))
+                break
+            except Exception:  # e.g. a program exported for the example's batch size
+                parts = []
+    outs = [out for out, _ in parts]
+    if not outs or not all(isinstance(o, Tensor) and o.is_floating_point() for o in outs):
+        return ProbeValues(None, None)
+    out = torch.cat(outs)
+    if out.shape[0] != PROBES:
+        return ProbeValues(None, None)
+    outputs = _bounded(_reduce(out)[:, :PROBE_WIDTH])
+    values = torch.full((num_nodes, NODE_PROBES), math.nan, dtype=out.dtype)
+    for tap in taps:
+        pieces = [means[tap.node] for _, means in parts if tap.node in means]
+        rows = torch.cat(pieces) if len(pieces) == len(parts) else None
+        if rows is not None and rows.shape[0] == PROBES:  # a tensor of all probes, batch first
+            values[tap.nodes] = rows[:NODE_PROBES].T.to(out.dtype)
+    return ProbeValues(outputs, _bounded(values, keep_nan=True))
+
+
+def _bounded(values: Tensor, keep_nan: bool = False) -> Tensor:
+    """``values`` with infinities (and NaN, unless kept) made finite, within ±_LIMIT."""
+    nan = math.nan if keep_nan else 0.0
+    return torch.nan_to_num(values, nan=nan, posinf=_LIMIT, neginf=-_LIMIT).clamp(-_LIMIT, _LIMIT)
 
 
 def _reduce(out: Tensor) -> Tensor:

@@ -9,9 +9,9 @@ from typing import Any
 from ._figures import write_figures
 from ._html import markdown_to_html
 from ._markdown import render_markdown
-from ._stats import format_stat
+from ._stats import OUR_ENCODERS, format_stat
 
-__all__ = ["format_stat", "write_report"]
+__all__ = ["OUR_ENCODERS", "format_stat", "write_report"]
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:

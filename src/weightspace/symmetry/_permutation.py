@@ -53,6 +53,7 @@ def permute_graph(graph: NeuralGraph, perm: Tensor) -> NeuralGraph:
         bindings=graph.bindings,
         layers=graph.layers,
         probe_outputs=graph.probe_outputs,  # outputs of the same function: unchanged
+        node_probes=None if graph.node_probes is None else graph.node_probes[perm],
     )
 
 

@@ -53,7 +53,7 @@ def rescale_graph(graph: NeuralGraph, scales: Tensor) -> NeuralGraph:
     """The graph of the network whose neuron ``n`` is rescaled by ``scales[n]``.
 
     A neuron's bias and incoming weights are multiplied by its factor and its outgoing
-    weights divided by it.
+    weights divided by it; so are its values on the probes (``node_probes``).
     """
     dtype = graph.node_features.dtype
     scales = scales.to(dtype)
@@ -63,7 +63,13 @@ def rescale_graph(graph: NeuralGraph, scales: Tensor) -> NeuralGraph:
     factor = torch.where(_parametric(graph), scales[dst] / scales[src], torch.ones((), dtype=dtype))
     edge_features = graph.edge_features.clone()
     edge_features[:, 1:] *= factor.unsqueeze(1)
-    return replace(graph, node_features=node_features, edge_features=edge_features)
+    probes = graph.node_probes
+    return replace(
+        graph,
+        node_features=node_features,
+        edge_features=edge_features,
+        node_probes=None if probes is None else probes * scales.unsqueeze(1).to(probes.dtype),
+    )
 
 
 def canonical_scales(graph: NeuralGraph) -> Tensor:

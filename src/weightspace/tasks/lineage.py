@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import symmetry
 from ..embedder import Embedder
+from ..graph import to_graph
 from ..infra import resolve_progress
 from ..metrics import unit_rows
 from ..train import embed_graphs, prepared_graphs
@@ -233,7 +234,8 @@ def evaluate_lineage(
             if key not in datasets:
                 datasets[key] = shape_for_family(load_dataset(key[0], 0, data_dir), key[1])
             data = datasets[key]
-        derived = [derive(module, t, s, generator, data) for t, s in keys]
+        # converted once, read by every embedder (the probes run each network 64 times)
+        derived = [to_graph(derive(module, t, s, generator, data)) for t, s in keys]
         for name, embedder in named.items():
             scores = unit_rows(embedder.embed(derived)) @ gallery_z[name].T  # [len(keys), G]
             hits[name] += scores.argmax(1) == position[source]

@@ -67,6 +67,7 @@ def _save_graph(graph: NeuralGraph, source: dict[str, Any], path: Path) -> None:
     payload["perm_groups"] = list(graph.perm_groups)
     payload["perm_blocks"] = list(graph.perm_blocks)
     payload["probe_outputs"] = graph.probe_outputs
+    payload["node_probes"] = graph.node_probes
     payload["source"] = source
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
@@ -84,6 +85,7 @@ def _read_entry(path: Path) -> tuple[NeuralGraph, dict[str, Any]] | None:
             perm_groups=tuple(payload["perm_groups"]),
             perm_blocks=tuple(payload["perm_blocks"]),
             probe_outputs=payload["probe_outputs"],
+            node_probes=payload["node_probes"],
         )
         source = payload["source"]
         if not isinstance(source, dict) or not isinstance(source.get("sha256"), str):
