@@ -52,8 +52,9 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "quality-cnn-zoo-mnist": ("quality", ["--preset", "cnn-zoo-mnist"]),
     "make_run": ("make_run", []),
     "merging": ("merging", []),
-    # after make_run: it also predicts with the runs the study trained on the standard zoo
+    # after make_run: they read the study `make run` leaves in runs/standard
     "generalization": ("generalization", ["--standard-runs", "runs/standard/runs"]),
+    "transfer": ("transfer", ["runs/standard"]),
 }
 
 
@@ -353,6 +354,43 @@ def _generalization_details(r: dict) -> list[str]:
     return lines + [tabulate(rows, headers=headers, tablefmt="github")]
 
 
+def _transfer_rows(r: dict) -> list[list]:
+    rows = []
+    for name, verdict in r["targets"].items():
+        budget = name.removeprefix("gain_over_random_budget_").removesuffix("_interval_low")
+        what = (
+            f"transfer: gain over a random pick at budget {budget.split('_')[0]} "
+            f"({verdict['ranker']}), {'interval low end' if 'interval' in name else 'mean'}"
+        )
+        rows.append(_target_row(what, verdict["value"], verdict["target"], "", True))
+    return rows
+
+
+def _transfer_details(r: dict) -> list[str]:
+    settings = r["settings"]
+    budgets = [str(b) for b in settings["budgets"]]
+    rows = [
+        [name]
+        + [
+            f"{s['gain_over_random'][b]['mean']:+.3f} [{s['gain_over_random'][b]['ci95'][0]:+.3f}, "
+            f"{s['gain_over_random'][b]['ci95'][1]:+.3f}]"
+            for b in budgets
+        ]
+        for name, s in {**r["rankers"], **r["references"]}.items()
+        if name != "random"
+    ]
+    random = r["references"]["random"]["accuracy"]
+    rows.append(["(random pick: accuracy)"] + [f"{random[b]['mean']:.3f}" for b in budgets])
+    return [
+        f"Study `{r['study']}`; targets {', '.join(settings['targets'])}; seeds "
+        f"{settings['seeds']}; {settings['cells']} cells; {r['fine_tune_runs']} fine-tuning "
+        "runs. Gain over the exact random pick, mean over cells [95 % two-stage bootstrap "
+        "interval]:",
+        "",
+        tabulate(rows, headers=["ranker", *budgets], tablefmt="github"),
+    ]
+
+
 SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "graph": _graph_rows,
     "zoo_build": _zoo_rows,
@@ -366,6 +404,7 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "make_run": _make_run_rows,
     "generalization": _generalization_rows,
     "merging": _merging_rows,
+    "transfer": _transfer_rows,
 }
 
 
@@ -408,6 +447,8 @@ def _details(name: str, r: dict) -> list[str]:
         lines += _generalization_details(r)
     elif name == "merging":
         lines += _merging_details(r)
+    elif name == "transfer":
+        lines += _transfer_details(r)
     elif name.startswith("zoo_build"):
         group = r["group"]
         lines.append(
