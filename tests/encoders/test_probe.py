@@ -204,3 +204,12 @@ def test_the_gnn_reading_node_probes_is_exactly_invariant_to_a_hand_made_symmetr
         z_moved = encoder(ws.GraphBatch.from_graphs([moved]))
     assert torch.allclose(z[0], z[1], atol=1e-10, rtol=0)
     assert not torch.allclose(z[1], z_moved[0], atol=1e-6)
+
+
+def test_conversion_without_probes_gives_the_same_graph_without_probe_values():
+    net = _mlp()
+    x = torch.zeros(1, 64, dtype=torch.float64)
+    full, bare = ws.to_graph(net, x), ws.to_graph(net, x, probes=False)
+    assert bare.probe_outputs is None and bare.node_probes is None
+    assert full.probe_outputs is not None and full.node_probes is not None
+    assert bare.equal(full)

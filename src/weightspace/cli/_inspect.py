@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     module, example = load_model(
         args.model, trust_pickle=args.trust_pickle, max_params=args.max_params
     )
-    graph = to_graph(module, example)
+    graph = to_graph(module, example, probes=False)  # the layer table reads no probes
     rows = [
         (layer.path, layer.kind, layer.n_params, layer.n_nodes, layer.n_edges)
         for layer in graph.layers

@@ -281,7 +281,9 @@ def _op_name(target: Any) -> str | None:
     return _FUNCTION_NAMES.get(target)
 
 
-def to_graph(module: nn.Module, example_input: ExampleInput | None = None) -> NeuralGraph:
+def to_graph(
+    module: nn.Module, example_input: ExampleInput | None = None, *, probes: bool = True
+) -> NeuralGraph:
     """Convert a trained network into its neural graph.
 
     The structure is read from the network's forward pass (torch.fx), never guessed from
@@ -296,6 +298,10 @@ def to_graph(module: nn.Module, example_input: ExampleInput | None = None) -> Ne
             when the module has it, else a shape is inferred from the first layer (for
             convolutional networks, common image sizes are tried in turn). Networks that
             torch.fx cannot trace are exported with ``torch.export`` on it.
+        probes: run the network on its fixed probes for ``probe_outputs`` and
+            ``node_probes`` (64 forward passes, most of the cost for large inputs). False
+            leaves both None: enough to inspect a network, not for the encoders, which
+            read them.
 
     Returns:
         The :class:`NeuralGraph`, with features in the dtype of the network's parameters.
@@ -323,7 +329,9 @@ def to_graph(module: nn.Module, example_input: ExampleInput | None = None) -> Ne
             seen = record_shapes(gm, example_input)
         converter = _Converter(gm, seen)
         graph = converter.run()
-        probes = run_probes(
+        if not probes:
+            return graph
+        values = run_probes(
             gm,
             partial(flat_inputs, gm),
             module,
@@ -331,7 +339,7 @@ def to_graph(module: nn.Module, example_input: ExampleInput | None = None) -> Ne
             converter.taps(graph),
             graph.num_nodes,
         )
-    return replace(graph, probe_outputs=probes.outputs, node_probes=probes.nodes)
+    return replace(graph, probe_outputs=values.outputs, node_probes=values.nodes)
 
 
 _MAX_MESSAGE = 200  # characters in an UnsupportedModuleError message, at most
