@@ -282,15 +282,7 @@ class Trainer:
         frame = pd.DataFrame(history)
         frame.to_csv(out / HISTORY_FILE, index=False)
         metrics = self._test_metrics(
-            encoder,
-            head,
-            [graphs[i] for i in split.test],
-            dataset_of(split.test),
-            targets.loc[split.test].to_numpy(),
-            mean,
-            std,
-            uncertainty,
-            reference,
+            encoder, head, graphs, split, targets, mean, std, dataset_of, uncertainty, reference
         )
         metrics["epochs_run"] = len(history)
         metrics["best_val_total"] = best[0]
@@ -408,19 +400,22 @@ class Trainer:
         self,
         encoder: Encoder,
         head: PropertyHead,
-        graphs: Sequence[NeuralGraph],
-        dataset: Tensor,
-        true: np.ndarray,
+        graphs: Mapping[str, NeuralGraph],
+        split: Split,
+        targets: pd.DataFrame,
         mean: np.ndarray,
         std: np.ndarray,
+        dataset_of: Callable[[Sequence[str]], Tensor],
         record: Mapping[str, Any],
         reference: np.ndarray,
     ) -> dict[str, Any]:
-        """Test-split metrics, with the coverage and mean width (clipped to the property's
-        range) of the intervals of the uncertainty ``record`` and its ``reference``
-        embeddings (None for a property without intervals)."""
-        z = embed_graphs(encoder, graphs).numpy()
-        predicted = self._predict(head, z, dataset, mean, std)
+        """Metrics of the test split of ``graphs`` (by model id), with the coverage and mean
+        width (clipped to the property's range) of the intervals of the uncertainty
+        ``record`` and its ``reference`` embeddings (None for a property without intervals)."""
+        test = [graphs[i] for i in split.test]
+        true = targets.loc[split.test].to_numpy()
+        z = embed_graphs(encoder, test).numpy()
+        predicted = self._predict(head, z, dataset_of(split.test), mean, std)
         low, high = prediction_intervals(record, predicted, z, reference, self.config.properties)
         properties: dict[str, Any] = {}
         for k, name in enumerate(self.config.properties):
@@ -431,7 +426,7 @@ class Trainer:
             inside = (low[known, k] <= true[known, k]) & (true[known, k] <= high[known, k])
             properties[name]["interval_coverage"] = float(inside.mean()) if has_interval else None
             properties[name]["interval_width"] = float(np.nanmean(width)) if has_interval else None
-        return {"test_models": len(graphs), "properties": properties}
+        return {"test_models": len(test), "properties": properties}
 
     def _predict(
         self,
@@ -573,15 +568,7 @@ def refit_uncertainty(
         run.encoder, run.head, graphs, split, catalog, targets, mean, std, dataset_of
     )
     fresh = trainer._test_metrics(
-        run.encoder,
-        run.head,
-        [graphs[i] for i in split.test],
-        dataset_of(split.test),
-        targets.loc[split.test].to_numpy(),
-        mean,
-        std,
-        uncertainty,
-        reference,
+        run.encoder, run.head, graphs, split, targets, mean, std, dataset_of, uncertainty, reference
     )
     metrics = read_manifest(run.path / METRICS_FILE, RunError)
     for name, values in fresh["properties"].items():
