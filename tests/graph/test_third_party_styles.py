@@ -1300,53 +1300,6 @@ def test_exported_programs_give_the_same_graph(make, shape):
     assert ws.to_graph(exported, x).equal(ws.to_graph(net, x), atol=1e-10)
 
 
-class _Statistic(nn.Module):
-    """CBAM's spatial attention: a mean over the channels read by a conv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.spatial, self.head = (
-            nn.Conv2d(3, 4, 3),
-            nn.Conv2d(2, 1, 3, padding=1),
-            nn.Linear(4, 2),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        gate = torch.sigmoid(self.spatial(torch.cat([mean, mean], dim=1)))
-        return self.head((x * gate).mean((2, 3)))
-
-
-class _EinsumLinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc, self.w = nn.Linear(3, 4), nn.Parameter(torch.randn(4, 2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.einsum("bd,de->be", self.fc(x), self.w)
-
-
-@pytest.mark.parametrize(
-    "net, shape, match",
-    [
-        (
-            _Statistic(),
-            (2, 3, 8, 8),
-            "_Statistic (cat): 'cat' of a mean or variance over the channels",
-        ),
-        (_EinsumLinear(), (2, 3), "_EinsumLinear (einsum): einsum 'bd,de->be'"),
-    ],
-)
-def test_what_still_does_not_convert_fails_in_one_short_line(net, shape, match):
-    with pytest.raises(ws.UnsupportedModuleError) as info:
-        ws.to_graph(net.double(), _x(*shape))
-    message = str(info.value)
-    assert message.startswith(match), message
-    assert "\n" not in message and len(message) <= 200
-    assert "weightspace inspect --supported" in message
-
-
 def test_float32_networks_convert_too():
     for net, shape in ((ConvNeXt("official"), (2, 3, 16, 16)), (ShuffleNetV2(), (2, 3, 16, 16))):
         net = net.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -166,9 +167,20 @@ _FUNCTION_NAMES: dict[Any, str] = {
     torch.mean: "mean",
     torch.sum: "sum",
     torch.amax: "amax",
+    torch.max: "max",
     operator.getitem: "getitem",
     F.relu: "relu",
     torch.relu: "relu",
+    # in-place twins (``y += x``, ``torch.relu_(x)``): see _functionalise
+    operator.isub: "sub",
+    operator.itruediv: "truediv",
+    torch.relu_: "relu",
+    F.relu_: "relu",
+    F.leaky_relu_: "leaky_relu",
+    torch.tanh_: "tanh",
+    torch.sigmoid_: "sigmoid",
+    F.elu_: "elu",
+    torch.selu_: "selu",
     F.leaky_relu: "leaky_relu",
     F.gelu: "gelu",
     F.silu: "silu",
@@ -258,6 +270,29 @@ _POOLS = tuple(
     f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2)
 )
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+# In-place functions (methods ending in "_", ``inplace=True`` arguments and modules with
+# ``inplace = True`` are in-place too): see _Converter._functionalise.
+_IN_PLACE_FUNCTIONS = frozenset(
+    (
+        operator.iadd,
+        operator.isub,
+        operator.imul,
+        operator.itruediv,
+        torch.relu_,
+        F.relu_,
+        F.leaky_relu_,
+        torch.tanh_,
+        torch.sigmoid_,
+        F.elu_,
+        torch.selu_,
+    )
+)
+# Operations whose result may share memory with their input: an in-place operation on
+# the result changes the input too.
+_VIEWS = frozenset(
+    (*_WHOLE_VIEWS, "flatten", "unsqueeze", "squeeze", "expand", "expand_as", "getitem")
+    + ("select", "slice", "narrow", "chunk", "split", "unbind", "t")
+)
 # Functions read only on attention heads and scores (no table entry: they add no nodes).
 _ATTENTION_FUNCTIONS: dict[Any, str] = {
     torch.where: "where",
@@ -271,9 +306,13 @@ _ATTENTION_FUNCTIONS: dict[Any, str] = {
 
 
 def _op_name(target: Any) -> str | None:
-    """One name per operation, whether it is a function, a method or an exported ATen op."""
+    """One name per operation, whether it is a function, a method or an exported ATen op.
+
+    An in-place method (``x.add_(y)``) is named after its out-of-place twin: once
+    :func:`_functionalise` has rewired the graph, it computes the same value.
+    """
     if isinstance(target, str):
-        return target
+        return target[:-1] if target.endswith("_") and not target.startswith("_") else target
     if isinstance(target, torch._ops.OpOverload):
         name = target.overloadpacket.__name__
         # An in-place ATen op (relu_ of ReLU(inplace=True)) computes its out-of-place twin.
@@ -288,7 +327,16 @@ def to_graph(
 
     The structure is read from the network's forward pass (torch.fx), never guessed from
     parameter names. BatchNorm layers that follow a Linear/Conv layer are folded into it
-    (eval-mode semantics).
+    (eval-mode semantics). In-place operations (``x.add_(y)``, ``x += y``, ``x.mul_(s)``,
+    ``inplace=True``) convert as their out-of-place twins.
+
+    Tied weights: an Embedding's weight reused by a later Linear (``self.head.weight =
+    self.embed.weight``, or ``F.linear(h, self.embed.weight)``) is one parameter with one
+    set of edges, the Embedding's (row ``j`` -> dimension ``i`` carries ``W[j, i]``). The
+    output layer adds no weight edges: identity (``residual``) edges link embedding row
+    ``j`` to output unit ``j`` and embedding dimension ``i`` to the feature ``i`` the
+    layer reads, and ``layers`` records it as ``"Linear (tied to Embedding <path>)"``
+    without parameters. The dimensions of both uses permute together; neither rescales.
 
     Args:
         module: the network. Its parameters must be finite.
@@ -426,9 +474,15 @@ class _Converter:
         # Hand-written attention, per layer: (q/k/v nodes, output nodes, depth the output
         # projection builds on: that of the head nodes, or of the output nodes with GQA)
         self.attended: list[tuple[Tensor, Tensor, int]] = []
+        # Embedding weights by id: (path, row nodes, dimension nodes), for tied outputs
+        self.embeddings: dict[int, tuple[str, Tensor, Tensor]] = {}
+        # Attention heads normalised within each head (timm's qk_norm): (normalised
+        # nodes, the projection nodes they normalise)
+        self.head_norms: list[tuple[Tensor, Tensor]] = []
 
     # --------------------------------------------------------------------- driver
     def run(self) -> NeuralGraph:
+        self._functionalise()
         output = None
         for node in self.gm.graph.nodes:
             self.node = node
@@ -438,6 +492,62 @@ class _Converter:
                 self.env[node] = self._dispatch(node)
         assert output is not None  # fx graphs always end in an output node
         return self.b.build(output)
+
+    def _functionalise(self) -> None:
+        """Rewire in-place operations (``x.add_(y)``, ``x += y``, ``x.mul_(s)``,
+        ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``) as the functions they are.
+
+        An in-place operation returns its first operand, changed: every later reader of
+        that operand reads the operation's result instead, which computes the same
+        tensor, so the rewired program is the same network, written without mutation.
+        Raises when the operand is a view of a tensor that is read again later (the
+        change would reach that tensor too).
+        """
+        order = {node: i for i, node in enumerate(self.gm.graph.nodes)}
+        changed = False
+        for node in list(self.gm.graph.nodes):
+            source = _get(node.args, 0)
+            if not (
+                isinstance(source, fx.Node)
+                and isinstance(self.seen.get(source.name), TensorInfo)
+                and self._in_place(node)
+            ):
+                continue
+            later = partial(lambda at, user: order[user] > at, order[node])
+            base: Any = source
+            while base.op in ("call_method", "call_function") and _op_name(base.target) in _VIEWS:
+                base = base.args[0]
+                if not isinstance(base, fx.Node):
+                    break
+                if any(later(user) for user in base.users):
+                    self.node = node
+                    raise self._fail(
+                        f"in-place {node.target!r} of a view of a tensor read again later; "
+                        "write it out of place"
+                    )
+            source.replace_all_uses_with(node, delete_user_cb=later)
+            changed = True
+        if changed:
+            self.gm.recompile()
+
+    def _in_place(self, node: fx.Node) -> bool:
+        """Whether ``node`` changes its first operand in place."""
+        if node.op == "call_method":
+            name = str(node.target)
+            return name.endswith("_") and not name.startswith("_")
+        if node.op == "call_module":
+            return getattr(self.modules[str(node.target)], "inplace", False) is True
+        if node.op != "call_function":
+            return False
+        if node.target in _IN_PLACE_FUNCTIONS or node.kwargs.get("inplace") is True:
+            return True
+        target = node.target
+        assert callable(target)  # call_function nodes call a function
+        try:  # F.relu(x, True)
+            bound = inspect.signature(target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):  # builtins without a signature; other arguments
+            return False
+        return bound.arguments.get("inplace") is True
 
     def taps(self, graph: NeuralGraph) -> list[Tap]:
         """Where the tensors of the network hold ``graph``'s computed nodes, in the order the
@@ -527,6 +637,8 @@ class _Converter:
             raise self._fail(
                 "channels split into attention heads (or rotary halves) read as a whole"
             )
+        if isinstance(x, _Moment) and x.kind == "mean":  # conv(x.mean(1, keepdim=True))
+            return self._value(self._statistic(x), axis)
         raise self._fail(f"an argument of type {type(x).__name__} where an activation was expected")
 
     @staticmethod
@@ -551,6 +663,8 @@ class _Converter:
     def _mod_linear(self, node: fx.Node, path: str, mod: nn.Linear, x: Any) -> Value:
         if isinstance(x, _Affine):  # (x - mean) / std folded into the first layer
             return self._folded_input_layer(node, path, mod.weight, mod.bias, None, x, exact=True)
+        if id(mod.weight) in self.embeddings:  # self.head.weight = self.embed.weight
+            return self._tied_linear(path, f"{path}.weight", mod.weight, mod.bias, x)
         return self._tied_layer(
             lambda: self._linear(node, path, mod.weight, mod.bias, self._linear_input(x)),
             lambda: [f"{path}.weight", f"{path}.bias"],
@@ -565,7 +679,10 @@ class _Converter:
             return self._folded_input_layer(
                 node, path, mod.weight, mod.bias, mod.groups, x, exact=exact
             )
-        return self._conv(node, path, mod.weight, mod.bias, mod.groups, self._value(x, 1))
+        return self._tied_layer(  # a module called twice: CBAM's shared MLP
+            lambda: self._conv(node, path, mod.weight, mod.bias, mod.groups, self._value(x, 1)),
+            lambda: [f"{path}.weight", f"{path}.bias"],
+        )
 
     def _mod_batchnorm(
         self, node: fx.Node, path: str, mod: nn.modules.batchnorm._BatchNorm, x: Any
@@ -575,8 +692,10 @@ class _Converter:
         affine = module_affine(mod)
         return self._batchnorm(node, path, affine, self._value(x, 1))
 
-    def _mod_layernorm(self, node: fx.Node, path: str, mod: nn.LayerNorm, x: Any) -> Value:
+    def _mod_layernorm(self, node: fx.Node, path: str, mod: nn.LayerNorm, x: Any) -> Any:
         shape = tuple(mod.normalized_shape)
+        if isinstance(x, _Heads):  # timm's qk_norm
+            return self._head_norm(path, "LayerNorm", shape, mod.weight, mod.bias, x)
         return self._layernorm(path, shape, mod.weight, mod.bias, self._value(x, -1))
 
     def _mod_activation(
@@ -843,7 +962,38 @@ class _Converter:
             out = self.b.add_nodes(dim, "hidden", depth=1)
             self.b.add_dense_edges(row_nodes, out, weight.detach().T, "embedding")
             self.b.bind(f"{path}.weight", (None, out))
+        self.embeddings.setdefault(id(weight), (path, row_nodes, out))
         return self._make(out, -1, self._out_ndim())
+
+    def _tied_linear(
+        self, path: str, name: str, weight: Tensor, bias: Tensor | None, x: Any
+    ) -> Value:
+        """A Linear whose weight ``name`` is an earlier Embedding's (GPT-2's tied output
+        layer: ``self.head.weight = self.embed.weight`` or ``F.linear(h, embed.weight)``).
+
+        The weights are on the Embedding's edges only (row ``j`` -> dimension ``i``
+        carries ``W[j, i]``); this use adds none. Its output unit ``j`` is linked to
+        embedding row ``j``, whose weights it applies, and each embedding dimension to
+        the input feature ``i`` it multiplies, by identity (``residual``) edges: the
+        weight of unit ``j`` on feature ``i`` is the edge between the two linked nodes.
+        The dimensions move together in both uses (tied); the output units are fixed.
+        """
+        embedding, rows, dims = self.embeddings[id(weight)]
+        value = self._linear_input(x)
+        if value.axis != value.ndim - 1 or value.fold or len(value.nodes) != len(dims):
+            raise self._fail(f"a Linear tied to an Embedding reading {value.width} features")
+        n_params = bias.numel() if bias is not None else 0
+        with self.b.layer(path, f"Linear (tied to Embedding {embedding})", n_params):
+            out = self.b.add_nodes(len(rows), "hidden", self.b.depth(value.nodes) + 1)
+            self.b.add_edges(rows, out, "residual")
+            self.b.add_edges(dims, value.nodes, "residual")
+            self.b.tie(dims, value.nodes)
+            self.b.fix(out)
+            self.b.forbid_rescale(value.nodes)
+            if name not in self.b.bindings:  # the module's own name for the weight
+                self.b.bind(name, (out, value.nodes))
+            self._bias(path, out, bias)
+        return self._make(out, value.axis, value.ndim)
 
     # ----------------------------------------------------------------- attention
     def _mod_attention(
@@ -962,6 +1112,8 @@ class _Converter:
             return self._scores_step(name, args, scores[0])
         if name == "cat":
             return self._heads_cat(args, kwargs)
+        if name in ("layer_norm", "rms_norm") and isinstance(x, _Heads):  # qk_norm
+            return _OPERATIONS[name].handler(self, node, name, args, kwargs)
         rotary = self._rotary_step(node, name, args)
         if rotary is not None:
             return rotary
@@ -1039,6 +1191,56 @@ class _Converter:
                 grid = grid.unsqueeze(-1).expand(*grid.shape, dst[d + offset])
                 axes.append(d + offset)
         return replace(x, grid=grid, axes=tuple(axes), ndim=len(dst))
+
+    def _head_norm(
+        self,
+        path: str,
+        kind: str,
+        shape: tuple[int, ...],
+        weight: Tensor | None,
+        bias: Tensor | None,
+        x: _Heads,
+    ) -> _Heads:
+        """A LayerNorm or RMSNorm over ``head_dim`` of each head (timm's ``qk_norm``:
+        ``q, k = self.q_norm(q), self.k_norm(k)``).
+
+        One new node per q (k) node, fed by one ``layer_norm`` / ``rms_norm`` edge and
+        carrying the norm's weight and bias of its dimension; attention reads them as q
+        (k). Heads still move as units (every head is normalised alike), but the
+        dimensions within a head are pinned: permuting them would have to permute the
+        norm's weight, which all heads share, with one order for every head.
+        """
+        feature = x.ndim - 1
+        if feature not in x.axes or shape != (x.grid.shape[x.axes.index(feature)],):
+            raise self._fail(f"{kind} over {shape} of attention heads; only over head_dim")
+        grid = x.grid
+        if len(torch.unique(grid)) != grid.numel():
+            raise self._fail(f"{kind} of repeated key/value heads; normalise before repeat_kv")
+        g = x.axes.index(feature)
+        along = [1] * grid.dim()
+        along[g] = -1
+        n_params = sum(p.numel() for p in (weight, bias) if p is not None)
+        edge = "layer_norm" if kind == "LayerNorm" else "rms_norm"
+        with self.b.layer(path, f"{kind} (per attention head)", n_params):
+            depth = self.b.depth(grid.reshape(-1)) + 1
+            out = self.b.add_nodes(grid.numel(), "attention", depth, exchangeable=False)
+            self.b.add_edges(grid.reshape(-1), out, edge)
+            for p, name, setter in ((weight, "weight", self.b.set_scale), (bias, "bias", None)):
+                if p is None:
+                    continue
+                values = p.detach().reshape(along).expand(grid.shape).reshape(-1)
+                (setter or self.b.set_bias)(out, values)
+                self.b.bind(f"{path}.{name}", (None,))
+        self.head_norms.append((out, grid.reshape(-1)))
+        return replace(x, grid=out.reshape(grid.shape), pinned=True)
+
+    def _projections(self, nodes: Tensor) -> Tensor:
+        """The projection node behind each of ``nodes``: itself, or the q/k node that a
+        norm within heads (:meth:`_head_norm`) normalised."""
+        source = torch.arange(self.b.num_nodes)
+        for normed, projected in self.head_norms:
+            source[normed] = projected
+        return source[nodes]
 
     def _unrepeated(self, x: Any) -> Any:
         """``x``, refused when it is channels that repeat nodes (a repeat_kv result read
@@ -1234,6 +1436,11 @@ class _Converter:
         group = self._kv_groups(k, v)  # [kv_heads, n_rep]: the query heads of each kv head
         kv_k, kv_v = k[group[:, 0]], v[group[:, 0]]
         q_nodes, k_nodes, v_nodes = q.reshape(-1), kv_k.reshape(-1), kv_v.reshape(-1)
+        # q and k normalised within heads (qk_norm): the projections behind them
+        q_proj, k_proj = self._projections(q), self._projections(kv_k)
+        q_nodes, k_nodes = q_proj.reshape(-1), k_proj.reshape(-1)
+        normed = torch.cat([q.reshape(-1), kv_k.reshape(-1)])
+        normed = normed[normed != torch.cat([q_nodes, k_nodes])]
         nodes = torch.cat([q_nodes, k_nodes, v_nodes])
         produced = torch.zeros(self.b.num_nodes, dtype=torch.bool)
         for _block, made, _path, _bias in self.producers.values():
@@ -1250,11 +1457,14 @@ class _Converter:
             self.b.retype_edges(part, f"attention_{kind}")
         self.b.set_role(nodes, "attention")
         self.b.make_explicit(nodes)
+        if len(normed):
+            self.b.make_explicit(normed)
+            self.b.forbid_rescale(torch.cat([q_nodes, k_nodes]))
         with self.b.layer(path, "attention heads"):
-            depth = max(self.b.depth(q_nodes), self.b.depth(k_nodes)) + 1
+            depth = max(self.b.depth(q.reshape(-1)), self.b.depth(k.reshape(-1))) + 1
             head = self.b.add_nodes(heads, "attention", depth, exchangeable=False)
             per_head = head.repeat_interleave(head_dim)
-            self.b.add_edges(q_nodes, per_head, "attention_head")
+            self.b.add_edges(q.reshape(-1), per_head, "attention_head")
             self.b.add_edges(k.reshape(-1), per_head, "attention_head")
             out, out_depth = v, depth  # one query head per kv head: v is the heads' output
             if group.shape[1] > 1:  # each query head's own output of its kv head's values
@@ -1263,7 +1473,10 @@ class _Converter:
                 out = out.reshape(v.shape)
                 self.b.add_edges(v.reshape(-1), out.reshape(-1), "attention_head")
             self.b.add_edges(head.repeat_interleave(v.shape[1]), out.reshape(-1), "attention_head")
-        self._attention_symmetry(group, head, q, kv_k, kv_v, out, pin_qk=pin_qk, pin_v=pin_v)
+        extra = (q_proj, k_proj) if len(normed) else ()
+        self._attention_symmetry(
+            group, head, q, kv_k, kv_v, out, pin_qk=pin_qk, pin_v=pin_v, normalised=extra
+        )
         self.attended.append((nodes, out.reshape(-1), out_depth))
         return out
 
@@ -1295,6 +1508,7 @@ class _Converter:
         *,
         pin_qk: bool,
         pin_v: bool,
+        normalised: tuple[Tensor, Tensor] | tuple[()] = (),
     ) -> None:
         """Record what may move in attention, grouped-query or not (``n_rep`` 1).
 
@@ -1309,7 +1523,12 @@ class _Converter:
             q, out: ``[heads, dim]`` the q and output nodes of each query head (``out``
                 is ``v`` when ``n_rep`` is 1).
             k, v: ``[kv_heads, dim]`` the k and v nodes of each kv head.
+            normalised: with q and k normalised within heads (then pinned), the ``[heads,
+                dim]`` q and ``[kv_heads, dim]`` k projection nodes behind them, which
+                move with their heads.
         """
+        assert pin_qk or not normalised
+        q_proj, k_proj = normalised or (q[:, :0], k[:, :0])
         n_kv, n_rep = group.shape
         for g, members in enumerate(group):
             if not pin_qk:
@@ -1318,8 +1537,10 @@ class _Converter:
                 outputs = list(out[members]) if n_rep > 1 else []
                 self.b.add_group(torch.stack([v[g], *outputs], dim=1))
             if n_rep > 1:
-                self.b.add_block(torch.cat([head[members, None], q[members], out[members]], 1))
-        blocks = [head[group], q[group].reshape(n_kv, -1), k, v]
+                parts = [head[members, None], q[members], q_proj[members], out[members]]
+                self.b.add_block(torch.cat(parts, 1))
+        blocks = [head[group], q[group].reshape(n_kv, -1), q_proj[group].reshape(n_kv, -1)]
+        blocks += [k, k_proj, v]
         if n_rep > 1:
             blocks.append(out[group].reshape(n_kv, -1))
         self.b.add_block(torch.cat(blocks, dim=1))  # [kv_heads, n_rep * (1 + ...) + ...]
@@ -1442,10 +1663,13 @@ class _Converter:
         """``torch.einsum`` in attention: of q and k (``'bhqd,bhkd->bhqk'``: the scores,
         whose last two letters must be the query and key tokens) and of the scores and v
         (``'bhqk,bhkd->bhqd'``), in any layout of the letters, one head without a head
-        letter too."""
+        letter too; of activations and a parameter: a Linear (:meth:`_einsum_linear`)."""
         equation = str(args[0]).replace(" ", "")
         inputs, arrow, out = equation.partition("->")
         letters, operands = inputs.split(","), _einsum_operands(args)
+        params = [o for o in operands if isinstance(o, _Param)]
+        if len(operands) == 2 and len(params) == 1 and arrow and "." not in equation:
+            return self._einsum_linear(node, equation, letters, operands)
         activations = (Value, _Heads, _Scores)
         if (
             not arrow
@@ -1498,6 +1722,50 @@ class _Converter:
     def _op_einsum(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         return self._einsum(node, args)
 
+    def _einsum_linear(
+        self, node: fx.Node, equation: str, letters: list[str], operands: list
+    ) -> Value:
+        """``torch.einsum('bi,oi->bo', x, self.weight)``: a Linear written with einsum.
+
+        The parameter is ``[out, in]`` or ``[in, out]`` (``'bi,io->bo'``), either operand
+        first, any letters: the features of ``x`` (its last letter) are contracted with
+        one letter of the weight and replaced, in place, by the other.
+        """
+        (la, lw), (x, w) = letters, operands
+        if isinstance(x, _Param):
+            (la, lw), (x, w) = (lw, la), (w, x)
+        out = equation.partition("->")[2]
+        if isinstance(x, _Param) or not isinstance(x, (Value, _Raw, _Affine)):
+            raise self._fail(f"einsum {equation!r} of two parameters")
+        value = self._value(x, -1)
+        c = la[value.axis] if len(la) == value.ndim else ""
+        other = lw.replace(c, "", 1) if len(lw) == 2 and c in lw else ""
+        if (
+            not other
+            or value.fold
+            or other in la
+            or len(set(la)) != len(la)
+            or out != la.replace(c, other)
+            or not isinstance(w.tensor, nn.Parameter)
+        ):
+            raise self._fail(
+                f"einsum {equation!r} other than attention or a Linear 'bi,oi->bo' on the features"
+            )
+        transposed = lw == c + other  # the weight is [in, out]
+        path = w.name.rpartition(".")[0] or self._owner(node)
+
+        def build() -> Value:
+            weight = w.tensor.T if transposed else w.tensor
+            result = self._linear(node, path, weight, None, value)
+            binding = self.b.bindings.pop(f"{path}.weight")
+            dims, terms = binding.dims, binding.scale_terms
+            if transposed:
+                dims, terms = dims[::-1], tuple((1 - d, n, p) for d, n, p in terms)
+            self.b.bind(w.name, dims, terms)
+            return result
+
+        return self._tied_layer(build, lambda: [w.name])
+
     # Operation handlers for attention on unsplit tensors and for Hugging Face's Conv1D.
     def _op_matmul(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         return self._attention_matmul(node, _get(args, 0), _get(args, 1))
@@ -1531,11 +1799,13 @@ class _Converter:
         kind: str,
         gates: tuple[bool, ...] = (),
     ) -> Value:
-        """Combine activations (and parameters) channel by channel into new nodes."""
-        width = len(values[0].nodes)
+        """Combine activations (and parameters) channel by channel into new nodes; a gate
+        of one channel (``[B, 1, H, W]``) is read by every channel."""
+        width = max(len(v.nodes) for v in values)
         trailing = values[0].ndim - values[0].axis  # dimensions from the channel axis on
         for v in values:
-            if len(v.nodes) != width or v.fold or v.ndim - v.axis != trailing:
+            broadcast = kind == "gate" and len(v.nodes) == 1  # one channel gates them all
+            if (len(v.nodes) != width and not broadcast) or v.fold or v.ndim - v.axis != trailing:
                 raise self._fail("combining activations whose channels do not line up")
         n_params = sum(p.tensor.numel() for p in params)
         with self.b.layer(path, kind, n_params):
@@ -1543,6 +1813,10 @@ class _Converter:
             out = self.b.add_nodes(width, "junction", depth)
             for i, v in enumerate(values):
                 is_gate = gates[i] if gates else False
+                if len(v.nodes) < width:  # CBAM's spatial attention: a gate every channel reads
+                    self.b.add_edges(v.nodes.expand(width), out, "gate")
+                    self.b.forbid_rescale(v.nodes)
+                    continue
                 self.b.add_edges(v.nodes, out, "gate" if is_gate else "residual")
                 self.b.tie(v.nodes, out)
             for p in params:
@@ -1585,6 +1859,8 @@ class _Converter:
             return x[args[1]]
         # 2. x.shape, x.size(1), x.dim(), x.device: read from the example run; a check
         #    whose result nothing uses (torch.export's _assert_* metadata checks) adds nothing.
+        if target is getattr and isinstance(x, tuple) and args[1] in ("values", "indices"):
+            return x[("values", "indices").index(args[1])]  # torch.max(x, 1).values
         if target is getattr or name in ("size", "dim"):
             return result
         if not node.users and name is not None and name.startswith("_assert"):
@@ -1648,6 +1924,11 @@ class _Converter:
         """Exported ``linear``, or ``F.linear(x, self.weight, self.bias)`` in forward()."""
         args = _positional(args, kwargs, _LINEAR_ARGS)
         path, t = self._exported_layer(name, args)
+        if isinstance(args[1], _Param) and id(t[1]) in self.embeddings:  # tied weights
+            bias = _get(t, 2)
+            out = self._tied_linear(path, args[1].name, t[1], bias, args[0])
+            self._rebind(path, args[1:3])
+            return out
 
         def build() -> Value:
             if isinstance(args[0], _Affine):
@@ -1687,11 +1968,15 @@ class _Converter:
             affine = batchnorm_affine(t[3], t[4], float(t[6]), t[1], t[2])
         return self._batchnorm(node, path, affine, self._value(args[0], 1))
 
-    def _op_layernorm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+    def _op_layernorm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value | _Heads:
         """Exported ``layer_norm``, or ``F.layer_norm(x, shape, self.weight, self.bias)``."""
         args = _positional(args, kwargs, ("input", "normalized_shape", "weight", "bias"))
         path, t = self._norm_arguments(node, args)
-        out = self._layernorm(path, tuple(t[1]), t[2], t[3], self._value(args[0], -1))
+        out: Value | _Heads
+        if isinstance(args[0], _Heads):  # timm's qk_norm, F.layer_norm
+            out = self._head_norm(path, "LayerNorm", tuple(t[1]), t[2], t[3], args[0])
+        else:
+            out = self._layernorm(path, tuple(t[1]), t[2], t[3], self._value(args[0], -1))
         self._rebind(path, args[2:4])
         return out
 
@@ -1797,15 +2082,52 @@ class _Converter:
 
     def _op_reduce(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         """Reductions over positions keep the channels; the mean over the channels alone
-        (``keepdim``) starts a normalisation written by hand (:class:`_Moment`)."""
+        (``keepdim``) starts a normalisation written by hand (:class:`_Moment`), or is a
+        statistic of the channels (:meth:`_channel_statistic`), as their maximum is.
+        ``torch.max(x, dim)`` gives ``(values, indices)``; the indices hold no nodes."""
         x = self._value(_get(args, 0))
+        if name == "max" and not isinstance(kwargs.get("dim", _get(args, 1)), (int, tuple, list)):
+            raise self._fail("torch.max of two tensors or of every element")
         dims, keep = self._reduction(x, args, kwargs)
-        if dims == [x.axis] and keep and name == "mean" and not x.fold:
-            return _Moment(x, "mean")
+        pair = isinstance(self.seen[node.name], tuple)
+        if dims == [x.axis] and keep and not x.fold and name in ("mean", "max", "amax"):
+            if name == "mean":
+                return _Moment(x, "mean")
+            out = self._channel_statistic(x, "max")
+            return (out, _Index()) if pair else out
         if x.axis in dims:
-            raise self._fail("a reduction over the channel dimension")
+            raise self._fail(
+                "a reduction over the channel dimension (a channel mean or max needs keepdim=True)"
+            )
+        if name in ("max", "amax"):  # max(-x) != -max(x), as for max pooling
+            self.b.forbid_rescale(x.nodes, positive=False)
         axis = x.axis if keep else x.axis - sum(d < x.axis for d in dims)
-        return self._make(x.nodes, axis, self._out_ndim(), x.fold)
+        out = self._make(x.nodes, axis, x.ndim if keep else x.ndim - len(dims), x.fold)
+        return (out, _Index()) if pair else out
+
+    def _channel_statistic(self, x: Value, kind: str) -> Value:
+        """The mean or the maximum over the channels of ``x`` (``keepdim``; CBAM's spatial
+        attention reads both): one node, fed by one ``residual`` edge from every channel
+        (weight ``1 / C`` for the mean, 1 for the maximum). Both are symmetric in the
+        channels, which still permute; they no longer rescale."""
+        if x.fold:
+            raise self._fail(f"the {kind} over the channels of a flattened feature map")
+        width = len(x.nodes)
+        assert self.node is not None  # statistics are made while run() converts a node
+        with self.b.layer(self._owner(self.node), f"channel {kind}"):
+            out = self.b.add_nodes(1, "hidden", self.b.depth(x.nodes) + 1)
+            weight = torch.full((width, 1), 1 / width if kind == "mean" else 1.0)
+            self.b.add_edges(x.nodes, out.expand(width), "residual", weight)
+            self.b.forbid_rescale(x.nodes)
+        return self._make(out, x.axis, x.ndim)
+
+    def _statistic(self, moment: _Moment) -> Value:
+        """A mean over the channels read other than by a normalisation: its node (made
+        once per mean)."""
+        made = self.__dict__.setdefault("_statistics", {})
+        if id(moment) not in made:
+            made[id(moment)] = (moment, self._channel_statistic(moment.source, "mean"))
+        return made[id(moment)][1]
 
     def _reduction(self, x: Value, args: tuple, kwargs: dict) -> tuple[list[int], bool]:
         """The dimensions a reduction ``f(x, dim, keepdim)`` of ``x`` reduces, and ``keepdim``."""
@@ -1841,7 +2163,7 @@ class _Converter:
         a, b = _get(args, 0), _get(args, 1)
         m = a if isinstance(a, _Moment) else b
         if not isinstance(m, _Moment):  # cat([x.mean(1, keepdim=True), ...]) (CBAM)
-            raise self._fail(self._MOMENT_ERROR.format(name=name))
+            return self._statistics_read(node, name, args, kwargs)
         other = b if m is a else a
         same = isinstance(other, (Value, _Moment)) and self._same_channels(other, m.source)
         if m.kind == "mean" and name == "sub" and m is b and isinstance(a, Value) and same:
@@ -1870,7 +2192,20 @@ class _Converter:
         spread = any(isinstance(o, _Moment) and o.kind == "spread" for o in (a, b))
         if spread and name in ("mul", "truediv", "div") and same:
             return self._normalised(node, name, a, b)
-        raise self._fail(self._MOMENT_ERROR.format(name=name))
+        return self._statistics_read(node, name, args, kwargs)
+
+    def _statistics_read(self, node: fx.Node, name: str | None, args: tuple, kwargs: dict) -> Any:
+        """An operation on means over the channels that is no step of a normalisation:
+        the means are statistics of the channels (:meth:`_statistic`), then it converts
+        as usual. Other moments (variances, deviations) raise."""
+        moments: list[_Moment] = []
+        fx.node.map_aggregate(args, lambda a: moments.append(a) if isinstance(a, _Moment) else a)
+        if any(m.kind != "mean" for m in moments):
+            raise self._fail(self._MOMENT_ERROR.format(name=name))
+        read = fx.node.map_aggregate(
+            args, lambda a: self._statistic(a) if isinstance(a, _Moment) else a
+        )
+        return self._call(node, node.target, tuple(read), kwargs)
 
     _MOMENT_ERROR = (
         "{name!r} of a mean or variance over the channels (only a LayerNorm or RMSNorm may use one)"
@@ -2387,7 +2722,7 @@ class _Converter:
         path = params[0].name.rsplit(".", 1)[0] if params else node.name
         return path, [a.tensor if isinstance(a, _Param) else a for a in args]
 
-    def _op_norm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+    def _op_norm(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         """Exported (or functional) ``group_norm``, ``instance_norm``, ``rms_norm``."""
         arguments = {
             "group_norm": ("input", "num_groups", "weight", "bias"),
@@ -2411,6 +2746,10 @@ class _Converter:
             self._rebind(path, args[1:3])
             return out
         # rms_norm: (x, normalized_shape, weight, eps)
+        if isinstance(args[0], _Heads):  # qk_norm, F.rms_norm
+            heads = self._head_norm(path, "RMSNorm", tuple(t[1]), t[2], None, args[0])
+            self._rebind(path, args[2:3])
+            return heads
         out = self._rms_norm(path, tuple(t[1]), t[2], self._value(args[0], -1))
         self._rebind(path, args[2:3])
         return out
@@ -2432,8 +2771,10 @@ class _Converter:
         aten = (x, weight, bias, mean, var, batch_stats, momentum, eps)
         return self._op_norm(node, "instance_norm", aten, {})
 
-    def _mod_rms_norm(self, node: fx.Node, path: str, mod: nn.RMSNorm, x: Any) -> Value:
+    def _mod_rms_norm(self, node: fx.Node, path: str, mod: nn.RMSNorm, x: Any) -> Any:
         shape = tuple(mod.normalized_shape)
+        if isinstance(x, _Heads):  # qk_norm with RMSNorm
+            return self._head_norm(path, "RMSNorm", shape, mod.weight, None, x)
         return self._rms_norm(path, shape, mod.weight, self._value(x, -1))
 
     def _rms_norm(
@@ -2677,13 +3018,20 @@ _HAND_ATTENTION = (
     "masked_fill, where), softmax, dropout, @ v, or F.scaled_dot_product_attention; "
     "rotary position embeddings of q and k (q * cos + rotate_half(q) * sin); grouped-query "
     "attention (k/v heads repeated by unsqueeze/expand/reshape or repeat_interleave, "
-    "or enable_gqa); einsum of q and k and of the scores and v"
+    "or enable_gqa); einsum of q and k and of the scores and v; a LayerNorm or RMSNorm of "
+    "q and k over head_dim (timm's qk_norm)"
 )
 # Operation names (as _op_name gives them) -> entry, looked up after the explicit steps of
 # _Converter._call, which handle what no name decides.
 _OPERATIONS = _operation_table(
-    (("add",), _Converter._op_add, "residual +, parameter + (positional embeddings)", True),
-    (("mul",), _Converter._op_mul, "gating * (squeeze-excitation)", True),
+    (
+        ("add",),
+        _Converter._op_add,
+        "residual +, parameter + (positional embeddings); in place too (x += y, x.add_(y): "
+        "every in-place method and inplace=True)",
+        True,
+    ),
+    (("mul",), _Converter._op_mul, "gating * (squeeze-excitation, CBAM)", True),
     (("cat",), _Converter._op_cat, "cat", True),
     (("linear",), _Converter._op_linear, _EXPORTED, True),
     (("conv1d", "conv2d"), _Converter._op_conv, _EXPORTED, True),
@@ -2723,9 +3071,10 @@ _OPERATIONS = _operation_table(
     ),
     (("transpose", "permute"), _Converter._op_transpose, "transpose/permute", False),
     (
-        ("mean", "sum", "amax"),
+        ("mean", "sum", "amax", "max"),
         _Converter._op_reduce,
-        "mean/sum/amax over non-channel dimensions",
+        "mean/sum/amax/max over non-channel dimensions; mean or max over the channels "
+        "(keepdim=True: CBAM's spatial attention)",
         False,
     ),
     (("getitem",), _Converter._op_getitem, "indexing of non-channel dimensions", False),
@@ -2805,7 +3154,12 @@ _OPERATIONS = _operation_table(
         False,
     ),
     (("scaled_dot_product_attention",), _Converter._op_sdpa, _HAND_ATTENTION, False),
-    (("einsum",), _Converter._op_einsum, _HAND_ATTENTION, False),
+    (
+        ("einsum",),
+        _Converter._op_einsum,
+        f"{_HAND_ATTENTION}; einsum of activations and a weight: a Linear ('bi,oi->bo')",
+        False,
+    ),
     (("addmm",), _Converter._op_addmm, "addmm(bias, x, weight) (Hugging Face Conv1D)", True),
 )
 # What the explicit steps of _Converter._call (before the table) let through.
