@@ -321,7 +321,13 @@ def _generalization_details(r: dict) -> list[str]:
         f"{', '.join(outside['styles'])}; measured test accuracy {min(outside['measured']):.3f}-"
         f"{max(outside['measured']):.3f}), predicted with `--dataset mnist` by runs trained on "
         f"`{r['zoo']}` ({r['zoo_models']} models; seeds: {r['seeds']}, at most {r['epochs']} "
-        f"epochs, patience {r['patience']}) and by the standard study's runs.",
+        f"epochs, patience {r['patience']}) and by the standard study's runs."
+        + (
+            f" The mnist-mixed runs were evaluated on {r['mixed_date']}, the standard runs "
+            "on the date above."
+            if r.get("mixed_date")
+            else ""
+        ),
         "",
     ]
     rows = [
