@@ -52,6 +52,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "quality-cnn-zoo-mnist": ("quality", ["--preset", "cnn-zoo-mnist"]),
     "make_run": ("make_run", []),
     "merging": ("merging", []),
+    "decoder": ("decoder", []),
     # after make_run: they read the study `make run` leaves in runs/standard
     "generalization": ("generalization", ["--standard-runs", "runs/standard/runs"]),
     "transfer": ("transfer", ["runs/standard"]),
@@ -397,6 +398,64 @@ def _transfer_details(r: dict) -> list[str]:
     ]
 
 
+def _decoder_rows(r: dict) -> list[list]:
+    targets, group = r["targets"], r["groups"][r["headline"]]
+    what = f"decoder on {r['zoo']}, {r['headline']}"
+    return [
+        _target_row(
+            f"{what}: relative weight error",
+            group["relative_error"]["mean"],
+            targets["relative_error"],
+            "",
+            False,
+        ),
+        _target_row(
+            f"{what}: mean gap of decoded to original accuracy",
+            group["mean_abs_accuracy_delta"],
+            targets["accuracy_delta"],
+            "",
+            False,
+        ),
+    ]
+
+
+def _decoder_details(r: dict) -> list[str]:
+    rows = [
+        [
+            name,
+            g["n"],
+            g["runs"],
+            f"{g['relative_error']['mean']:.3f}",
+            f"{g['span_bound']:.3f}",
+            f"{g['original_accuracy']:.3f}",
+            f"{g['decoded_accuracy']:.3f}",
+            f"{g['mean_abs_accuracy_delta']:.3f}",
+            f"{g['within_accuracy_target']}/{g['n']}",
+            f"{g['midpoints']['beats_both_parents']}/{g['midpoints']['pairs']}",
+        ]
+        for name, g in r["groups"].items()
+    ]
+    headers = (
+        "group",
+        "models",
+        "runs",
+        "rel. error",
+        "span bound",
+        "orig. acc",
+        "decoded acc",
+        "mean Δacc",
+        "Δacc within 0.05",
+        "midpoint beats both parents",
+    )
+    return [
+        "Split by run; the span bound is the error of the best reconstruction within the "
+        "span of the training targets (no decoder whose last layer is trained on them does "
+        "better).",
+        "",
+        tabulate(rows, headers=headers, tablefmt="github"),
+    ]
+
+
 SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "graph": _graph_rows,
     "zoo_build": _zoo_rows,
@@ -410,6 +469,7 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "make_run": _make_run_rows,
     "generalization": _generalization_rows,
     "merging": _merging_rows,
+    "decoder": _decoder_rows,
     "transfer": _transfer_rows,
 }
 
@@ -453,6 +513,8 @@ def _details(name: str, r: dict) -> list[str]:
         lines += _generalization_details(r)
     elif name == "merging":
         lines += _merging_details(r)
+    elif name == "decoder":
+        lines += _decoder_details(r)
     elif name == "transfer":
         lines += _transfer_details(r)
     elif name.startswith("zoo_build"):

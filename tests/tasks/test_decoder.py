@@ -100,3 +100,14 @@ def test_errors(tmp_path, zoo, mlp_ids, decoder):
         WeightDecoder.load(tmp_path / "own", embedder=object())
     with pytest.raises(DecoderError, match="not fitted"):
         WeightDecoder().decode(np.zeros(32))
+
+
+def test_target_weights_are_what_reconstruction_error_measures(zoo, mlp_ids, decoder):
+    models = [zoo.load(i) for i in mlp_ids[:3]]
+    targets = decoder.target_weights(models)
+    assert targets.shape == (3, len(decoder.target_mean_))
+    decoded = torch.stack([_flat(m) for m in decoder.decode_all(decoder.encode(models))])
+    expected = (decoded - targets).norm(dim=1) / targets.norm(dim=1)
+    np.testing.assert_allclose(decoder.reconstruction_error(models), expected, rtol=1e-5)
+    with pytest.raises(DecoderError, match="not fitted"):
+        WeightDecoder().target_weights(models)
