@@ -81,7 +81,7 @@ def test_subclasses_convert_like_their_torch_base():
             return isinstance(m, (MyLinear, MyReLU)) or super().is_leaf_module(m, qualname)
 
     assert _module_entry(MyLinear) is _MODULES[nn.Linear]
-    assert _module_entry(nn.PReLU) is None
+    assert _module_entry(nn.Hardshrink) is None
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     mine = nn.Sequential(MyLinear(3, 4), MyReLU(), MyLinear(4, 2))
     mine.load_state_dict(net.state_dict())
@@ -90,12 +90,12 @@ def test_subclasses_convert_like_their_torch_base():
 
 
 def test_unsupported_module_is_one_short_line_naming_the_path():
-    encoder = nn.Sequential(OrderedDict(fc=nn.Linear(4, 4), act=nn.PReLU()))
+    encoder = nn.Sequential(OrderedDict(fc=nn.Linear(4, 4), act=nn.Hardshrink()))
     net = nn.Sequential(OrderedDict(encoder=encoder))
     with pytest.raises(ws.UnsupportedModuleError) as info:
         ws.to_graph(net)
     message = str(info.value)
-    assert message.startswith("encoder.act: module PReLU is not supported")
+    assert message.startswith("encoder.act: module Hardshrink is not supported")
     assert "weightspace inspect --supported" in message
     assert "\n" not in message and len(message) < 200
 

@@ -133,6 +133,19 @@ class _Moment:
     power: float = 1.0
 
 
+@dataclass(frozen=True)
+class _Selected:
+    """Units taken out of the channel dimension, which is gone: an integer index of the
+    channels (``out(h)[:, 0]``) or a squeeze of one channel (``out(h).squeeze(-1)``).
+
+    Only the network output may be this (elementwise activations and casts pass): its
+    output nodes are ``nodes``; units of the same layer left out are hidden nodes that
+    nothing reads.
+    """
+
+    nodes: Tensor
+
+
 _ACTIVATION_MODULES: dict[type, str] = {
     nn.ReLU: "relu",
     nn.LeakyReLU: "leaky_relu",
@@ -149,8 +162,9 @@ _ACTIVATION_MODULES: dict[type, str] = {
     nn.Hardsigmoid: "hardsigmoid",
 }
 # Activations recorded with the one-hot of another (NODE_FEATURES has no column of their
-# own): hardsigmoid, the piecewise-linear sigmoid of MobileNetV3's squeeze-excitation.
-_ACTIVATION_FEATURES = {"hardsigmoid": "sigmoid"}
+# own): hardsigmoid, the piecewise-linear sigmoid of MobileNetV3's squeeze-excitation;
+# prelu, a leaky_relu with learned slopes (parameters bound to the channels, no features).
+_ACTIVATION_FEATURES = {"hardsigmoid": "sigmoid", "prelu": "leaky_relu"}
 _FUNCTION_NAMES: dict[Any, str] = {
     operator.add: "add",
     operator.iadd: "add",
@@ -164,6 +178,7 @@ _FUNCTION_NAMES: dict[Any, str] = {
     torch.transpose: "transpose",
     torch.permute: "permute",
     torch.unsqueeze: "unsqueeze",
+    torch.squeeze: "squeeze",
     torch.mean: "mean",
     torch.sum: "sum",
     torch.amax: "amax",
@@ -197,6 +212,13 @@ _FUNCTION_NAMES: dict[Any, str] = {
     F.relu6: "relu6",
     F.hardsigmoid: "hardsigmoid",
     F.dropout: "dropout",
+    F.dropout1d: "dropout1d",
+    F.dropout2d: "dropout2d",
+    F.dropout3d: "dropout3d",
+    F.alpha_dropout: "alpha_dropout",
+    F.feature_alpha_dropout: "feature_alpha_dropout",
+    F.prelu: "prelu",
+    F.glu: "glu",
     F.softmax: "softmax",
     torch.softmax: "softmax",
     F.log_softmax: "log_softmax",
@@ -250,6 +272,13 @@ _FUNCTION_NAMES: dict[Any, str] = {
 _ACTIVATION_NAMES = tuple(_ACTIVATION_MODULES.values())
 _PASS_THROUGH = (
     "dropout",
+    # eval-mode identities too: channel dropout (exported as feature_dropout), alpha dropout
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "feature_dropout",
+    "alpha_dropout",
+    "feature_alpha_dropout",
     "contiguous",
     "clone",
     "alias",
@@ -639,6 +668,11 @@ class _Converter:
             )
         if isinstance(x, _Moment) and x.kind == "mean":  # conv(x.mean(1, keepdim=True))
             return self._value(self._statistic(x), axis)
+        if isinstance(x, _Selected):
+            raise self._fail(
+                "units taken out of the channels (integer index, squeeze) read again; "
+                "only the network output may be"
+            )
         raise self._fail(f"an argument of type {type(x).__name__} where an activation was expected")
 
     @staticmethod
@@ -700,9 +734,9 @@ class _Converter:
 
     def _mod_activation(
         self, node: fx.Node, path: str, mod: nn.Module, x: Any, *, name: str
-    ) -> Value:
+    ) -> Value | _Selected:
         """An activation module; ``name`` is bound for each type in :data:`_MODULES`."""
-        return self._activation(self._value(x), name)
+        return self._activation(self._activated(x), name)
 
     def _mod_softmax(self, node: fx.Node, path: str, mod: nn.Softmax, x: Any) -> Any:
         if isinstance(x, _Scores):  # attention written by hand
@@ -938,9 +972,14 @@ class _Converter:
             out = self._norm_nodes(x, "layer_norm", path, weight, bias)
         return self._make(out, x.axis, x.ndim)
 
-    def _activation(self, x: Value, name: str) -> Value:
+    def _activation(self, x: Value | _Selected, name: str) -> Value | _Selected:
         self.b.set_activation(x.nodes, _ACTIVATION_FEATURES.get(name, name))
         return x
+
+    def _activated(self, x: Any) -> Value | _Selected:
+        """What an elementwise activation reads: activations, or output units taken out of
+        the channels (``torch.sigmoid(out(h).squeeze(-1))``)."""
+        return x if isinstance(x, _Selected) else self._value(x)
 
     def _softmax(self, x: Value) -> Value:
         self.b.forbid_rescale(x.nodes)
@@ -953,11 +992,11 @@ class _Converter:
             self.b.forbid_rescale(x.nodes, positive=False)
         return x
 
-    def _embedding(self, path: str, weight: Tensor, x: Any) -> Value:
+    def _embedding(self, path: str, weight: Tensor, x: Any, kind: str = "Embedding") -> Value:
         if not isinstance(x, _Index):
-            raise self._fail("Embedding of a float tensor")
+            raise self._fail(f"{kind} of a float tensor")
         rows, dim = weight.shape
-        with self.b.layer(path, "Embedding", weight.numel()):
+        with self.b.layer(path, kind, weight.numel()):
             row_nodes = self.b.add_nodes(rows, "input", depth=0)
             out = self.b.add_nodes(dim, "hidden", depth=1)
             self.b.add_dense_edges(row_nodes, out, weight.detach().T, "embedding")
@@ -1061,7 +1100,7 @@ class _Converter:
                 layer = getattr(mod, name)
                 h = self._linear(None, f"{path}.{name}", layer.weight, layer.bias, h)
                 if name == "linear1":
-                    h = self._activation(h, act_name)
+                    self._activation(h, act_name)
             return h
 
         def norm(name: str, h: Value) -> Value:
@@ -1876,7 +1915,7 @@ class _Converter:
             return self._moment_step(node, name, args, kwargs)
         # 3. A call on no activation or parameter (sizes, torch.arange positions) adds no
         #    nodes; nor does one on positions and buffers (rotary cos/sin from inv_freq).
-        operands = (Value, _Raw, _Affine, _Param)
+        operands = (Value, _Raw, _Affine, _Param, _Selected)
         if not any(isinstance(a, operands) for a in (*parts, *kwargs.values())):
             return _Index() if isinstance(result, TensorInfo) else result
         if name != "embedding" and self._positional_table(parts + list(kwargs.values())):
@@ -2037,17 +2076,21 @@ class _Converter:
             return self._make(torch.cat([v.nodes for v in values]), dim, ndim)
         return self._combine(node, parts, "residual")
 
-    def _op_activation(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
-        return self._activation(self._value(_get(args, 0)), name)
+    def _op_activation(
+        self, node: fx.Node, name: str, args: tuple, kwargs: dict
+    ) -> Value | _Selected:
+        return self._activation(self._activated(_get(args, 0)), name)
 
-    def _op_hardtanh(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+    def _op_hardtanh(
+        self, node: fx.Node, name: str, args: tuple, kwargs: dict
+    ) -> Value | _Selected:
         """``hardtanh(x, 0, 6)``: ReLU6 as ``torch.export`` writes it."""
         low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
         high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
         bounds = (float(low), float(high))
         if bounds != (0.0, 6.0):
             raise self._fail(f"hardtanh with bounds {bounds} (only ReLU6's (0, 6) converts)")
-        return self._activation(self._value(_get(args, 0)), "relu6")
+        return self._activation(self._activated(_get(args, 0)), "relu6")
 
     def _op_pass_through(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
         return _get(args, 0)
@@ -2236,21 +2279,27 @@ class _Converter:
             out = self._norm_nodes(x.source, edge)
         return self._make(out, x.source.axis, x.source.ndim)
 
-    def _op_getitem(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+    def _op_getitem(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value | _Selected:
         return self._getitem(self._value(_get(args, 0)), args[1])
 
-    def _op_select(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+    def _op_select(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value | _Selected:
         """aten indexing of one dimension: ``select`` drops it, ``slice`` keeps it."""
         value = self._value(_get(args, 0))
         index = args[2] if name == "select" else slice(*(_get(args, i) for i in (2, 3, 4)))
         return self._getitem(value, (slice(None),) * (args[1] % value.ndim) + (index,))
 
-    def _op_expand(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
-        """New dimensions (``unsqueeze`` before the channels, ``expand`` in front)."""
-        value = self._value(_get(args, 0))
+    def _op_expand(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """New dimensions (``unsqueeze`` before the channels, ``expand`` in front); an
+        ``unsqueeze`` of the network input (``x.unsqueeze(1)`` before a Conv1d) reshapes it
+        before its channels are decided."""
+        x = _get(args, 0)
+        if name == "unsqueeze" and isinstance(x, (_Raw, _Affine)):
+            return self._reshaped(node, x, self._shape(node))
+        value = self._value(x)
         ndim = len(self.seen[node.name].shape)
-        if name == "unsqueeze" and (args[1] % ndim) <= value.axis:
-            return self._make(value.nodes, value.axis + 1, ndim, value.fold)
+        if name == "unsqueeze":  # before the channels, or after them (h.unsqueeze(-1))
+            before = kwargs.get("dim", _get(args, 1)) % ndim <= value.axis
+            return self._make(value.nodes, value.axis + before, ndim, value.fold)
         return self._make(value.nodes, value.axis + ndim - value.ndim, ndim, value.fold)
 
     def _op_repeat_interleave(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
@@ -2284,7 +2333,9 @@ class _Converter:
                 return heads
         raise self._fail(f"reshape from {src} to {tuple(shape)} that splits or mixes channels")
 
-    def _getitem(self, x: Value, index: Any) -> Value:
+    def _getitem(self, x: Value, index: Any) -> Value | _Selected:
+        """``x[index]``: slices of the channels keep their nodes; an integer index of the
+        channels takes one unit out of them (a regression head's ``out(h)[:, 0]``)."""
         ndim = x.ndim
         index = index if isinstance(index, tuple) else (index,)
         if any(i is Ellipsis for i in index):
@@ -2294,11 +2345,14 @@ class _Converter:
         index = index + (slice(None),) * (ndim - sum(i is not None for i in index))
         dim = out_dim = 0
         axis, nodes = None, x.nodes
+        selected = None
         for item in index:
             if item is None:
                 out_dim += 1
                 continue
-            if dim == x.axis:
+            if dim == x.axis and isinstance(item, int) and not x.fold:
+                selected = _Selected(x.nodes[item].reshape(1))
+            elif dim == x.axis:
                 if not _full_slice(item):
                     if not isinstance(item, slice) or x.fold:
                         raise self._fail("indexing the channel dimension other than by a slice")
@@ -2311,6 +2365,8 @@ class _Converter:
                     raise self._fail(f"indexing with {type(item).__name__}")
                 out_dim += 1
             dim += 1
+        if selected is not None:
+            return selected
         assert axis is not None
         return self._make(nodes, axis, out_dim, x.fold)
 
@@ -2874,11 +2930,136 @@ class _Converter:
         pieces = self._channel_parts(x.nodes, list(torch.arange(len(x.nodes)).split(sizes)))
         return tuple(self._make(nodes, x.axis, x.ndim) for nodes in pieces)
 
+    # ------------------------------------------- constructs from the user survey
+    # Squeeze, PReLU, Unflatten, GLU and EmbeddingBag.
+    def _op_squeeze(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """``squeeze`` of size-1 dimensions (all, one or several): the channels stay, on
+        their dimension counted anew; squeezing the one channel of a layer (a regression
+        head's ``out(h).squeeze(-1)``) takes its unit out of the channels."""
+        x = _get(args, 0)
+        if isinstance(x, (_Raw, _Affine)):
+            return self._reshaped(node, x, self._shape(node))
+        value = self._value(x)
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        src = self._shape(source)
+        dims = kwargs.get("dim", _get(args, 1))
+        listed = (
+            range(value.ndim) if dims is None else dims if isinstance(dims, Sequence) else [dims]
+        )
+        removed = {d % value.ndim for d in listed if src[d] == 1}
+        if value.axis in removed:  # one channel, so nothing is folded into it
+            return _Selected(value.nodes)
+        axis = value.axis - sum(d < value.axis for d in removed)
+        return self._make(value.nodes, axis, value.ndim - len(removed), value.fold)
+
+    def _mod_prelu(self, node: fx.Node, path: str, mod: nn.PReLU, x: Any) -> Value:
+        return self._prelu(path, f"{path}.weight", mod.weight, self._value(x))
+
+    def _op_prelu(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        """``F.prelu(x, self.weight)`` in forward(), or an exported PReLU."""
+        weight = kwargs.get("weight", _get(args, 1))
+        if not isinstance(weight, _Param):
+            raise self._fail("prelu with slopes that are not a parameter of the network")
+        path = weight.name.rpartition(".")[0] or self._owner(node)
+        return self._prelu(path, weight.name, weight.tensor, self._value(args[0]))
+
+    def _prelu(self, path: str, name: str, weight: Tensor, x: Value) -> Value:
+        """PReLU, ``max(0, x) + a * min(0, x)`` with learned slopes ``a``: one for every
+        channel, or one per channel on dimension 1 (the channels of ``[B, C, ...]``).
+
+        The nodes get the one-hot of ``leaky_relu`` (there is no ``prelu`` column; the
+        slopes are no graph features, only the kind of activation). Per-channel slopes
+        (parameter ``name``) are bound to the channel nodes, so they permute with them; a
+        module applied to several layers ties their channels. Like leaky_relu, PReLU is
+        positively homogeneous: a positive rescaling passes through it, a sign flip does not.
+        """
+        if weight.numel() == 1:
+            dims: tuple[Tensor | None, ...] = (None,)
+        elif x.axis == 1 and not x.fold and weight.numel() == len(x.nodes):
+            dims = (x.nodes,)
+        else:
+            raise self._fail(
+                f"PReLU with {weight.numel()} slopes on {x.width} channels on dimension {x.axis}"
+            )
+        earlier = self.b.bindings.get(name)
+        if earlier is None:
+            self.b.bind(name, dims)
+            self.b.layers.append(LayerInfo(path, "PReLU", weight.numel(), 0, 0))
+        elif dims[0] is not None and earlier.dims[0] is not None:  # one module, two layers
+            self.b.tie(earlier.dims[0], dims[0])
+        self._activation(x, "prelu")
+        return x
+
+    def _mod_unflatten(self, node: fx.Node, path: str, mod: nn.Unflatten, x: Any) -> Any:
+        """``nn.Unflatten``: of a dimension other than the channels, a reshape; of the
+        features (``nn.Linear(16, 64), nn.Unflatten(1, (C, 8, 8))``), channels again."""
+        shape = self._shape(node)
+        if not isinstance(x, Value) or not isinstance(mod.dim, int) or mod.dim % x.ndim != x.axis:
+            return self._reshaped(node, x, shape)
+        sizes = shape[x.axis : x.axis + len(mod.unflattened_size)]
+        return self._unflatten(path, x, sizes, len(shape))
+
+    def _unflatten(self, path: str, x: Value, sizes: tuple[int, ...], ndim: int) -> Value:
+        """Features ``[C * H * W]`` unflattened into channels ``[C, H, W]`` (``sizes``), the
+        inverse of a flatten: one new *junction* node per channel, fed by an identity
+        (``residual``) edge from each of its ``H * W`` features, carrying the feature's
+        position as a one-hot kernel (pooled to 3x3 when larger). Each channel is tied to
+        its features, so whole channels (their features in order) permute together."""
+        channels, positions = sizes[0], math.prod(sizes[1:])
+        if positions == 1:  # Unflatten(1, (C, 1, 1)): the same channels
+            return self._make(x.nodes, x.axis, ndim)
+        if x.fold:
+            raise self._fail("unflattening the channels of a flattened feature map")
+        with self.b.layer(path, "Unflatten"):
+            out = self.b.add_nodes(channels, "junction", self.b.depth(x.nodes) + 1)
+            feeds = out.repeat_interleave(positions)
+            one_hot = torch.eye(positions, dtype=self.b.dtype).reshape(positions, 1, *sizes[1:])
+            self.b.add_edges(
+                x.nodes, feeds, "residual", kernel_features(one_hot).repeat(channels, 1)
+            )
+            self.b.tie(x.nodes, feeds)
+        return self._make(out, x.axis, ndim)
+
+    def _mod_glu(self, node: fx.Node, path: str, mod: nn.GLU, x: Any) -> Value:
+        return self._glu(path, x, mod.dim)
+
+    def _op_glu(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Value:
+        dim = kwargs.get("dim", _get(args, 1))
+        return self._glu(node.name, _get(args, 0), -1 if dim is None else dim)
+
+    def _glu(self, path: str, x: Any, dim: int) -> Value:
+        """GLU, ``a * sigmoid(b)`` of the halves ``a, b`` of the channels: the same graph
+        as ``a, b = x.chunk(2, dim); a * torch.sigmoid(b)`` (each half its part of the
+        channels, the second half sigmoid, a junction tying unit ``j`` of both)."""
+        value = self._value(x)
+        if dim % value.ndim != value.axis or value.fold:
+            raise self._fail("GLU of a dimension other than the channels")
+        halves = list(torch.arange(len(value.nodes)).chunk(2))
+        a, b = (
+            self._make(n, value.axis, value.ndim) for n in self._channel_parts(value.nodes, halves)
+        )
+        self._activation(b, "sigmoid")
+        return self._junction(path, [a, b], [], self._out_ndim(), "gate")
+
+    def _mod_embedding_bag(self, node: fx.Node, path: str, mod: nn.EmbeddingBag, x: Any) -> Value:
+        """``nn.EmbeddingBag`` of ``[B, tokens]`` ids, without offsets or per-sample
+        weights: an Embedding whose rows are reduced (sum, mean or max) over each bag's
+        tokens, which keeps the dimensions: the nodes and edges of the Embedding."""
+        if any(a is not None for a in (*node.args[1:], *node.kwargs.values())):
+            raise self._fail("EmbeddingBag with offsets or per-sample weights")
+        return self._tied_layer(
+            lambda: self._embedding(path, mod.weight, x, f"EmbeddingBag ({mod.mode})"),
+            lambda: [f"{path}.weight"],
+        )
+
     # -------------------------------------------------------------------- output
     def _output(self, node: fx.Node) -> Value:
         result = self._load(node.args[0])
         candidates = result if isinstance(result, (tuple, list)) else (result,)
         for item in candidates:
+            if isinstance(item, _Selected):  # out(h).squeeze(-1), out(h)[:, 0]
+                return self._make(item.nodes, 0, 1)
             if isinstance(item, Value):
                 if item.fold:
                     raise _unsupported("network output", "a flattened feature map as output")
@@ -2925,7 +3106,18 @@ _MODULES: dict[type | tuple[type, ...], _ModuleEntry] = {
         for cls, name in _ACTIVATION_MODULES.items()
     },
     nn.Softmax: _ModuleEntry(_Converter._mod_softmax, "Softmax"),
-    (nn.Dropout, nn.Identity): _ModuleEntry(_Converter._mod_pass_through, "Dropout, Identity"),
+    (
+        nn.Dropout,
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.Dropout3d,
+        nn.AlphaDropout,
+        nn.FeatureAlphaDropout,
+        nn.Identity,
+    ): _ModuleEntry(
+        _Converter._mod_pass_through,
+        "Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout (eval: identities), Identity",
+    ),
     nn.Flatten: _ModuleEntry(_Converter._mod_flatten, "Flatten"),
     (
         nn.MaxPool1d,
@@ -2960,6 +3152,17 @@ _MODULES: dict[type | tuple[type, ...], _ModuleEntry] = {
         _Converter._mod_conv_transpose, "ConvTranspose1d, ConvTranspose2d (incl. grouped)"
     ),
     nn.Upsample: _ModuleEntry(_Converter._mod_resample, "Upsample (any mode)"),
+    # the user survey
+    nn.PReLU: _ModuleEntry(
+        _Converter._mod_prelu, "PReLU (one slope or one per channel; recorded as leaky_relu)"
+    ),
+    nn.Unflatten: _ModuleEntry(
+        _Converter._mod_unflatten, "Unflatten (features back into [C, H, W] channels)"
+    ),
+    nn.GLU: _ModuleEntry(_Converter._mod_glu, "GLU (halves of the channels)"),
+    nn.EmbeddingBag: _ModuleEntry(
+        _Converter._mod_embedding_bag, "EmbeddingBag (sum/mean/max of [B, tokens], no offsets)"
+    ),
 }
 _MODULE_RANKS: dict[type, tuple[int, _ModuleEntry]] = {
     cls: (rank, entry)
@@ -2995,6 +3198,10 @@ _NORMS = (
     "group_norm, instance_norm, rms_norm, layer_norm (exported, or F.group_norm, "
     "F.instance_norm, F.rms_norm, F.layer_norm on parameters); F.batch_norm on running "
     "statistics (folded like BatchNorm)"
+)
+_INDEXING = (
+    "indexing of non-channel dimensions, slices of the channels; an integer index of the "
+    "output's channels (out(h)[:, 0]) selects output units"
 )
 _LINEAR_ARGS = ("input", "weight", "bias")
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -3053,7 +3260,8 @@ _OPERATIONS = _operation_table(
     (
         _PASS_THROUGH,
         _Converter._op_pass_through,
-        "dropout, contiguous/clone/detach, dtype casts",
+        "dropout (also dropout1d/2d/3d, alpha_dropout, feature_alpha_dropout: eval-mode "
+        "identities), contiguous/clone/detach, dtype casts",
         False,
     ),
     (
@@ -3077,9 +3285,17 @@ _OPERATIONS = _operation_table(
         "(keepdim=True: CBAM's spatial attention)",
         False,
     ),
-    (("getitem",), _Converter._op_getitem, "indexing of non-channel dimensions", False),
-    (("select", "slice"), _Converter._op_select, "indexing of non-channel dimensions", False),
+    (("getitem",), _Converter._op_getitem, _INDEXING, False),
+    (("select", "slice"), _Converter._op_select, _INDEXING, False),
     (("expand", "expand_as", "unsqueeze"), _Converter._op_expand, "expand/unsqueeze", False),
+    (
+        ("squeeze",),
+        _Converter._op_squeeze,
+        "squeeze of size-1 dimensions (the output's one unit too: out(h).squeeze(-1))",
+        False,
+    ),
+    (("prelu",), _Converter._op_prelu, "F.prelu on parameters (exported PReLU)", True),
+    (("glu",), _Converter._op_glu, "F.glu (as chunk gating)", False),
     (
         ("repeat_interleave",),
         _Converter._op_repeat_interleave,
