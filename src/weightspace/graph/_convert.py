@@ -146,6 +146,24 @@ class _Selected:
     nodes: Tensor
 
 
+@dataclass(frozen=True)
+class _LayerStates:
+    """The final hidden states ``h_n`` ``[layers * directions, B, H]`` of a stacked or
+    bidirectional recurrent layer: ``grid[k]`` holds the units of entry ``k``; only an
+    integer index of the first dimension (``h_n[-1]``) reads them, as one layer's units.
+    """
+
+    grid: Tensor
+
+
+@dataclass(frozen=True)
+class _Unread:
+    """A result with no nodes of its own that no operation may read (an LSTM's final
+    cell state ``c_n``: the graph has nodes for the hidden units ``h``, not for ``c``)."""
+
+    what: str
+
+
 _ACTIVATION_MODULES: dict[type, str] = {
     nn.ReLU: "relu",
     nn.LeakyReLU: "leaky_relu",
@@ -366,6 +384,17 @@ def to_graph(
     ``j`` to output unit ``j`` and embedding dimension ``i`` to the feature ``i`` the
     layer reads, and ``layers`` records it as ``"Linear (tied to Embedding <path>)"``
     without parameters. The dimensions of both uses permute together; neither rescales.
+
+    Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``; stacked, bidirectional,
+    ``batch_first`` or not, from zero initial states): one node per hidden unit per layer
+    and direction, with ``linear`` edges from the input features and ``conv`` edges from
+    the units of the same layer (``W_hh``, self edges included: a weight applied at every
+    step, as a convolution's at every position), each carrying the connection's gate
+    values as kernel values (LSTM: i, f, g, o; GRU: r, z, n; RNN: one). The self edge
+    ``j -> j`` carries unit ``j``'s gate biases after them; the unit's bias feature is that
+    of the value its activation reads. The units permute with every gate block's rows and
+    never rescale. Their node probes are read from the output sequence or ``h_n[k]``; the
+    units of inner layers, which no tensor holds, have NaN probes.
 
     Args:
         module: the network. Its parameters must be finite.
@@ -673,6 +702,10 @@ class _Converter:
                 "units taken out of the channels (integer index, squeeze) read again; "
                 "only the network output may be"
             )
+        if isinstance(x, _Unread):
+            raise self._fail(f"{x.what} read")
+        if isinstance(x, _LayerStates):
+            raise self._fail("final states of several layers or directions read as a whole")
         raise self._fail(f"an argument of type {type(x).__name__} where an activation was expected")
 
     @staticmethod
@@ -1907,6 +1940,12 @@ class _Converter:
         parts = list(args[0]) if name == "cat" else list(args)  # cat takes a list
         if name == "einsum":
             parts = _einsum_operands(args)
+        # 2a. The final states of a recurrent module: one layer's (h_n[-1]); never c_n.
+        unread = next((a for a in (*parts, *kwargs.values()) if isinstance(a, _Unread)), None)
+        if unread is not None:
+            raise self._fail(f"{unread.what} read")
+        if any(isinstance(a, _LayerStates) for a in parts):
+            return self._layer_states_step(name, args)
         # 2b. Attention written by hand: operations on split heads and on scores.
         if any(isinstance(a, (_Heads, _Scores)) for a in (*parts, *kwargs.values())):
             return self._attention_step(node, target, args, kwargs)
@@ -3053,6 +3092,92 @@ class _Converter:
             lambda: [f"{path}.weight"],
         )
 
+    # ----------------------------------------------------------- recurrent layers
+    def _mod_recurrent(self, node: fx.Node, path: str, mod: nn.RNNBase, x: Any) -> tuple:
+        """``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` of ``[B, T, F]`` (``batch_first``) or
+        ``[T, B, F]`` inputs, from zero initial states: one node per hidden unit per layer
+        and direction (see :meth:`_recurrent_layer`). The result is the module's:
+        ``(output, h_n)``, an LSTM's ``(output, (h_n, c_n))``; the output sequence holds
+        the last layer's units, ``h_n`` every layer's (see :class:`_LayerStates`)."""
+        kind = type(mod).__name__
+        if getattr(mod, "proj_size", 0):
+            raise self._fail("LSTM with proj_size (projected hidden states)")
+        if f"{path}.weight_ih_l0" in self.b.bindings:
+            raise self._fail(f"{kind} called twice")
+        state = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+        states = state if isinstance(state, (tuple, list)) else (state,)
+        if not all(s is None or _zeros(s) for s in states):
+            raise self._fail(f"{kind} from initial states other than torch.zeros")
+        value = self._value(x, -1)
+        if value.ndim != 3 or value.fold:
+            raise self._fail(f"{kind} of an input other than [B, T, F] or [T, B, F]")
+        finals = []
+        for layer in range(mod.num_layers):
+            units = [
+                self._recurrent_layer(path, f"_l{layer}{'_reverse' * reverse}", mod, value)
+                for reverse in range(1 + mod.bidirectional)
+            ]
+            finals += units
+            value = self._make(torch.cat(units), 2, 3)
+        grid = torch.stack(finals)
+        h_n = self._make(grid[0], 2, 3) if len(grid) == 1 else _LayerStates(grid)
+        if mod.mode == "LSTM":
+            return value, (h_n, _Unread(f"the cell state c_n of {kind} {path!r}"))
+        return value, h_n
+
+    def _recurrent_layer(self, path: str, suffix: str, mod: nn.RNNBase, x: Value) -> Tensor:
+        """One layer and direction (parameters ``weight_ih{suffix}`` ...) of a recurrent
+        module: ``H`` hidden units, fed by ``linear`` edges from the input features and by
+        ``conv`` edges (a weight applied at every step to the previous one) from the units
+        of the same layer, each carrying the connection's ``G`` gate values (LSTM: i, f, g,
+        o; GRU: r, z, n; RNN: 1). The self edge ``j -> j`` carries the unit's gate biases
+        after them (see :func:`_gate_biases`); the bias feature is that of the value the
+        unit's activation reads. The units permute (the rows of every gate block move
+        together, and the columns of ``weight_hh``); they never rescale."""
+        hidden = mod.hidden_size
+        w_ih, w_hh = getattr(mod, f"weight_ih{suffix}"), getattr(mod, f"weight_hh{suffix}")
+        gates = w_ih.shape[0] // hidden
+        biases = [getattr(mod, f"bias_{kind}{suffix}") for kind in ("ih", "hh")] if mod.bias else []
+        n_params = sum(p.numel() for p in (w_ih, w_hh, *biases))
+        if w_ih.shape[1] != x.width:
+            raise self._fail(
+                f"{type(mod).__name__} expects {w_ih.shape[1]} features, got {x.width}"
+            )
+        label = suffix[2:].replace("_reverse", " (reverse)")
+        with self.b.layer(path, f"{type(mod).__name__} layer {label}", n_params):
+            units = self.b.add_nodes(hidden, "hidden", self.b.depth(x.nodes) + 1)
+            self.b.set_activation(units, "relu" if mod.mode == "RNN_RELU" else "tanh")
+            self.b.add_dense_edges(x.nodes, units, _per_unit(w_ih, gates), "linear")
+            recurrent = _per_unit(w_hh, gates)
+            rows = units.repeat(gates)  # row g * H + j of every parameter is unit j's
+            if biases:
+                per_gate, candidate = _gate_biases(mod.mode, biases[0].detach(), biases[1].detach())
+                self_edges = torch.diag_embed(per_gate, dim1=0, dim2=1)  # [H, H, values]
+                recurrent = torch.cat([recurrent, self_edges], 2)
+                self.b.set_bias(units, candidate)
+                for kind in ("ih", "hh"):
+                    self.b.bind(f"{path}.bias_{kind}{suffix}", (rows,))
+            self.b.add_dense_edges(units, units, recurrent, "conv")
+            self.b.bind(f"{path}.weight_ih{suffix}", (rows, x.nodes), ((1, x.nodes, -1),))
+            self.b.bind(f"{path}.weight_hh{suffix}", (rows, units))
+        return units
+
+    def _layer_states_step(self, name: str | None, args: tuple) -> Value | _Selected:
+        """``h_n[k]`` (``h_n[-1]``, ``h_n[-1, :, :]``): the units of one layer and direction."""
+        states = args[0]
+        index = args[1] if len(args) > 1 else None
+        index = index if isinstance(index, tuple) else (index,)
+        if (
+            name != "getitem"
+            or not isinstance(states, _LayerStates)
+            or not isinstance(index[0], int)
+        ):
+            raise self._fail(
+                "final states of several layers or directions read other than as h_n[k]"
+            )
+        one = self._make(states.grid[index[0]], 1, 2)
+        return self._getitem(one, index[1:]) if len(index) > 1 else one
+
     # -------------------------------------------------------------------- output
     def _output(self, node: fx.Node) -> Value:
         result = self._load(node.args[0])
@@ -3065,6 +3190,34 @@ class _Converter:
                     raise _unsupported("network output", "a flattened feature map as output")
                 return item
         raise _unsupported("network output", "an output that does not depend on any layer")
+
+
+def _zeros(arg: Any) -> bool:
+    """Whether an fx argument is made by ``torch.zeros`` (through casts and moves)."""
+    while isinstance(arg, fx.Node) and _op_name(arg.target) in _PASS_THROUGH:
+        arg = arg.args[0]
+    if not isinstance(arg, fx.Node):
+        return False
+    return arg.target in (torch.zeros, torch.zeros_like) or arg.target == "new_zeros"
+
+
+def _per_unit(weight: Tensor, gates: int) -> Tensor:
+    """A recurrent weight ``[gates * H, in]`` as edge kernels ``[H, in, gates]``."""
+    return weight.detach().reshape(gates, -1, weight.shape[1]).permute(1, 2, 0)
+
+
+def _gate_biases(mode: str, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
+    """The gate biases of the units ``[values, H]`` and the bias of the value each unit's
+    activation reads ``[H]``: an LSTM's four ``b_ih + b_hh`` (i, f, g, o; the activation
+    reads g), an RNN's one; a GRU's r and z summed, then its n gate's ``b_in`` and
+    ``b_hn`` apart (``r`` multiplies ``b_hn``), its activation reading ``b_in + b_hn``
+    when ``r = 1``."""
+    if mode == "GRU":
+        i, h = b_ih.reshape(3, -1), b_hh.reshape(3, -1)
+        per_gate = torch.cat([i[:2] + h[:2], i[2:], h[2:]])
+        return per_gate, i[2] + h[2]
+    total = (b_ih + b_hh).reshape(-1, b_ih.shape[0] // (4 if mode == "LSTM" else 1))
+    return total, total[2 if mode == "LSTM" else 0]
 
 
 # --------------------------------------------------------------- dispatch tables
@@ -3162,6 +3315,11 @@ _MODULES: dict[type | tuple[type, ...], _ModuleEntry] = {
     nn.GLU: _ModuleEntry(_Converter._mod_glu, "GLU (halves of the channels)"),
     nn.EmbeddingBag: _ModuleEntry(
         _Converter._mod_embedding_bag, "EmbeddingBag (sum/mean/max of [B, tokens], no offsets)"
+    ),
+    (nn.LSTM, nn.GRU, nn.RNN): _ModuleEntry(
+        _Converter._mod_recurrent,
+        "LSTM, GRU, RNN (tanh, relu; stacked, bidirectional, batch_first or not; "
+        "zero initial states; output, h_n[k])",
     ),
 }
 _MODULE_RANKS: dict[type, tuple[int, _ModuleEntry]] = {
