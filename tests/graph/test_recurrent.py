@@ -11,10 +11,17 @@ the same outputs, and ``weightspace.symmetry.permute`` preserves the function.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from _style_checks import (
+    by_hand,
+    check_symmetries,
+    fails_in_one_line,
+    floats,
+    ready,
+    relabelled,
+    token_ids,
+)
 from torch import Tensor, nn
 
 import weightspace as ws
@@ -24,79 +31,12 @@ from weightspace.featurize import Featurizer
 from weightspace.graph.features import ACT_CODE, ACT_OFFSET, BIAS, EDGE_CODE, RESCALE_NONE
 from weightspace.symmetry import (
     canonical_scales,
-    permute_graph,
-    permute_module,
-    rescale_graph,
-    rescale_module,
-    sample_permutation,
-    sample_scales,
 )
 from weightspace.testing import assert_function_preserved
 
-F64 = torch.float64
 CELLS = {"lstm": (nn.LSTM, {}), "gru": (nn.GRU, {}), "rnn_tanh": (nn.RNN, {})}
 CELLS["rnn_relu"] = (nn.RNN, {"nonlinearity": "relu"})
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-
-
-def _x(*shape: int) -> Tensor:
-    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(0))
-
-
-def _tokens(*shape: int, vocab: int = 7) -> Tensor:
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
-
-
-def _ready(net: nn.Module, seed: int = 0) -> nn.Module:
-    """``net`` in float64 and eval mode, its 1-D parameters (biases) random and positive,
-    so that nothing is the identity or zero."""
-    torch.manual_seed(seed)
-    net = net.double().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-    return net
-
-
-def _check_symmetries(net: nn.Module, x: Tensor) -> ws.NeuralGraph:
-    """Sampled permutations preserve the function and map the graph exactly; nothing
-    recurrent rescales; ``symmetry.permute`` / ``symmetry.rescale`` preserve it."""
-    graph = ws.to_graph(net, x)
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(2):
-        perm = sample_permutation(graph, gen)
-        assert not torch.equal(perm, torch.arange(graph.num_nodes)), "nothing was permuted"
-        permuted = permute_module(net, graph, perm)
-        assert_function_preserved(net, permuted, x, atol=1e-10)
-        assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
-    scales = sample_scales(graph, gen)
-    rescaled = rescale_module(net, graph, scales)
-    assert_function_preserved(net, rescaled, x, atol=1e-10)
-    assert ws.to_graph(rescaled, x).equal(rescale_graph(graph, scales), atol=1e-12)
-    for transform in (symmetry.permute, symmetry.rescale):
-        assert_function_preserved(net, transform(net, gen, x), x, atol=1e-10)
-    assert_function_preserved(net, symmetry.canonicalize(net, x), x, atol=1e-10)
-    return graph
-
-
-def _by_hand(net: nn.Module, *moves: tuple[str, int, Tensor]) -> nn.Module:
-    """A copy of ``net`` whose state entries ``name`` are re-indexed along ``dim`` by
-    ``index`` (``(name, dim, index)`` moves, applied in order), without the converter."""
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    for name, dim, index in moves:
-        state[name] = state[name].index_select(dim, index)
-    copied = copy.deepcopy(net)
-    copied.load_state_dict(state)
-    return copied
-
-
-def _relabelled(graph: ws.NeuralGraph, *moves: tuple[int, Tensor]) -> ws.NeuralGraph:
-    """``graph`` with the nodes ``start + j`` taking the place of ``start + index[j]``."""
-    perm = torch.arange(graph.num_nodes)
-    for start, index in moves:
-        perm[start : start + len(index)] = start + index
-    return permute_graph(graph, perm)
 
 
 def _unit_moves(prefix: str, suffix: str, pi: Tensor, gates: int, bias: bool = True) -> list:
@@ -108,16 +48,6 @@ def _unit_moves(prefix: str, suffix: str, pi: Tensor, gates: int, bias: bool = T
     names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
     moves = [(f"{prefix}.{name}{suffix}", 0, rows) for name in names]
     return [*moves, (f"{prefix}.weight_hh{suffix}", 1, pi)]
-
-
-def _fails_in_one_line(net: nn.Module, x: Tensor, match: str) -> str:
-    with pytest.raises(ws.UnsupportedModuleError) as info:
-        ws.to_graph(net, x)
-    message = str(info.value)
-    assert message.startswith(match), message
-    assert "\n" not in message and len(message) <= 200
-    assert "weightspace inspect --supported" in message
-    return message
 
 
 def _edge(graph: ws.NeuralGraph, src: int, dst: int) -> Tensor:
@@ -167,9 +97,9 @@ READS = ["h[-1]", "out[:, -1]", "out[:, -1, :]", "mean", "max", "every step"]
 @pytest.mark.parametrize("read", READS)
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_text_classifier_converts_with_its_units_permuting(cell, read):
-    net = _ready(TextClassifier(cell, read))
-    tokens = _tokens(2, 5)
-    g = _check_symmetries(net, tokens)
+    net = ready(TextClassifier(cell, read))
+    tokens = token_ids(2, 5)
+    g = check_symmetries(net, tokens, canonical=True)
     gates = GATES[cell]
     # Nodes: 7 embedding rows, 3 dimensions, 4 units, 2 outputs.
     # Edges: 7 * 3 embedding, 3 * 4 input and 4 * 4 recurrent, 4 * 2 Linear.
@@ -181,15 +111,15 @@ def test_text_classifier_converts_with_its_units_permuting(cell, read):
     assert (g.node_features[units, ACT_OFFSET + ACT_CODE[act]] == 1).all()
     # By hand: units 1 and 2 of the layer trade places, and so on.
     pi = torch.tensor([2, 0, 3, 1])
-    hand = _by_hand(net, *_unit_moves("rnn", "_l0", pi, gates), ("fc.weight", 1, pi))
+    hand = by_hand(net, *_unit_moves("rnn", "_l0", pi, gates), ("fc.weight", 1, pi))
     assert_function_preserved(net, hand, tokens, atol=1e-10)
-    assert ws.to_graph(hand, tokens).equal(_relabelled(g, (10, pi)))
+    assert ws.to_graph(hand, tokens).equal(relabelled(g, (10, pi)))
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_edges_carry_the_gate_values_and_the_self_edge_the_gate_biases(cell):
-    net = _ready(TextClassifier(cell, "mean"))
-    g = ws.to_graph(net, _tokens(2, 5))
+    net = ready(TextClassifier(cell, "mean"))
+    g = ws.to_graph(net, token_ids(2, 5))
     rnn, gates = net.rnn, GATES[cell]
     w_ih = rnn.weight_ih_l0.detach().reshape(gates, 4, 3)  # [gate, unit, feature]
     w_hh = rnn.weight_hh_l0.detach().reshape(gates, 4, 4)
@@ -221,16 +151,16 @@ def test_edges_carry_the_gate_values_and_the_self_edge_the_gate_biases(cell):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_without_bias_the_edges_carry_only_the_gate_weights(cell):
-    net = _ready(TextClassifier(cell, "h[-1]", bias=False))
-    tokens = _tokens(2, 5)
-    g = _check_symmetries(net, tokens)
+    net = ready(TextClassifier(cell, "h[-1]", bias=False))
+    tokens = token_ids(2, 5)
+    g = check_symmetries(net, tokens, canonical=True)
     assert g.edge_features.shape[1] == 1 + GATES[cell]
     assert (g.node_features[10:14, BIAS] == 0).all()
     pi = torch.tensor([3, 2, 0, 1])
     moves = _unit_moves("rnn", "_l0", pi, GATES[cell], bias=False)
-    hand = _by_hand(net, *moves, ("fc.weight", 1, pi))
+    hand = by_hand(net, *moves, ("fc.weight", 1, pi))
     assert_function_preserved(net, hand, tokens, atol=1e-10)
-    assert ws.to_graph(hand, tokens).equal(_relabelled(g, (10, pi)))
+    assert ws.to_graph(hand, tokens).equal(relabelled(g, (10, pi)))
 
 
 # ======================================================= 2. time-series classifiers
@@ -253,9 +183,9 @@ class SeriesClassifier(nn.Module):
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_stacked_time_series_classifier(cell, batch_first):
-    net = _ready(SeriesClassifier(cell, layers=2, batch_first=batch_first))
-    x = _x(2, 6, 3) if batch_first else _x(6, 2, 3)
-    g = _check_symmetries(net, x)
+    net = ready(SeriesClassifier(cell, layers=2, batch_first=batch_first))
+    x = floats(2, 6, 3) if batch_first else floats(6, 2, 3)
+    g = check_symmetries(net, x, canonical=True)
     gates = GATES[cell]
     # Nodes: 3 inputs, 5 + 5 units, the junction of out[:, -1] + h[-1] (5), 2 outputs.
     # Edges: layer 0 3 * 5 + 5 * 5, layer 1 5 * 5 + 5 * 5, the junction 2 * 5, head 5 * 2.
@@ -267,7 +197,7 @@ def test_stacked_time_series_classifier(cell, batch_first):
     ]
     # By hand: the units of each layer, on their own.
     pi, rho = torch.tensor([4, 2, 0, 1, 3]), torch.tensor([1, 3, 4, 0, 2])
-    hand = _by_hand(
+    hand = by_hand(
         net,
         *_unit_moves("rnn", "_l0", pi, gates),
         ("rnn.weight_ih_l1", 1, pi),
@@ -276,12 +206,12 @@ def test_stacked_time_series_classifier(cell, batch_first):
     )
     assert_function_preserved(net, hand, x, atol=1e-10)
     # the junction's nodes are tied to layer 1's units: they move with them
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (3, pi), (8, rho), (13, rho)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (3, pi), (8, rho), (13, rho)))
 
 
 def test_probes_hold_the_last_layer_and_nan_for_inner_layers():
-    net = _ready(SeriesClassifier("lstm", layers=2))
-    g = ws.to_graph(net, _x(2, 6, 3))
+    net = ready(SeriesClassifier("lstm", layers=2))
+    g = ws.to_graph(net, floats(2, 6, 3))
     assert g.probe_outputs is not None and torch.isfinite(g.probe_outputs).all()
     assert g.node_probes is not None
     assert torch.isnan(g.node_probes[3:8]).all()  # layer 0: no tensor holds its units
@@ -300,22 +230,22 @@ def test_bidirectional_layers_have_units_per_direction(cell):
             out, _ = self.rnn(x)
             return self.fc(out.mean(1))
 
-    net = _ready(Bidirectional())
-    x = _x(2, 5, 3)
-    g = _check_symmetries(net, x)
+    net = ready(Bidirectional())
+    x = floats(2, 5, 3)
+    g = check_symmetries(net, x, canonical=True)
     # Nodes: 3 inputs, 4 + 4 units per layer, 2 outputs. Edges: layer 0 2 * (3 * 4 + 16),
     # layer 1 2 * (8 * 4 + 16), fc 8 * 2.
     assert (g.num_nodes, g.num_edges) == (3 + 16 + 2, 56 + 96 + 16)
     pi = torch.tensor([2, 0, 3, 1])
     gates = GATES[cell]
-    hand = _by_hand(
+    hand = by_hand(
         net,
         *_unit_moves("rnn", "_l0_reverse", pi, gates),
         ("rnn.weight_ih_l1", 1, torch.cat([torch.arange(4), 4 + pi])),
         ("rnn.weight_ih_l1_reverse", 1, torch.cat([torch.arange(4), 4 + pi])),
     )
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (7, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (7, pi)))
 
 
 def test_zero_initial_states_convert_as_none():
@@ -331,9 +261,9 @@ def test_zero_initial_states_convert_as_none():
             out, _ = self.lstm(x, (h0, c0))
             return self.fc(out[:, -1, :])
 
-    net = _ready(WithZeros())
-    x = _x(2, 5, 3)
-    g = _check_symmetries(net, x)
+    net = ready(WithZeros())
+    x = floats(2, 5, 3)
+    g = check_symmetries(net, x, canonical=True)
     assert (g.num_nodes, g.num_edges) == (3 + 4 + 4 + 2, 28 + 32 + 8)
 
 
@@ -341,7 +271,7 @@ def test_zero_initial_states_convert_as_none():
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_symmetry_permute_preserves_a_float32_network(cell):
     net = TextClassifier(cell, "h[-1]", num_layers=2).eval()
-    tokens = _tokens(3, 6)
+    tokens = token_ids(3, 6)
     gen = torch.Generator().manual_seed(0)
     permuted = symmetry.permute(net, gen, tokens)
     assert_function_preserved(net, permuted, tokens, atol=1e-5)
@@ -356,11 +286,11 @@ def test_symmetry_permute_preserves_a_float32_network(cell):
 def test_every_encoder_embeds_recurrent_graphs(name):
     featurize = Featurizer()
     nets = [
-        (TextClassifier("lstm", "h[-1]"), _tokens(2, 5)),
-        (TextClassifier("gru", "mean", num_layers=2), _tokens(2, 5)),
-        (SeriesClassifier("rnn_relu", layers=2), _x(2, 6, 3)),
+        (TextClassifier("lstm", "h[-1]"), token_ids(2, 5)),
+        (TextClassifier("gru", "mean", num_layers=2), token_ids(2, 5)),
+        (SeriesClassifier("rnn_relu", layers=2), floats(2, 6, 3)),
     ]
-    graphs = [featurize(ws.to_graph(_ready(net), x)) for net, x in nets]
+    graphs = [featurize(ws.to_graph(ready(net), x)) for net, x in nets]
     batch = ws.GraphBatch.from_graphs(graphs)
     torch.manual_seed(0)
     encoder = create_encoder(name).double()
@@ -420,4 +350,4 @@ class _AllStates(nn.Module):
     ],
 )
 def test_what_stays_unsupported_fails_in_one_line(net, match):
-    _fails_in_one_line(_ready(net), _x(2, 5, 3), match)
+    fails_in_one_line(ready(net), floats(2, 5, 3), match)

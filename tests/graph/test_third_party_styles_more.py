@@ -10,11 +10,19 @@ independently of the converter, give the relabelled graph, and
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
+from _style_checks import (
+    F64,
+    by_hand,
+    check_symmetries,
+    fails_in_one_line,
+    floats,
+    ready,
+    relabelled,
+    token_ids,
+)
 from torch import Tensor, nn
 
 import weightspace as ws
@@ -24,86 +32,9 @@ from weightspace.featurize import Featurizer
 from weightspace.graph import EDGE_TYPES
 from weightspace.graph.features import BIAS, SCALE
 from weightspace.symmetry import (
-    permute_graph,
-    permute_module,
-    rescale_graph,
-    rescale_module,
     sample_permutation,
-    sample_scales,
 )
 from weightspace.testing import assert_function_preserved
-
-F64 = torch.float64
-
-
-def _x(*shape: int) -> Tensor:
-    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(0))
-
-
-def _tokens(*shape: int, vocab: int = 7) -> Tensor:
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
-
-
-def _ready(net: nn.Module, seed: int = 0) -> nn.Module:
-    """``net`` in float64 and eval mode, its per-channel parameters (norm weights and
-    biases) random, so that nothing normalised or folded is the identity."""
-    torch.manual_seed(seed)
-    net = net.double().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-    return net
-
-
-def _check_symmetries(net: nn.Module, x: Tensor, *, rescales: bool = True) -> ws.NeuralGraph:
-    """Sampled permutations (and rescalings) preserve the function and map the graph
-    exactly; ``symmetry.permute`` / ``symmetry.rescale`` of the module preserve it."""
-    graph = ws.to_graph(net, x)
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(2):
-        perm = sample_permutation(graph, gen)
-        assert not torch.equal(perm, torch.arange(graph.num_nodes)), "nothing was permuted"
-        permuted = permute_module(net, graph, perm)
-        assert_function_preserved(net, permuted, x, atol=1e-10)
-        assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
-    if rescales:
-        scales = sample_scales(graph, gen)
-        rescaled = rescale_module(net, graph, scales)
-        assert_function_preserved(net, rescaled, x, atol=1e-10)
-        assert ws.to_graph(rescaled, x).equal(rescale_graph(graph, scales), atol=1e-12)
-    for transform in (symmetry.permute, symmetry.rescale):
-        assert_function_preserved(net, transform(net, gen, x), x, atol=1e-10)
-    return graph
-
-
-def _by_hand(net: nn.Module, *moves: tuple[str, int, Tensor]) -> nn.Module:
-    """A copy of ``net`` whose state entries ``name`` are re-indexed along ``dim`` by
-    ``index`` (``(name, dim, index)`` moves, applied in order), without the converter."""
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    for name, dim, index in moves:
-        state[name] = state[name].index_select(dim, index)
-    copied = copy.deepcopy(net)
-    copied.load_state_dict(state)
-    return copied
-
-
-def _relabelled(graph: ws.NeuralGraph, *moves: tuple[int, Tensor]) -> ws.NeuralGraph:
-    """``graph`` with the nodes ``start + j`` taking the place of ``start + index[j]``."""
-    perm = torch.arange(graph.num_nodes)
-    for start, index in moves:
-        perm[start : start + len(index)] = start + index
-    return permute_graph(graph, perm)
-
-
-def _fails_in_one_line(net: nn.Module, x: Tensor, match: str) -> str:
-    with pytest.raises(ws.UnsupportedModuleError) as info:
-        ws.to_graph(net, x)
-    message = str(info.value)
-    assert message.startswith(match), message
-    assert "\n" not in message and len(message) <= 200
-    assert "weightspace inspect --supported" in message
-    return message
 
 
 # ================================================== 1. tied weights (GPT-2's lm_head)
@@ -137,8 +68,8 @@ _LM_STREAM = (7, 17, 21, 25)
 
 @pytest.mark.parametrize("style", ["module", "functional"])
 def test_tied_lm_head_is_one_parameter_with_one_set_of_edges(style):
-    net, tokens = _ready(TinyLM(style)), _tokens(2, 5)
-    g = _check_symmetries(net, tokens, rescales=False)
+    net, tokens = ready(TinyLM(style)), token_ids(2, 5)
+    g = check_symmetries(net, tokens, rescales=False)
     assert g.num_nodes == 7 + 4 + 6 + 4 + 4 + 4 + 7 == 36
     # The tied matrix is on the embedding's edges only; the output layer adds one
     # identity link per output unit (from its embedding row) and per embedding dimension
@@ -160,13 +91,13 @@ def test_tied_lm_head_is_one_parameter_with_one_set_of_edges(style):
 
 @pytest.mark.parametrize("style", ["module", "functional"])
 def test_tied_lm_hand_permuted_embedding_dimensions(style):
-    net, tokens = _ready(TinyLM(style)), _tokens(2, 5)
+    net, tokens = ready(TinyLM(style)), token_ids(2, 5)
     g = ws.to_graph(net, tokens)
     pi = torch.tensor([2, 0, 3, 1])
     # The embedding's columns are the residual stream, the head's columns too (one
     # tensor: both state entries move alike).
     tied = ["wte.weight"] + (["lm_head.weight"] if style == "module" else [])
-    hand = _by_hand(
+    hand = by_hand(
         net,
         *[(name, 1, pi) for name in tied],
         ("fc1.weight", 1, pi),
@@ -176,18 +107,18 @@ def test_tied_lm_hand_permuted_embedding_dimensions(style):
         ("ln_f.bias", 0, pi),
     )
     assert_function_preserved(net, hand, tokens, atol=1e-10)
-    assert ws.to_graph(hand, tokens).equal(_relabelled(g, *[(s, pi) for s in _LM_STREAM]))
+    assert ws.to_graph(hand, tokens).equal(relabelled(g, *[(s, pi) for s in _LM_STREAM]))
     # The MLP's hidden units.
     rho = torch.tensor([5, 3, 0, 4, 1, 2])
-    hidden = _by_hand(net, ("fc1.weight", 0, rho), ("fc1.bias", 0, rho), ("fc2.weight", 1, rho))
+    hidden = by_hand(net, ("fc1.weight", 0, rho), ("fc1.bias", 0, rho), ("fc2.weight", 1, rho))
     assert_function_preserved(net, hidden, tokens, atol=1e-10)
-    assert ws.to_graph(hidden, tokens).equal(_relabelled(g, (11, rho)))
+    assert ws.to_graph(hidden, tokens).equal(relabelled(g, (11, rho)))
 
 
 @pytest.mark.parametrize("style", ["module", "functional"])
 def test_symmetry_permute_keeps_a_tied_float32_model_tied_and_equal(style):
     net = TinyLM(style).eval()
-    tokens = _tokens(3, 6)
+    tokens = token_ids(3, 6)
     gen = torch.Generator().manual_seed(0)
     moved = False
     for _ in range(3):
@@ -239,11 +170,11 @@ _IN_PLACE = ["add_", "+=", "mul_", "F.relu(inplace=True)", "relu_", "torch.relu_
 
 @pytest.mark.parametrize("style", [*_IN_PLACE, "ReLU(inplace=True)"])
 def test_in_place_operations_are_the_functions_they_compute(style):
-    net, x = _ready(InPlace(style)), _x(4, 3)
-    reference = _ready(InPlace("reference"))
+    net, x = ready(InPlace(style)), floats(4, 3)
+    reference = ready(InPlace("reference"))
     reference.load_state_dict(net.state_dict())
     assert_function_preserved(net, reference, x, atol=1e-12)
-    g = _check_symmetries(net, x)
+    g = check_symmetries(net, x)
     expected = ws.to_graph(reference, x)
     assert g.equal(expected, atol=1e-12)
     # fc1 5, fc2 5 (its * 0.5 folded), the residual junction 5
@@ -264,7 +195,7 @@ def test_in_place_change_of_a_view_read_again_fails_in_one_line():
             h[:, :2].mul_(2.0)  # changes h too
             return self.out(h)
 
-    _fails_in_one_line(View().double(), _x(4, 3), "View (mul_): in-place 'mul_' of a view")
+    fails_in_one_line(View().double(), floats(4, 3), "View (mul_): in-place 'mul_' of a view")
 
 
 # ======================================================= 3. timm attention, qk_norm
@@ -322,8 +253,8 @@ _QK = {"q": 24, "k": 32, "v": 40, "q_norm": 48, "k_norm": 56, "heads": 64}
     [("LayerNorm", "sdpa"), ("RMSNorm", "sdpa"), ("F.layer_norm", "sdpa"), ("LayerNorm", "matmul")],
 )
 def test_qk_norm_attention_counts_and_symmetries(norm, style):
-    net, x = _ready(QKNormBlock(norm, style)), _x(2, 5, 8)
-    g = _check_symmetries(net, x)
+    net, x = ready(QKNormBlock(norm, style)), floats(2, 5, 8)
+    g = check_symmetries(net, x)
     assert g.num_nodes == 8 + 8 + 8 + 24 + 8 + 8 + 2 + 8 + 8 + 3 == 85
     assert g.count_roles()["attention"] == 24 + 8 + 8 + 2
     edge = "rms_norm" if norm == "RMSNorm" else "layer_norm"
@@ -341,11 +272,11 @@ def test_qk_norm_attention_counts_and_symmetries(norm, style):
 
 
 def test_qk_norm_heads_swap_as_units_by_hand():
-    net, x = _ready(QKNormBlock()), _x(2, 5, 8)
+    net, x = ready(QKNormBlock()), floats(2, 5, 8)
     g = ws.to_graph(net, x)
     heads = torch.tensor([4, 5, 6, 7, 0, 1, 2, 3])
     rows = torch.cat([heads, 8 + heads, 16 + heads])
-    hand = _by_hand(
+    hand = by_hand(
         net,
         ("attn.qkv.weight", 0, rows),
         ("attn.qkv.bias", 0, rows),
@@ -354,19 +285,19 @@ def test_qk_norm_heads_swap_as_units_by_hand():
     assert_function_preserved(net, hand, x, atol=1e-10)
     moved = [(_QK[n], heads) for n in ("q", "k", "v", "q_norm", "k_norm")]
     assert ws.to_graph(hand, x).equal(
-        _relabelled(g, *moved, (_QK["heads"], torch.tensor([1, 0]))), atol=1e-12
+        relabelled(g, *moved, (_QK["heads"], torch.tensor([1, 0]))), atol=1e-12
     )
 
 
 def test_qk_norm_pins_the_dimensions_within_a_head():
     """One order of the dimensions for every head, with the norms' weights, would be a
     symmetry too; the graph pins them (heads still swap, v dimensions still move)."""
-    net, x = _ready(QKNormBlock()), _x(2, 5, 8)
+    net, x = ready(QKNormBlock()), floats(2, 5, 8)
     sigma = torch.tensor([2, 0, 3, 1])
     within = torch.cat([sigma, 4 + sigma])
     rows = torch.cat([within, 8 + within, torch.arange(16, 24)])
     a = "attn"
-    hand = _by_hand(
+    hand = by_hand(
         net,
         (f"{a}.qkv.weight", 0, rows),
         (f"{a}.qkv.bias", 0, rows),
@@ -444,8 +375,8 @@ _CBAM_STREAM = (3, 13, 23, 31, 39, 50)
 
 @pytest.mark.parametrize("style", ["torch.max", "amax", ".values"])
 def test_cbam_counts_and_symmetries(style):
-    net, x = _ready(CBAMNet(style)), _x(2, 3, 8, 8)
-    g = _check_symmetries(net, x)
+    net, x = ready(CBAMNet(style)), floats(2, 3, 8, 8)
+    g = check_symmetries(net, x)
     assert g.num_nodes == 3 + 8 + 2 * (2 + 8) + 8 + 8 + (1 + 1 + 1 + 8) + 3 == 61
     mlp = 8 * 2 + 2 * 8
     statistics = 8 + 8  # one edge from every channel into the mean, and into the max
@@ -465,10 +396,10 @@ def test_cbam_counts_and_symmetries(style):
 
 
 def test_cbam_hand_permuted_channels_move_through_both_attentions():
-    net, x = _ready(CBAMNet()), _x(2, 3, 8, 8)
+    net, x = ready(CBAMNet()), floats(2, 3, 8, 8)
     g = ws.to_graph(net, x)
     pi = torch.tensor([3, 7, 0, 5, 1, 6, 2, 4])
-    hand = _by_hand(
+    hand = by_hand(
         net,
         ("conv.weight", 0, pi),
         ("conv.bias", 0, pi),
@@ -477,7 +408,7 @@ def test_cbam_hand_permuted_channels_move_through_both_attentions():
         ("fc.weight", 1, pi),
     )
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, *[(s, pi) for s in _CBAM_STREAM]))
+    assert ws.to_graph(hand, x).equal(relabelled(g, *[(s, pi) for s in _CBAM_STREAM]))
 
 
 # ============================================================= 5. einsum patterns
@@ -505,12 +436,12 @@ class EinsumAttention(nn.Module):
 
 
 def test_einsum_attention_with_heads_after_the_tokens_is_the_matmul_graph():
-    x = _x(2, 5, 8)
-    einsum = _ready(EinsumAttention("einsum"))
+    x = floats(2, 5, 8)
+    einsum = ready(EinsumAttention("einsum"))
     matmul = EinsumAttention("matmul").double().eval()
     matmul.load_state_dict(einsum.state_dict())
     assert_function_preserved(einsum, matmul, x, atol=1e-12)
-    g = _check_symmetries(einsum, x, rescales=False)
+    g = check_symmetries(einsum, x, rescales=False)
     assert g.equal(ws.to_graph(matmul, x), atol=1e-12)
     assert g.count_roles()["attention"] == 3 * 8 + 2
 
@@ -554,7 +485,7 @@ class PlainLinear(nn.Module):
     ],
 )
 def test_einsum_linear_is_the_linear_graph(equation, shape):
-    net, x = _ready(EinsumLinear(equation)), _x(*shape)
+    net, x = ready(EinsumLinear(equation)), floats(*shape)
     plain = PlainLinear().double()
     transposed = net.weight.shape == (4, 5)  # [in, out]
     with torch.no_grad():
@@ -563,24 +494,24 @@ def test_einsum_linear_is_the_linear_graph(equation, shape):
         plain.mid.weight.copy_(net.weight.T if transposed else net.weight)
         plain.mid.bias.copy_(net.bias)
     assert_function_preserved(net, plain, x, atol=1e-12)
-    g = _check_symmetries(net, x)
+    g = check_symmetries(net, x)
     assert g.equal(ws.to_graph(plain, x), atol=1e-12)
     assert (g.num_nodes, g.num_edges) == (3 + 4 + 5 + 2, 12 + 20 + 10)
     assert sum(layer.n_params for layer in g.layers) == sum(p.numel() for p in net.parameters())
     # By hand: the einsum layer's units (rows of an [out, in] weight, columns of [in, out]).
     rho = torch.tensor([4, 2, 0, 3, 1])
-    hand = _by_hand(
+    hand = by_hand(
         net, ("weight", 1 if transposed else 0, rho), ("bias", 0, rho), ("out.weight", 1, rho)
     )
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (7, rho)), atol=1e-12)
+    assert ws.to_graph(hand, x).equal(relabelled(g, (7, rho)), atol=1e-12)
 
 
 # ================================================ every encoder reads these graphs
 _NEW_GRAPHS = {
-    "tied lm": lambda: (TinyLM(), _tokens(2, 5)),
-    "qk_norm": lambda: (QKNormBlock(), _x(2, 5, 8)),
-    "cbam": lambda: (CBAMNet(), _x(2, 3, 8, 8)),
+    "tied lm": lambda: (TinyLM(), token_ids(2, 5)),
+    "qk_norm": lambda: (QKNormBlock(), floats(2, 5, 8)),
+    "cbam": lambda: (CBAMNet(), floats(2, 3, 8, 8)),
 }
 
 
@@ -592,7 +523,7 @@ def test_every_encoder_embeds_the_new_graphs(name):
     graphs = []
     for make in _NEW_GRAPHS.values():
         net, x = make()
-        graphs.append(featurize(ws.to_graph(_ready(net), x)))
+        graphs.append(featurize(ws.to_graph(ready(net), x)))
     batch = ws.GraphBatch.from_graphs(graphs)
     torch.manual_seed(0)
     encoder = create_encoder(name).double()
@@ -655,4 +586,4 @@ class _EinsumChain(nn.Module):
     ],
 )
 def test_what_still_does_not_convert_fails_in_one_short_line(net, shape, match):
-    _fails_in_one_line(net.double(), _x(*shape), match)
+    fails_in_one_line(net.double(), floats(*shape), match)

@@ -16,93 +16,22 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
+from _style_checks import (
+    F64,
+    by_hand,
+    check_symmetries,
+    fails_in_one_line,
+    floats,
+    ready,
+    relabelled,
+    token_ids,
+)
 from torch import Tensor, nn
 
 import weightspace as ws
-from weightspace import symmetry
 from weightspace.cli import main
 from weightspace.graph.features import ACT_CODE, ACT_OFFSET, RESCALE_POSITIVE, ROLE_OFFSET, ROLES
-from weightspace.symmetry import (
-    permute_graph,
-    permute_module,
-    rescale_graph,
-    rescale_module,
-    sample_permutation,
-    sample_scales,
-)
 from weightspace.testing import assert_function_preserved
-
-F64 = torch.float64
-
-
-def _x(*shape: int) -> Tensor:
-    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(0))
-
-
-def _tokens(*shape: int, vocab: int = 7) -> Tensor:
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
-
-
-def _ready(net: nn.Module, seed: int = 0) -> nn.Module:
-    """``net`` in float64 and eval mode, its 1-D parameters (biases, PReLU slopes) random
-    and positive, so that nothing is the identity or zero."""
-    torch.manual_seed(seed)
-    net = net.double().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-    return net
-
-
-def _check_symmetries(net: nn.Module, x: Tensor, *, rescales: bool = True) -> ws.NeuralGraph:
-    """Sampled permutations (and rescalings) preserve the function and map the graph
-    exactly; ``symmetry.permute`` / ``symmetry.rescale`` of the module preserve it."""
-    graph = ws.to_graph(net, x)
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(2):
-        perm = sample_permutation(graph, gen)
-        assert not torch.equal(perm, torch.arange(graph.num_nodes)), "nothing was permuted"
-        permuted = permute_module(net, graph, perm)
-        assert_function_preserved(net, permuted, x, atol=1e-10)
-        assert ws.to_graph(permuted, x).equal(permute_graph(graph, perm))
-    if rescales:
-        scales = sample_scales(graph, gen)
-        rescaled = rescale_module(net, graph, scales)
-        assert_function_preserved(net, rescaled, x, atol=1e-10)
-        assert ws.to_graph(rescaled, x).equal(rescale_graph(graph, scales), atol=1e-12)
-    for transform in (symmetry.permute, symmetry.rescale):
-        assert_function_preserved(net, transform(net, gen, x), x, atol=1e-10)
-    return graph
-
-
-def _by_hand(net: nn.Module, *moves: tuple[str, int, Tensor]) -> nn.Module:
-    """A copy of ``net`` whose state entries ``name`` are re-indexed along ``dim`` by
-    ``index`` (``(name, dim, index)`` moves, applied in order), without the converter."""
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    for name, dim, index in moves:
-        state[name] = state[name].index_select(dim, index)
-    copied = copy.deepcopy(net)
-    copied.load_state_dict(state)
-    return copied
-
-
-def _relabelled(graph: ws.NeuralGraph, *moves: tuple[int, Tensor]) -> ws.NeuralGraph:
-    """``graph`` with the nodes ``start + j`` taking the place of ``start + index[j]``."""
-    perm = torch.arange(graph.num_nodes)
-    for start, index in moves:
-        perm[start : start + len(index)] = start + index
-    return permute_graph(graph, perm)
-
-
-def _fails_in_one_line(net: nn.Module, x: Tensor, match: str) -> str:
-    with pytest.raises(ws.UnsupportedModuleError) as info:
-        ws.to_graph(net, x)
-    message = str(info.value)
-    assert message.startswith(match), message
-    assert "\n" not in message and len(message) <= 200
-    assert "weightspace inspect --supported" in message
-    return message
 
 
 def _activation(graph: ws.NeuralGraph, nodes: Tensor) -> list[str]:
@@ -161,26 +90,26 @@ _DROPOUTS = [
 @pytest.mark.filterwarnings("ignore:dropout3d")
 @pytest.mark.parametrize(("dropout", "d"), _DROPOUTS, ids=[name for name, _ in _DROPOUTS])
 def test_channel_and_alpha_dropout_are_identities(dropout, d):
-    net = _ready(ConvDropout(dropout, d))
-    x = _x(2, 2, 6) if d == 1 else _x(2, 2, 6, 6)
-    g = _check_symmetries(net, x)
+    net = ready(ConvDropout(dropout, d))
+    x = floats(2, 2, 6) if d == 1 else floats(2, 2, 6, 6)
+    g = check_symmetries(net, x)
     # nodes: 2 inputs, 3 + 2 channels; edges: one per channel pair, kernels as features
     assert (g.num_nodes, g.num_edges) == (2 + 3 + 2, 2 * 3 + 3 * 2)
-    plain = _by_hand(_ready(ConvDropout("Identity", d)))
+    plain = by_hand(ready(ConvDropout("Identity", d)))
     plain.load_state_dict(net.state_dict())
     assert g.equal(ws.to_graph(plain, x))
     # By hand: conv1's output channels.
     pi = torch.tensor([2, 0, 1])
-    hand = _by_hand(net, ("conv1.weight", 0, pi), ("conv1.bias", 0, pi), ("conv2.weight", 1, pi))
+    hand = by_hand(net, ("conv1.weight", 0, pi), ("conv1.bias", 0, pi), ("conv2.weight", 1, pi))
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (2, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (2, pi)))
 
 
 @pytest.mark.filterwarnings("ignore:dropout3d")
 @pytest.mark.parametrize(("dropout", "d"), _DROPOUTS[:5], ids=[n for n, _ in _DROPOUTS[:5]])
 def test_exported_channel_and_alpha_dropout_convert_to_the_same_graph(dropout, d):
-    net = _ready(ConvDropout(dropout, d))
-    x = _x(2, 2, 6) if d == 1 else _x(2, 2, 6, 6)
+    net = ready(ConvDropout(dropout, d))
+    x = floats(2, 2, 6) if d == 1 else floats(2, 2, 6, 6)
     exported = torch.export.export(net, (x,)).module()
     assert ws.to_graph(exported, x).equal(ws.to_graph(net, x))
 
@@ -210,12 +139,12 @@ def _slopes(style: str) -> str:
 
 @pytest.mark.parametrize("style", ["channels", "one", "functional"])
 def test_prelu_is_leaky_relu_with_slopes_bound_to_the_channels(style):
-    net = _ready(PReLUNet(style))
+    net = ready(PReLUNet(style))
     with torch.no_grad():  # slopes of both signs and sizes: not a ReLU, not the identity
         slopes = dict(net.named_parameters())[_slopes(style)]
         slopes.copy_(torch.tensor([0.3, -0.5, 1.7, 0.1])[: slopes.numel()])
-    x = _x(5, 3)
-    g = _check_symmetries(net, x)
+    x = floats(5, 3)
+    g = check_symmetries(net, x)
     assert (g.num_nodes, g.num_edges) == (3 + 4 + 2, 3 * 4 + 4 * 2)
     hidden = torch.arange(3, 7)
     # Recorded with the one-hot of leaky_relu (no column of its own); the slopes are no
@@ -233,9 +162,9 @@ def test_prelu_is_leaky_relu_with_slopes_bound_to_the_channels(style):
     moves = [("fc1.weight", 0, pi), ("fc1.bias", 0, pi), ("fc2.weight", 1, pi)]
     if style != "one":
         moves.append((_slopes(style), 0, pi))
-    hand = _by_hand(net, *moves)
+    hand = by_hand(net, *moves)
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (3, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (3, pi)))
     # A positive rescaling passes through PReLU, a sign flip does not.
     scale = torch.tensor([2.0, 0.5, 3.0, 1.5], dtype=F64)
     rescaled = copy.deepcopy(net)
@@ -251,17 +180,17 @@ def test_prelu_is_leaky_relu_with_slopes_bound_to_the_channels(style):
 
 
 def test_prelu_per_conv_channel_and_exported():
-    net = _ready(nn.Sequential(nn.Conv2d(2, 3, 3), nn.PReLU(3), nn.Conv2d(3, 2, 1)))
-    x = _x(2, 2, 5, 5)
-    g = _check_symmetries(net, x)
+    net = ready(nn.Sequential(nn.Conv2d(2, 3, 3), nn.PReLU(3), nn.Conv2d(3, 2, 1)))
+    x = floats(2, 2, 5, 5)
+    g = check_symmetries(net, x)
     assert (g.num_nodes, g.num_edges) == (2 + 3 + 2, 2 * 3 + 3 * 2)
     assert torch.equal(g.bindings["1.weight"].dims[0], torch.arange(2, 5))
     pi = torch.tensor([1, 2, 0])
-    hand = _by_hand(
+    hand = by_hand(
         net, ("0.weight", 0, pi), ("0.bias", 0, pi), ("1.weight", 0, pi), ("2.weight", 1, pi)
     )
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (2, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (2, pi)))
     exported = torch.export.export(net, (x,)).module()
     assert ws.to_graph(exported, x).equal(g)
 
@@ -276,13 +205,13 @@ def test_one_prelu_module_on_two_layers_ties_their_channels():
         def forward(self, x: Tensor) -> Tensor:
             return self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))
 
-    net, x = _ready(Shared()), _x(5, 3)
-    g = _check_symmetries(net, x)
+    net, x = ready(Shared()), floats(5, 3)
+    g = check_symmetries(net, x)
     assert (g.num_nodes, g.num_edges) == (3 + 4 + 4 + 2, 12 + 16 + 8)
     assert sum(layer.n_params for layer in g.layers) == sum(p.numel() for p in net.parameters())
     # By hand: both layers' units move with the one set of slopes.
     pi = torch.tensor([2, 3, 1, 0])
-    hand = _by_hand(
+    hand = by_hand(
         net,
         ("fc1.weight", 0, pi),
         ("fc1.bias", 0, pi),
@@ -293,12 +222,12 @@ def test_one_prelu_module_on_two_layers_ties_their_channels():
         ("fc3.weight", 1, pi),
     )
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (3, pi), (7, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (3, pi), (7, pi)))
 
 
 def test_prelu_slopes_on_a_dimension_other_than_the_channels_fail_in_one_line():
-    net = _ready(nn.Sequential(nn.Linear(3, 4), nn.PReLU(5), nn.Linear(4, 2)))  # [B, 5, 4]
-    _fails_in_one_line(net, _x(2, 5, 3), "1: PReLU with 5 slopes")
+    net = ready(nn.Sequential(nn.Linear(3, 4), nn.PReLU(5), nn.Linear(4, 2)))  # [B, 5, 4]
+    fails_in_one_line(net, floats(2, 5, 3), "1: PReLU with 5 slopes")
 
 
 # =============================================== 3. squeeze, unsqueeze, output index
@@ -326,8 +255,8 @@ class Regression(nn.Module):
 
 @pytest.mark.parametrize("style", ["last", "dim1", "function", "all", "sigmoid", "index"])
 def test_output_unit_squeezed_or_indexed_is_the_output(style):
-    net, x = _ready(Regression(style)), _x(4, 3)
-    g = _check_symmetries(net, x)
+    net, x = ready(Regression(style)), floats(4, 3)
+    g = check_symmetries(net, x)
     width = 2 if style == "index" else 1
     assert (g.num_nodes, g.num_edges) == (3 + 5 + width, 3 * 5 + 5 * width)
     assert _role(g, torch.tensor([8])) == ["output"]
@@ -339,9 +268,9 @@ def test_output_unit_squeezed_or_indexed_is_the_output(style):
     assert g.probe_outputs is not None and g.probe_outputs.shape == (64, 1)
     # By hand: the hidden units.
     pi = torch.tensor([4, 2, 0, 1, 3])
-    hand = _by_hand(net, ("fc.weight", 0, pi), ("fc.bias", 0, pi), ("out.weight", 1, pi))
+    hand = by_hand(net, ("fc.weight", 0, pi), ("fc.bias", 0, pi), ("out.weight", 1, pi))
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (3, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (3, pi)))
     if style in ("last", "index"):  # aten squeeze.dim and select.int
         exported = torch.export.export(net, (x,)).module()
         assert ws.to_graph(exported, x).equal(g)
@@ -366,13 +295,13 @@ class Unsqueezed(nn.Module):
 
 
 def test_unsqueeze_and_squeeze_of_size_one_dimensions_anywhere():
-    net, x = _ready(Unsqueezed()), _x(4, 8)
-    g = _check_symmetries(net, x)
+    net, x = ready(Unsqueezed()), floats(4, 8)
+    g = check_symmetries(net, x)
     # nodes: 1 input channel, stem 3, fc 4, mid 5, out 1
     assert (g.num_nodes, g.num_edges) == (1 + 3 + 4 + 5 + 1, 3 + 12 + 20 + 5)
     # By hand: the stem's channels and mid's channels.
     pi, rho = torch.tensor([2, 0, 1]), torch.tensor([1, 4, 3, 0, 2])
-    hand = _by_hand(
+    hand = by_hand(
         net,
         ("stem.weight", 0, pi),
         ("stem.bias", 0, pi),
@@ -382,7 +311,7 @@ def test_unsqueeze_and_squeeze_of_size_one_dimensions_anywhere():
         ("out.weight", 1, rho),
     )
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (1, pi), (8, rho)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (1, pi), (8, rho)))
     exported = torch.export.export(net, (x,)).module()
     assert ws.to_graph(exported, x).equal(g)
 
@@ -397,7 +326,7 @@ def test_a_unit_taken_out_of_hidden_channels_fails_in_one_line():
             h = self.fc(x)
             return self.out(h * h[:, 0].unsqueeze(1))
 
-    _fails_in_one_line(_ready(Gate()), _x(2, 3), "Gate (unsqueeze): units taken out")
+    fails_in_one_line(ready(Gate()), floats(2, 3), "Gate (unsqueeze): units taken out")
 
 
 # ======================================================================== 4. Unflatten
@@ -419,8 +348,8 @@ class Decoder(nn.Module):
 @pytest.mark.parametrize(("channels", "side"), [(2, 4), (1, 8), (3, 3)])
 def test_unflatten_features_into_channels(channels, side):
     latent, positions = 6, side * side
-    net, z = _ready(Decoder(channels, side, latent)), _x(3, latent)
-    g = _check_symmetries(net, z)
+    net, z = ready(Decoder(channels, side, latent)), floats(3, latent)
+    g = check_symmetries(net, z)
     features = channels * positions
     # nodes: latent inputs, the Linear's features, one junction per channel, 3 + 1
     assert g.num_nodes == latent + features + channels + 3 + 1
@@ -440,20 +369,20 @@ def test_unflatten_features_into_channels(channels, side):
     if channels > 1:  # By hand: whole channels, their features in order.
         pi = torch.roll(torch.arange(channels), 1)
         rows = (pi[:, None] * positions + torch.arange(positions)).reshape(-1)
-        hand = _by_hand(net, ("fc.weight", 0, rows), ("fc.bias", 0, rows), ("conv1.weight", 1, pi))
+        hand = by_hand(net, ("fc.weight", 0, rows), ("fc.bias", 0, rows), ("conv1.weight", 1, pi))
         assert_function_preserved(net, hand, z, atol=1e-10)
-        assert ws.to_graph(hand, z).equal(_relabelled(g, (latent, rows), (start, pi)))
+        assert ws.to_graph(hand, z).equal(relabelled(g, (latent, rows), (start, pi)))
 
 
 def test_unflatten_of_a_dimension_other_than_the_channels_is_a_reshape():
-    net = _ready(nn.Sequential(nn.Conv1d(2, 3, 1), nn.Unflatten(2, (4, 4)), nn.Conv2d(3, 2, 3)))
-    x = _x(2, 2, 16)
-    g = _check_symmetries(net, x, rescales=False)
+    net = ready(nn.Sequential(nn.Conv1d(2, 3, 1), nn.Unflatten(2, (4, 4)), nn.Conv2d(3, 2, 3)))
+    x = floats(2, 2, 16)
+    g = check_symmetries(net, x, rescales=False)
     assert (g.num_nodes, g.num_edges) == (2 + 3 + 2, 2 * 3 + 3 * 2)
     pi = torch.tensor([1, 2, 0])
-    hand = _by_hand(net, ("0.weight", 0, pi), ("0.bias", 0, pi), ("2.weight", 1, pi))
+    hand = by_hand(net, ("0.weight", 0, pi), ("0.bias", 0, pi), ("2.weight", 1, pi))
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (2, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (2, pi)))
 
 
 # ============================================================================= 5. GLU
@@ -480,32 +409,32 @@ class GLUNet(nn.Module):
 
 @pytest.mark.parametrize("style", ["module", "functional"])
 def test_glu_is_chunk_gating(style):
-    net, x = _ready(GLUNet(style)), _x(4, 3)
-    g = _check_symmetries(net, x)
+    net, x = ready(GLUNet(style)), floats(4, 3)
+    g = check_symmetries(net, x)
     # nodes: 3 inputs, 8 features, 4 junctions, 2 outputs; edges: 2 per junction
     assert (g.num_nodes, g.num_edges) == (3 + 8 + 4 + 2, 3 * 8 + 2 * 4 + 4 * 2)
     assert _activation(g, torch.arange(7, 11)) == ["sigmoid"] * 4  # the gating half
-    by_chunk = _by_hand(_ready(GLUNet("chunk")))
+    by_chunk = by_hand(ready(GLUNet("chunk")))
     by_chunk.load_state_dict(net.state_dict())
     assert g.equal(ws.to_graph(by_chunk, x))
     # By hand: unit j of the GLU is rows j and j + 4 of fc1: they move together.
     pi = torch.tensor([2, 0, 3, 1])
     rows = torch.cat([pi, 4 + pi])
-    hand = _by_hand(net, ("fc1.weight", 0, rows), ("fc1.bias", 0, rows), ("fc2.weight", 1, pi))
+    hand = by_hand(net, ("fc1.weight", 0, rows), ("fc1.bias", 0, rows), ("fc2.weight", 1, pi))
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (3, rows), (11, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (3, rows), (11, pi)))
 
 
 def test_glu_of_conv_channels_and_exported():
-    net = _ready(nn.Sequential(nn.Conv2d(2, 6, 3), nn.GLU(dim=1), nn.Conv2d(3, 2, 1)))
-    x = _x(2, 2, 5, 5)
-    g = _check_symmetries(net, x)
+    net = ready(nn.Sequential(nn.Conv2d(2, 6, 3), nn.GLU(dim=1), nn.Conv2d(3, 2, 1)))
+    x = floats(2, 2, 5, 5)
+    g = check_symmetries(net, x)
     assert (g.num_nodes, g.num_edges) == (2 + 6 + 3 + 2, 2 * 6 + 2 * 3 + 3 * 2)
     pi = torch.tensor([1, 2, 0])
     rows = torch.cat([pi, 3 + pi])
-    hand = _by_hand(net, ("0.weight", 0, rows), ("0.bias", 0, rows), ("2.weight", 1, pi))
+    hand = by_hand(net, ("0.weight", 0, rows), ("0.bias", 0, rows), ("2.weight", 1, pi))
     assert_function_preserved(net, hand, x, atol=1e-10)
-    assert ws.to_graph(hand, x).equal(_relabelled(g, (2, rows), (8, pi)))
+    assert ws.to_graph(hand, x).equal(relabelled(g, (2, rows), (8, pi)))
     exported = torch.export.export(net, (x,)).module()
     assert ws.to_graph(exported, x).equal(g)
 
@@ -530,26 +459,26 @@ class BagOfWords(nn.Module):
 
 @pytest.mark.parametrize("mode", ["mean", "sum", "max"])
 def test_embedding_bag_is_an_embedding_reduced_over_tokens(mode):
-    net, tokens = _ready(BagOfWords(mode)), _tokens(3, 5)
-    g = _check_symmetries(net, tokens)
+    net, tokens = ready(BagOfWords(mode)), token_ids(3, 5)
+    g = check_symmetries(net, tokens)
     # nodes: 7 embedding rows (inputs), 4 dimensions, 5 hidden, 2 outputs
     assert (g.num_nodes, g.num_edges) == (7 + 4 + 5 + 2, 7 * 4 + 4 * 5 + 5 * 2)
     assert g.layers[0].kind == f"EmbeddingBag ({mode})"
     assert g.count_edge_types()["embedding"] == 7 * 4
     # By hand: the embedding dimensions, then fc1's units.
     pi = torch.tensor([3, 0, 2, 1])
-    hand = _by_hand(net, ("bag.weight", 1, pi), ("fc1.weight", 1, pi))
+    hand = by_hand(net, ("bag.weight", 1, pi), ("fc1.weight", 1, pi))
     assert_function_preserved(net, hand, tokens, atol=1e-10)
-    assert ws.to_graph(hand, tokens).equal(_relabelled(g, (7, pi)))
+    assert ws.to_graph(hand, tokens).equal(relabelled(g, (7, pi)))
     rho = torch.tensor([4, 2, 0, 1, 3])
-    hand = _by_hand(net, ("fc1.weight", 0, rho), ("fc1.bias", 0, rho), ("fc2.weight", 1, rho))
+    hand = by_hand(net, ("fc1.weight", 0, rho), ("fc1.bias", 0, rho), ("fc2.weight", 1, rho))
     assert_function_preserved(net, hand, tokens, atol=1e-10)
-    assert ws.to_graph(hand, tokens).equal(_relabelled(g, (11, rho)))
+    assert ws.to_graph(hand, tokens).equal(relabelled(g, (11, rho)))
 
 
 def test_embedding_bag_with_offsets_fails_in_one_line():
-    _fails_in_one_line(
-        _ready(BagOfWords("mean", offsets=True)), _tokens(3, 5), "bag: EmbeddingBag with offsets"
+    fails_in_one_line(
+        ready(BagOfWords("mean", offsets=True)), token_ids(3, 5), "bag: EmbeddingBag with offsets"
     )
 
 
@@ -566,8 +495,8 @@ def test_projected_lstm_fails_in_one_line_naming_the_module():
         def forward(self, x: Tensor) -> Tensor:
             return self.head(self.rnn(x)[0])
 
-    net = nn.Sequential(OrderedDict(encoder=_ready(Tagger())))
-    _fails_in_one_line(net, _x(2, 5, 3), "encoder.rnn: LSTM with proj_size")
+    net = nn.Sequential(OrderedDict(encoder=ready(Tagger())))
+    fails_in_one_line(net, floats(2, 5, 3), "encoder.rnn: LSTM with proj_size")
 
 
 # ==================================================================== catalogue
