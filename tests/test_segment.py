@@ -48,6 +48,16 @@ def test_min_index_and_rank() -> None:
     assert rank_within(INDEX, SIZE).tolist() == [0, 0, 1, 2, 1]
 
 
+def test_rank_within_sorted_and_unsorted_indices_agree() -> None:
+    # sorted indices take a path without argsort; both must count positions the same way
+    index = torch.randint(0, 6, (200,), generator=torch.Generator().manual_seed(0))
+    ordered = index.sort().values
+    by_hand = [sum(1 for j in range(k) if ordered[j] == ordered[k]) for k in range(200)]
+    assert rank_within(ordered, 6).tolist() == by_hand
+    shuffled = [sum(1 for j in range(k) if index[j] == index[k]) for k in range(200)]
+    assert rank_within(index, 6).tolist() == shuffled
+
+
 def test_symlog_is_odd_and_logarithmic() -> None:
     x = torch.tensor([-10.0, -1.0, 0.0, 0.5, 1000.0], dtype=torch.float64)
     y = symlog(x)

@@ -52,9 +52,11 @@ def rank_within(index: Tensor, size: int) -> Tensor:
     >>> rank_within(torch.tensor([1, 0, 1, 1, 0]), 2).tolist()
     [0, 0, 1, 2, 1]
     """
-    order = torch.argsort(index, stable=True)
     counts = torch.bincount(index, minlength=size)
     starts = counts.cumsum(0) - counts
+    if len(index) < 2 or bool((index[1:] >= index[:-1]).all()):  # sorted: no argsort needed
+        return torch.arange(len(index), device=index.device) - starts[index]
+    order = torch.argsort(index, stable=True)
     rank = torch.empty_like(index)
     rank[order] = torch.arange(len(index), device=index.device) - starts[index[order]]
     return rank
