@@ -210,12 +210,14 @@ def evaluate_lineage(
         for strength in strengths:
             _check(name, strength)
     generator = generator or torch.Generator().manual_seed(0)
+    # runs usually share one featurizer: graphs are prepared once per featurizer
+    fingerprints = {name: e.run.featurizer.fingerprint for name, e in named.items()}
+    featurizers = {fingerprints[name]: e.run.featurizer for name, e in named.items()}
+    gallery_graphs = {
+        fp: prepared_graphs(zoo, f, gallery, progress=False) for fp, f in featurizers.items()
+    }
     gallery_z = {
-        name: unit_rows(
-            embed_graphs(
-                e.run.encoder, prepared_graphs(zoo, e.run.featurizer, gallery, progress=False)
-            ).numpy()
-        )
+        name: unit_rows(embed_graphs(e.run.encoder, gallery_graphs[fingerprints[name]]).numpy())
         for name, e in named.items()
     }  # name -> [G, D]
 
@@ -236,8 +238,10 @@ def evaluate_lineage(
             data = datasets[key]
         # converted once, read by every embedder (the probes run each network 64 times)
         derived = [to_graph(derive(module, t, s, generator, data)) for t, s in keys]
+        prepared = {fp: [f(g.to(torch.float32)) for g in derived] for fp, f in featurizers.items()}
         for name, embedder in named.items():
-            scores = unit_rows(embedder.embed(derived)) @ gallery_z[name].T  # [len(keys), G]
+            z = embedder.embed(prepared[fingerprints[name]])
+            scores = unit_rows(z) @ gallery_z[name].T  # [len(keys), G]
             hits[name] += scores.argmax(1) == position[source]
             similarity[name] += scores[:, position[source]]
     n = max(len(source_ids), 1)
