@@ -4,7 +4,10 @@ Builds the standard zoo from scratch in a temporary directory (MNIST from
 ``WEIGHTSPACE_DATA``), trains every encoder on 3 seeds, evaluates and writes the report,
 exactly as ``make run`` does after installing; records the total and every stage's time
 against the 20-minute target, and the CPU time of the study's processes (utilisation: CPU
-seconds per wall second, at most the number of cores).
+seconds per wall second, at most the number of cores). Each preset has its own result file
+(``bench/results/make_run.json`` for ``standard``, ``make_run-<preset>.json`` otherwise),
+which also lists the earlier measurements of that preset with their commits: the target
+must hold on more than one run on these shared machines.
 
 Usage:
     WEIGHTSPACE_DATA=../shared/data python bench/make_run.py [--preset standard]
@@ -25,7 +28,21 @@ from pathlib import Path
 
 from _results import write_result
 
-TARGET_SECONDS = {"standard": 1200.0, "tiny": 120.0}
+TARGET_SECONDS = {"standard": 1200.0, "tiny": 90.0}
+KEPT_MEASUREMENTS = 6  # the latest measurements listed in the result file
+
+
+def result_path(preset: str) -> Path:
+    """Where the measurement of ``preset`` is recorded."""
+    name = "make_run" if preset == "standard" else f"make_run-{preset}"
+    return Path("bench/results") / f"{name}.json"
+
+
+def commit() -> str:
+    """The checked-out commit, with ``+changes`` when the work tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], capture_output=True)
+    return head.stdout.strip() + ("+changes" if dirty.returncode else "")
 
 
 def main() -> None:
@@ -63,8 +80,16 @@ def main() -> None:
         f"{'met' if target and seconds <= target else 'NOT met'}), CPU {cpu:.0f} s "
         f"(utilisation {cpu / seconds:.2f} cores)"
     )
+    path = result_path(args.preset)
+    earlier = json.loads(path.read_text()).get("measurements", []) if path.is_file() else []
+    measurement = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit(),
+        "seconds": seconds,
+        "cpu_utilisation": cpu / seconds,
+    }
     write_result(
-        "bench/results/make_run.json",
+        path,
         "make_run",
         {
             "preset": args.preset,
@@ -73,6 +98,7 @@ def main() -> None:
             "cpu_seconds": cpu,
             "cpu_utilisation": cpu / seconds,
             "stage_seconds": stages,
+            "measurements": [*earlier, measurement][-KEPT_MEASUREMENTS:],
         },
     )
 

@@ -51,6 +51,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "quality-mnist-cnn": ("quality", ["--preset", "mnist-cnn"]),
     "quality-cnn-zoo-mnist": ("quality", ["--preset", "cnn-zoo-mnist"]),
     "make_run": ("make_run", []),
+    "make_run-tiny": ("make_run", ["--preset", "tiny"]),
     "merging": ("merging", []),
     "decoder": ("decoder", []),
     # after make_run: they read the study `make run` leaves in runs/standard
@@ -467,6 +468,7 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "quality-mnist-cnn": _quality_rows,
     "quality-cnn-zoo-mnist": _quality_rows,
     "make_run": _make_run_rows,
+    "make_run-tiny": _make_run_rows,
     "generalization": _generalization_rows,
     "merging": _merging_rows,
     "decoder": _decoder_rows,
@@ -578,13 +580,20 @@ def _details(name: str, r: dict) -> list[str]:
             f"Load average before / after: {r['load_average']['before'][0]:.1f} / "
             f"{r['load_average']['after'][0]:.1f}.",
         ]
-    elif name == "make_run":
+    elif name.startswith("make_run"):
         if "cpu_seconds" in r:
             lines += [
                 f"Wall {r['seconds']:.0f} s, CPU {r['cpu_seconds']:.0f} s: "
                 f"{r['cpu_utilisation']:.2f} of {r['machine']['cpus']} cores busy on average.",
                 "",
             ]
+        if r.get("measurements"):
+            rows = [
+                [m["date"], m["commit"], f"{m['seconds']:.0f}", f"{m['cpu_utilisation']:.2f}"]
+                for m in r["measurements"]
+            ]
+            headers = ("measured", "commit", "wall s", "cores busy")
+            lines += [tabulate(rows, headers=headers, tablefmt="github"), ""]
         rows = [[stage, f"{s:.1f}"] for stage, s in r["stage_seconds"].items()]
         lines.append(tabulate(rows, headers=("stage", "seconds"), tablefmt="github"))
     return lines + [""]
