@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine with Python >= 3.10 and pip:
 #   make run    create .venv, install, run the study on the standard preset (report in
-#               runs/standard/report.md; PRESET=tiny for a 2-minute version)
+#               runs/standard/report.md; PRESET=tiny for a 90-second version)
 #   make test   create .venv, install, run the test suite (the slow set: make test-slow)
 PYTHON ?= python3
 VENV   := .venv
