@@ -179,7 +179,7 @@ def evaluate_lineage(
     Args:
         embedders: a trained run, or several by name; the gallery is embedded from the
             zoo's cached prepared graphs with each run's featurizer, derived models through
-            :meth:`Embedder.embed`.
+            :meth:`Embedder.embed`; runs that share a featurizer share the prepared graphs.
         zoo: the zoo holding sources and gallery.
         source_ids: models to derive from; each must be in the gallery.
         gallery_ids: the models matched against.
@@ -238,8 +238,10 @@ def evaluate_lineage(
             data = datasets[key]
         # converted once, read by every embedder (the probes run each network 64 times)
         derived = [to_graph(derive(module, t, s, generator, data)) for t, s in keys]
-        prepared = {fp: [f(g.to(torch.float32)) for g in derived] for fp, f in featurizers.items()}
+        prepared: dict[str, list] = {}  # featurizer fingerprint -> prepared derived graphs
         for name, embedder in named.items():
+            if fingerprints[name] not in prepared:
+                prepared[fingerprints[name]] = embedder.graphs(derived)
             z = embedder.embed(prepared[fingerprints[name]])
             scores = unit_rows(z) @ gallery_z[name].T  # [len(keys), G]
             hits[name] += scores.argmax(1) == position[source]
