@@ -478,12 +478,14 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
 
 def _details(name: str, r: dict) -> list[str]:
     """A per-benchmark section: when and where it ran, then its main table."""
+    script, arguments = BENCHMARKS[name]
+    command = " ".join([f"bench/{script}.py", *arguments])
     lines = [
         f"## {name}",
         "",
         f"Measured {r['date']} on {r['machine']['cpus']} CPUs "
         f"({r['machine']['platform']}), Python {r['versions']['python']}, "
-        f"torch {r['versions']['torch']}. Source: `bench/{name}.py`, raw numbers in "
+        f"torch {r['versions']['torch']}. Source: `{command}`, raw numbers in "
         f"`bench/results/{name}.json`.",
         "",
     ]
