@@ -263,9 +263,9 @@ def _standard() -> list[GroupPlan]:
         )
         tabular += [small, _sgd(medium)]
     # The slowest groups come first so that parallel workers finish together. The
-    # attention and EfficientNet groups are the smallest of the digits families: their
-    # checkpoints have the most neurons and connections (17-20k edges against 3k for a
-    # digits VGG or ResNet), so every graph encoder's epoch pays for each of them.
+    # attention groups (BERT, ViT) and the EfficientNets have few runs: their checkpoints
+    # have the most neurons and connections (17-20k edges against 3k for a digits VGG or
+    # ResNet), and every graph encoder's epoch pays for each of them.
     return [
         _mnist("vgg-mnist", "vgg", 8, 4_000, widths=[8, 16], classifier_hidden=32),
         # The ImageNet stem (stride 4) gives the blocks a receptive field that covers a
