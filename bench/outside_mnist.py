@@ -220,6 +220,8 @@ def make(out: Path, count: int = 48) -> list[dict]:
     records = []
     for spec in tqdm(plan(count, random.Random(SEED)), desc="outside networks"):
         start = time.perf_counter()
+        # the initial weights too: this torch seeds each new process at random
+        torch.manual_seed(spec["seed"])
         model = build(spec)
         train(model, spec, data)
         example = scaled(data.x_test[:1], spec)
