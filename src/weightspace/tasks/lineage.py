@@ -210,11 +210,13 @@ def evaluate_lineage(
         for strength in strengths:
             _check(name, strength)
     generator = generator or torch.Generator().manual_seed(0)
-    # runs usually share one featurizer: graphs are prepared once per featurizer
+    # runs usually share one featurizer: graphs are prepared once per featurizer, by any
+    # one of the runs that have it
     fingerprints = {name: e.run.featurizer.fingerprint for name, e in named.items()}
-    featurizers = {fingerprints[name]: e.run.featurizer for name, e in named.items()}
+    preparers = {fingerprints[name]: e for name, e in named.items()}
     gallery_graphs = {
-        fp: prepared_graphs(zoo, f, gallery, progress=False) for fp, f in featurizers.items()
+        fp: prepared_graphs(zoo, e.run.featurizer, gallery, progress=False)
+        for fp, e in preparers.items()
     }
     gallery_z = {
         name: unit_rows(embed_graphs(e.run.encoder, gallery_graphs[fingerprints[name]]).numpy())
@@ -238,10 +240,8 @@ def evaluate_lineage(
             data = datasets[key]
         # converted once, read by every embedder (the probes run each network 64 times)
         derived = [to_graph(derive(module, t, s, generator, data)) for t, s in keys]
-        prepared: dict[str, list] = {}  # featurizer fingerprint -> prepared derived graphs
+        prepared = {fp: e.graphs(derived) for fp, e in preparers.items()}
         for name, embedder in named.items():
-            if fingerprints[name] not in prepared:
-                prepared[fingerprints[name]] = embedder.graphs(derived)
             z = embedder.embed(prepared[fingerprints[name]])
             scores = unit_rows(z) @ gallery_z[name].T  # [len(keys), G]
             hits[name] += scores.argmax(1) == position[source]

@@ -223,9 +223,8 @@ def _mnist_mlp_depths() -> list[GroupPlan]:
     Networks that users bring differ in depth and width; a zoo of one MNIST MLP shape
     taught the encoders nothing about the deep, narrow ones that sit at chance for their
     first epochs (an encoder predicted 0.6 for such networks at 0.11). Every group draws
-    the initializer as well, as ``mnist-mixed`` does. The deep groups are narrow: 12
-    checkpoints of six 128-unit layers held 12 % of the standard zoo's edges, and so of
-    the graph encoders' training time.
+    the initializer as well, as ``mnist-mixed`` does. The deep groups are narrow (32
+    units): every connection of a checkpoint costs time in each graph encoder's epoch.
     """
     every_init = tuple(INITIALIZERS)
     return [
