@@ -1,7 +1,7 @@
 """Benchmark: does weight matching remove the loss barrier between independently trained nets?
 
 Pairs of MNIST networks are trained here, each from its own seed (initialisation and batch
-order; Adam, lr 1e-3, batch 128, 3 epochs on the 60,000 training images), then
+order; Adam, lr 1e-3, batch 128, 4 epochs on the 60,000 training images), then
 interpolated along alpha in [0, 1] (11 points) with
 :func:`weightspace.tasks.merging.interpolation_path`:
 
@@ -173,7 +173,7 @@ def summarise(name: str, pairs: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5, help="pairs per architecture")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train-examples", type=int, help="default: all 60,000")
     parser.add_argument("--test-examples", type=int, help="default: all 10,000")
     parser.add_argument("--alphas", type=int, default=11, help="odd number of points in [0, 1]")

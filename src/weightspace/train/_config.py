@@ -57,7 +57,7 @@ class TrainConfig:
     encoder: str = "gnn"
     encoder_kwargs: Mapping[str, Any] = field(default_factory=dict)
     properties: tuple[str, ...] = PROPERTIES
-    contrastive_weight: float = 0.8
+    contrastive_weight: float = 0.3
     temperature: float = 0.07
     batch_size: int = 16
     lr: float = 1e-3
