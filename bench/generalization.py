@@ -29,6 +29,8 @@ Usage:
         --encoders statnn --seeds 1 --epochs 5          # a quick look
     python bench/generalization.py --standard-only --standard-runs runs/standard/runs
                                      # new standard runs; the mnist-mixed section is kept
+    python bench/generalization.py --standard-only --discard-mixed --standard-runs R
+                                     # new outside networks too: no mnist-mixed section
 """
 
 from __future__ import annotations
@@ -194,20 +196,35 @@ def main() -> None:
         help="evaluate only --standard-runs; the mnist-mixed section of --result is kept as "
         "it was measured (its date is recorded as mixed_date)",
     )
+    parser.add_argument(
+        "--discard-mixed",
+        action="store_true",
+        help="with --standard-only: when --result was measured on other outside networks, "
+        "write the standard section alone (the mnist-mixed section is recorded as not "
+        "measured on these networks) instead of refusing",
+    )
     parser.add_argument("--result", default="bench/results/generalization.json")
     args = parser.parse_args()
     zoo_dir, outside = Path(args.zoo), Path(args.outside)
     if args.standard_only and not args.standard_runs:
         parser.error("--standard-only needs --standard-runs")
+    if args.discard_mixed and not args.standard_only:
+        parser.error("--discard-mixed goes with --standard-only")
     if not (outside / "manifest.json").is_file():
         make_outside(outside)
     files, measured, manifest = outside_networks(outside)
     if args.standard_only:
         previous = json.loads(Path(args.result).read_text())
-        if previous["outside"]["measured"] != measured.tolist():
-            parser.error(f"{outside} holds other networks than {args.result} was measured on")
-        mixed, mixed_date = previous["mixed"], previous.get("mixed_date", previous["date"])
         zoo_models = previous["zoo_models"]
+        if previous["outside"]["measured"] == measured.tolist():
+            mixed, mixed_date = previous["mixed"], previous.get("mixed_date", previous["date"])
+        elif args.discard_mixed:
+            mixed, mixed_date, zoo_models = [], None, None
+        else:
+            parser.error(
+                f"{outside} holds other networks than {args.result} was measured on "
+                "(--discard-mixed writes the standard section alone)"
+            )
     else:
         if not (zoo_dir / CATALOG_FILE).is_file():
             build_zoo("mnist-mixed", zoo_dir, workers=2)
@@ -277,6 +294,7 @@ def main() -> None:
             "epochs": args.epochs,
             "patience": args.patience,
             "mixed": mixed,
+            "mixed_target": MIXED_TARGET,
             "standard": standard,
             "targets": targets,
         },
