@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,11 @@ import torch
 
 
 def write_result(path: str | Path, benchmark: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON with the date, machine and library versions."""
+    """Write ``payload`` as JSON with the date, machine, library versions and the command."""
+    script = Path(sys.argv[0])
     result = {
         "benchmark": benchmark,
+        "command": shlex.join([f"{script.parent.name}/{script.name}", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},

@@ -326,13 +326,14 @@ def _generalization_details(r: dict) -> list[str]:
     lines = [
         f"{outside['networks']} networks from `bench/outside_mnist.py` (styles "
         f"{', '.join(outside['styles'])}; measured test accuracy {min(outside['measured']):.3f}-"
-        f"{max(outside['measured']):.3f}), predicted with `--dataset mnist` by runs trained on "
+        f"{max(outside['measured']):.3f}), predicted with `--dataset mnist` by "
         + (
-            f"`{r['zoo']}` ({r['zoo_models']} models; seeds: {r['seeds']}, at most "
-            f"{r['epochs']} epochs, patience {r['patience']}) and by the standard study's runs."
+            f"runs trained on `{r['zoo']}` ({r['zoo_models']} models; seeds: {r['seeds']}, at "
+            f"most {r['epochs']} epochs, patience {r['patience']}) and by the standard study's "
+            "runs."
             if r["mixed"]
-            else "the standard study's runs only: no runs trained on `mnist-mixed` were "
-            "evaluated on these networks (`--discard-mixed`)."
+            else "the standard study's runs only (`--discard-mixed`: no runs trained on "
+            "`mnist-mixed` were evaluated on these networks)."
         )
         + (
             f" The mnist-mixed runs were evaluated on {r['mixed_date']}, the standard runs "
@@ -489,7 +490,8 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
 def _details(name: str, r: dict) -> list[str]:
     """A per-benchmark section: when and where it ran, then its main table."""
     script, arguments = BENCHMARKS[name]
-    command = " ".join([f"bench/{script}.py", *arguments])
+    # results written before they recorded their command ran the default one
+    command = r.get("command") or " ".join([f"bench/{script}.py", *arguments])
     lines = [
         f"## {name}",
         "",
