@@ -490,7 +490,7 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
 def _details(name: str, r: dict) -> list[str]:
     """A per-benchmark section: when and where it ran, then its main table."""
     script, arguments = BENCHMARKS[name]
-    # results written before they recorded their command ran the default one
+    # results older than the "command" field: name the default command (it may have differed)
     command = r.get("command") or " ".join([f"bench/{script}.py", *arguments])
     lines = [
         f"## {name}",
