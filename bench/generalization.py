@@ -215,9 +215,9 @@ def main() -> None:
     files, measured, manifest = outside_networks(outside)
     if args.standard_only:
         previous = json.loads(Path(args.result).read_text())
-        zoo_models = previous["zoo_models"]
         if previous["outside"]["measured"] == measured.tolist():
             mixed, mixed_date = previous["mixed"], previous.get("mixed_date", previous["date"])
+            zoo_models = previous["zoo_models"]
         elif args.discard_mixed:
             mixed, mixed_date, zoo_models = [], None, None
         else:
