@@ -4,5 +4,5 @@ import sys
 
 from .cli import main
 
-if __name__ == "__main__":  # spawned worker processes import this module too
+if __name__ == "__main__":  # worker processes (their fork server) import this module too
     sys.exit(main())

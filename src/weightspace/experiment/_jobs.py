@@ -281,7 +281,7 @@ def run_jobs(
 ) -> list[Outcome]:
     """The outcome of every job, in the order of ``jobs``.
 
-    Jobs start longest first (:data:`LONGEST_FIRST`, then by seed), in ``workers`` spawned
+    Jobs start longest first (:data:`LONGEST_FIRST`, then by seed), in ``workers``
     processes of one thread each (:func:`weightspace.infra.process_pool`), or here, one
     after another, when ``workers`` is 1; the outcomes are the same. ``on_done`` is called
     as each job finishes. A failed job, an interrupt or a dead worker stops every other

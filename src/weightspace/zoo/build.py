@@ -236,7 +236,7 @@ def _execute(jobs: list[Job], backend: str, workers: int) -> Iterator[tuple[Job,
         finally:
             torch.set_num_threads(threads)
     else:
-        with process_pool(workers) as pool:  # spawned; workers die with the build
+        with process_pool(workers) as pool:  # workers die with the build
             futures = {pool.submit(run_job, job): job for job in jobs}
             for future in as_completed(futures):
                 yield futures[future], future.result()
