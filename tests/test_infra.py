@@ -122,6 +122,28 @@ def test_pool_workers_use_one_thread() -> None:
         assert pool.submit(_torch_threads).result() == 1
 
 
+def test_pool_workers_take_the_environment_of_the_pool_opener(monkeypatch) -> None:
+    with workers.process_pool(1) as pool:  # starts the fork server (once per session)
+        assert pool.submit(os.getenv, "WEIGHTSPACE_POOL_PROBE").result() is None
+    monkeypatch.setenv("WEIGHTSPACE_POOL_PROBE", "after the server started")
+    with workers.process_pool(1) as pool:
+        assert pool.submit(os.getenv, "WEIGHTSPACE_POOL_PROBE").result() == (
+            "after the server started"
+        )
+
+
+def test_pool_workers_are_forked_by_the_fork_server_where_there_is_one() -> None:
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    with workers.process_pool(1) as pool:
+        server = pool.submit(os.getppid).result()
+    assert server != os.getpid()  # not our child: the fork server's
+    with workers.process_pool(1) as pool:
+        assert pool.submit(os.getppid).result() == server  # the same server for every pool
+
+
 def _torch_threads() -> int:
     import torch
 
