@@ -11,6 +11,7 @@ from tabulate import tabulate
 from ..limits import MAX_PARAMS
 from ..zoo import Zoo, build_zoo, import_checkpoints, rebuild_catalog
 from ..zoo.build import MAX_SIZE, MAX_WORKERS
+from ..zoo.presets import PRESETS
 from ..zoo.storage import shorten_list
 from ._args import add_trust_pickle, int_in_range
 
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--preset",
         required=True,
-        help="tiny, standard, mnist-mlp, mnist-cnn, or a .yaml/.json grid",
+        help=f"{', '.join(PRESETS)}, or a .yaml/.json grid",
     )
     build.add_argument("--out", required=True, help="zoo directory (created if missing)")
     build.add_argument(

@@ -273,8 +273,9 @@ def build_zoo(
     """Train a zoo (or finish an interrupted one) into ``out``.
 
     Args:
-        preset: a preset name (``tiny``, ``standard``, ``mnist-mlp``, ``mnist-cnn``) or a
-            YAML/JSON file.
+        preset: a preset name (a key of :data:`~weightspace.zoo.presets.PRESETS`: ``tiny``,
+            ``standard``, ``mnist-mlp``, ``mnist-cnn``, ``cnn-zoo-mnist``, ``mnist-mixed``)
+            or a YAML/JSON file.
         out: the zoo directory.
         size: number of models (default: the preset's size).
         workers: processes training jobs in parallel (default: one per CPU core). Each
