@@ -603,7 +603,14 @@ def _details(name: str, r: dict) -> list[str]:
             ]
         if r.get("measurements"):
             rows = [
-                [m["date"], m["commit"], f"{m['seconds']:.0f}", f"{m['cpu_utilisation']:.2f}"]
+                [
+                    m["date"],
+                    m["commit"],
+                    f"{m['seconds']:.0f}",
+                    "not counted"
+                    if m["cpu_utilisation"] is None
+                    else f"{m['cpu_utilisation']:.2f}",
+                ]
                 for m in r["measurements"]
             ]
             headers = ("measured", "commit", "wall s", "cores busy")
