@@ -56,6 +56,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _owner_alive(owner: int, is_parent: bool) -> bool:
+    """A parent is gone once this process is re-parented; another owner once its pid is."""
+    return os.getppid() == owner if is_parent else _alive(owner)
+
+
 def _watch(owner: int, is_parent: bool) -> None:
     """Waits for ``owner`` to exit (a pidfd where Linux has them, else polling), then exits."""
     try:
@@ -65,7 +70,7 @@ def _watch(owner: int, is_parent: bool) -> None:
     if pidfd is not None:
         select.select([pidfd], [], [])  # readable once the owner has exited
     else:
-        while os.getppid() == owner if is_parent else _alive(owner):
+        while _owner_alive(owner, is_parent):
             time.sleep(POLL_SECONDS)
     os._exit(1)  # the owner is gone: nobody will read our results
 
@@ -88,7 +93,7 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     is_parent = owner == os.getppid()
     if is_parent:
         _set_parent_death_signal()
-    if not (os.getppid() == owner if is_parent else _alive(owner)):  # died before we watched
+    if not _owner_alive(owner, is_parent):  # it died before we watched
         os._exit(1)
     threading.Thread(
         target=_watch, args=(owner, is_parent), name="die-with-parent", daemon=True
