@@ -52,7 +52,11 @@ import weightspace as ws
 from weightspace.train import TrainConfig, Trainer, featurizer_of, prepared_graphs, split_by_run
 from weightspace.zoo import CATALOG_FILE
 from weightspace.zoo.build import build_zoo
+from weightspace.zoo.presets import load_preset
 
+DIVERGED_SHARE = 0.02
+"""Models of a finished build that may be missing (runs that diverged): a zoo with fewer is
+an interrupted build, which would train the runs on part of the zoo."""
 MIXED_TARGET = {"spearman": 0.8, "mae": 0.03}
 STANDARD_TARGET = {"spearman": 0.6, "mae": 0.05}
 COVERAGE_RANGE = (0.85, 0.95)
@@ -60,6 +64,8 @@ TRAINED = 0.8
 """Networks at or above this measured accuracy are also scored apart: the range of the
 third-party networks the issue tried (0.85-0.98); the outside set also has networks that
 never learned."""
+BANDS = ((0.0, 0.2), (0.2, TRAINED), (TRAINED, 1.01))
+"""Measured-accuracy bands of the error breakdown: never learned, partly trained, trained."""
 
 
 def outside_networks(directory: Path) -> tuple[list[str], np.ndarray, list[dict]]:
@@ -69,7 +75,9 @@ def outside_networks(directory: Path) -> tuple[list[str], np.ndarray, list[dict]
     return files, np.array([record["test_accuracy"] for record in manifest]), manifest
 
 
-def evaluate(run_dir: Path, files: list[str], measured: np.ndarray) -> dict[str, Any]:
+def evaluate(
+    run_dir: Path, files: list[str], measured: np.ndarray, manifest: list[dict]
+) -> dict[str, Any]:
     """How the run predicts the outside networks (see the module docstring)."""
     embedder = ws.Embedder.load(run_dir)
     start = time.perf_counter()
@@ -88,9 +96,31 @@ def evaluate(run_dir: Path, files: list[str], measured: np.ndarray) -> dict[str,
         "predicted_range": [float(predicted.min()), float(predicted.max())],
         "in_zoo_spearman": own["spearman"],
         "in_zoo_mae": own["mae"],
+        "errors": error_breakdown(predicted, measured, manifest),
         "predicted": predicted.tolist(),
         "ood": table["ood"].tolist(),
         "seconds": seconds,
+    }
+
+
+def error_breakdown(
+    predicted: np.ndarray, measured: np.ndarray, manifest: list[dict]
+) -> dict[str, dict[str, Any]]:
+    """MAE and mean signed error (predicted minus measured) by measured accuracy band
+    (:data:`BANDS`) and by the input scaling a network was trained on: where the error is."""
+    groups = {
+        f"accuracy {low:g}-{high:g}": (measured >= low) & (measured < high) for low, high in BANDS
+    }
+    for inputs in sorted({record["inputs"] for record in manifest}):
+        groups[f"inputs {inputs}"] = np.array([r["inputs"] == inputs for r in manifest])
+    signed = predicted - measured
+    return {
+        name: {
+            "networks": int(chosen.sum()),
+            "mae": float(np.abs(signed[chosen]).mean()) if chosen.any() else None,
+            "bias": float(signed[chosen].mean()) if chosen.any() else None,
+        }
+        for name, chosen in groups.items()
     }
 
 
@@ -218,8 +248,9 @@ def main() -> None:
         if previous["outside"]["measured"] == measured.tolist():
             mixed, mixed_date = previous["mixed"], previous.get("mixed_date", previous["date"])
             zoo_models = previous["zoo_models"]
+            zoo_accuracy = previous.get("zoo_accuracy_range")
         elif args.discard_mixed:
-            mixed, mixed_date, zoo_models = [], None, None
+            mixed, mixed_date, zoo_models, zoo_accuracy = [], None, None, None
         else:
             parser.error(
                 f"{outside} holds other networks than {args.result} was measured on "
@@ -228,6 +259,13 @@ def main() -> None:
     else:
         if not (zoo_dir / CATALOG_FILE).is_file():
             build_zoo("mnist-mixed", zoo_dir, workers=2)
+        planned = sum(plan.runs * len(plan.checkpoints) for plan in load_preset("mnist-mixed"))
+        if len(ws.Zoo.open(zoo_dir)) < planned * (1 - DIVERGED_SHARE):
+            parser.error(
+                f"{zoo_dir} holds {len(ws.Zoo.open(zoo_dir)):,} of the {planned:,} models "
+                f"mnist-mixed plans: finish it first (weightspace zoo build --preset "
+                f"mnist-mixed --out {zoo_dir})"
+            )
         encoders = [e for e in args.encoders.split(",") if e]
         if args.evaluate_only:
             runs = sorted(p for p in Path(args.out).iterdir() if (p / "config.json").is_file())
@@ -235,13 +273,16 @@ def main() -> None:
             runs = train_mixed(
                 zoo_dir, Path(args.out), encoders, args.seeds, args.epochs, args.patience
             )
-        mixed, mixed_date = [evaluate(run, files, measured) for run in runs], None
-        zoo_models = len(ws.Zoo.open(zoo_dir))
+        mixed, mixed_date = [evaluate(run, files, measured, manifest) for run in runs], None
+        zoo = ws.Zoo.open(zoo_dir)
+        zoo_models = len(zoo)
+        accuracy = zoo.catalog["test_accuracy"]
+        zoo_accuracy = [float(accuracy.min()), float(accuracy.max())]
     standard = []
     if args.standard_runs:
         for run in sorted(Path(args.standard_runs).iterdir()):
             if (run / "config.json").is_file():
-                standard.append(evaluate(run, files, measured))
+                standard.append(evaluate(run, files, measured, manifest))
 
     rows = [
         [
@@ -273,6 +314,11 @@ def main() -> None:
     )
     print(f"{len(files)} outside networks, accuracy {measured.min():.3f}-{measured.max():.3f}")
     print(tabulate(rows, headers=headers))
+    leader = best(mixed) or best(standard)
+    if leader is not None and "errors" in leader:  # results of an older script lack it
+        print(f"where the error of {leader['run']} is:")
+        rows = [[k, v["networks"], v["mae"], v["bias"]] for k, v in leader["errors"].items()]
+        print(tabulate(rows, headers=("networks", "n", "MAE", "mean signed error"), floatfmt=".3f"))
     targets = check_targets(mixed, standard)
     for name, verdict in targets.items():
         print(f"{name}: {'met' if verdict['met'] else 'NOT met'} {verdict}")
@@ -282,6 +328,7 @@ def main() -> None:
         {
             "zoo": str(zoo_dir),
             "zoo_models": zoo_models,
+            "zoo_accuracy_range": zoo_accuracy,
             # set when the mnist-mixed runs were evaluated earlier than the standard ones
             **({"mixed_date": mixed_date} if mixed_date else {}),
             "outside": {

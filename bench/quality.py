@@ -22,6 +22,9 @@ matches statnn, the best of our encoders reaches accuracy R² 0.9 on these
 fixed-architecture zoos, the seed-to-seed std of the gnn's τ is at most 0.02, and the gnn
 embeds at least as many models per second as the fastest NFN variant.
 
+On ``standard`` (the study's zoo of many families and task kinds) the NFN peer is left out
+and the best of our encoders is held to accuracy R² 0.8.
+
 On ``mnist-cnn`` (1000 CNNs: two 3x3 convolutions, then a dense head) the NFN arrays carry
 the kernels as filter dimensions; the dense layer after the flatten of the 7x7 map reaches
 NFN, like every other encoder, as the graph's 3x3 summary per channel.
@@ -30,6 +33,7 @@ Usage:
     WEIGHTSPACE_DATA=../shared/data python bench/quality.py --preset mnist-mlp
     WEIGHTSPACE_DATA=../shared/data python bench/quality.py --preset mnist-cnn
     WEIGHTSPACE_DATA=../shared/data python bench/quality.py --preset cnn-zoo-mnist
+    python bench/quality.py --preset standard --encoders probe,statnn,mlp --epochs 20 --patience 5
     python bench/quality.py --zoo zoos/mnist-mlp --encoders gnn,statnn --seeds 1 --epochs 3
 """
 
@@ -73,7 +77,10 @@ ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
     "nfn-np": ("nfn", {"variant": "np"}),
     "nfn-hnp": ("nfn", {"variant": "hnp"}),
 }
-PRESETS = ("mnist-mlp", "mnist-cnn", "cnn-zoo-mnist")
+PRESETS = ("mnist-mlp", "mnist-cnn", "cnn-zoo-mnist", "standard")
+MIXED_PRESETS = ("standard",)
+"""Zoos of many architectures and tasks: the NFN peer cannot read them (one fixed
+architecture only), and the R² target is lower (issue: 0.8 against 0.9)."""
 MAX_PARAMETERS = 50_000_000
 PROPERTIES = ("test_accuracy", "generalization_gap")
 METRICS = ("kendall", "r2")
@@ -114,7 +121,9 @@ def main() -> None:
     parser.add_argument("--preset", default="mnist-mlp", choices=PRESETS)
     parser.add_argument("--zoo", help="the zoo (default zoos/<preset>, built there if missing)")
     parser.add_argument("--out", help="run directories (default bench/results/quality-<preset>)")
-    parser.add_argument("--encoders", default=",".join(ENCODERS))
+    parser.add_argument(
+        "--encoders", help="comma-separated (default: all; the NFN peer only on one architecture)"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=60, help="most epochs per run (default 60)")
     parser.add_argument(
@@ -137,10 +146,15 @@ def main() -> None:
     out = Path(args.out or f"bench/results/quality-{args.preset}")
     result_path = args.result or f"bench/results/quality-{args.preset}.json"
 
-    labels = args.encoders.split(",")
+    mixed = args.preset in MIXED_PRESETS
+    peers = [label for label in ENCODERS if ENCODERS[label][0] == "nfn"]
+    default = [label for label in ENCODERS if not (mixed and label in peers)]
+    labels = args.encoders.split(",") if args.encoders else default
     unknown = sorted(set(labels) - set(ENCODERS))
     if unknown:
         parser.error(f"--encoders: unknown {unknown}; expected some of {list(ENCODERS)}")
+    if mixed and set(labels) & set(peers):
+        parser.error(f"--encoders: the NFN peer reads one fixed architecture, not {args.preset}")
     if not (zoo_dir / CATALOG_FILE).is_file():
         build_zoo(args.preset, zoo_dir, workers=2, progress=False)
     zoo = ws.Zoo.open(zoo_dir)
@@ -157,6 +171,53 @@ def main() -> None:
 
     table: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
+
+    def publish(complete: bool) -> None:
+        """Prints the table and writes the result file; after every encoder, so that a long
+        benchmark stopped early keeps what it measured (``complete`` says whether it was)."""
+        rows = [
+            [label, f"{entry['parameters']:,}"]
+            + [
+                f"{entry[f'{p}.{m}']['mean']:.3f} ± {entry[f'{p}.{m}']['std']:.3f}"
+                for p in PROPERTIES
+                for m in METRICS
+            ]
+            + [f"{entry['seconds_per_epoch']:.1f}", f"{entry['models_per_second']:.0f}"]
+            for label, entry in table.items()
+        ]
+        headers = (
+            "encoder",
+            "parameters",
+            "acc τ",
+            "acc R²",
+            "gap τ",
+            "gap R²",
+            "s/epoch",
+            "models/s",
+        )
+        print(tabulate(rows, headers=headers))
+        targets = check_targets(table, STANDARD_R2 if mixed else BEST_R2)
+        for name, verdict in targets.items():
+            print(f"{name}: {'met' if verdict['met'] else 'NOT met'} {verdict}")
+        write_result(
+            result_path,
+            "quality",
+            {
+                "preset": args.preset,
+                "zoo": str(zoo_dir),
+                "models": len(zoo),
+                "layer_shapes": None if mixed else ws.encoders.nfn.layer_shapes(all_graphs[0]),
+                "seeds": args.seeds,
+                "epochs": args.epochs,
+                "patience": args.patience,
+                "split": {k: len(v) for k, v in splits[0].as_dict().items()},
+                "complete": complete,
+                "encoders": table,
+                "skipped": skipped,
+                "targets": targets,
+            },
+        )
+
     for label in labels:
         kwargs = encoder_kwargs(label, all_graphs[0])
         n_parameters = parameter_count(label, kwargs)
@@ -197,49 +258,22 @@ def main() -> None:
             "seconds_per_run": statistics.median(run_seconds),
             "models_per_second": embedding_rate(encoder, all_graphs),
         }
+        if label != labels[-1]:
+            publish(complete=False)
 
-    rows = [
-        [label, f"{entry['parameters']:,}"]
-        + [
-            f"{entry[f'{p}.{m}']['mean']:.3f} ± {entry[f'{p}.{m}']['std']:.3f}"
-            for p in PROPERTIES
-            for m in METRICS
-        ]
-        + [f"{entry['seconds_per_epoch']:.1f}", f"{entry['models_per_second']:.0f}"]
-        for label, entry in table.items()
-    ]
-    headers = ("encoder", "parameters", "acc τ", "acc R²", "gap τ", "gap R²", "s/epoch", "models/s")
-    print(tabulate(rows, headers=headers))
-    targets = check_targets(table)
-    for name, verdict in targets.items():
-        print(f"{name}: {'met' if verdict['met'] else 'NOT met'} {verdict}")
-    write_result(
-        result_path,
-        "quality",
-        {
-            "preset": args.preset,
-            "zoo": str(zoo_dir),
-            "models": len(zoo),
-            "layer_shapes": ws.encoders.nfn.layer_shapes(all_graphs[0]),
-            "seeds": args.seeds,
-            "epochs": args.epochs,
-            "patience": args.patience,
-            "split": {k: len(v) for k, v in splits[0].as_dict().items()},
-            "encoders": table,
-            "skipped": skipped,
-            "targets": targets,
-        },
-    )
+    publish(complete=True)
 
 
 OUR_ENCODERS = ("gnn", "gnn-pos", "gnn-rff", "weightnet", "probe")
 GNN_MARGIN = 0.03  # Kendall τ on accuracy over statnn
 BEST_R2 = 0.9
+STANDARD_R2 = 0.8
 MAX_TAU_STD = 0.02
 
 
-def check_targets(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The issue's targets that the measured encoders allow to check."""
+def check_targets(table: dict[str, dict[str, Any]], best_r2: float) -> dict[str, dict[str, Any]]:
+    """The issue's targets that the measured encoders allow to check (``best_r2``: the
+    accuracy R² the best of our encoders must reach)."""
 
     def accuracy(label: str, metric: str = "kendall") -> float:
         return table[label][f"test_accuracy.{metric}"]["mean"]
@@ -255,7 +289,7 @@ def check_targets(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     if ours:
         best = max(ours, key=lambda label: accuracy(label, "r2"))
         r2 = accuracy(best, "r2")
-        targets[f"best of our encoders ({best}): accuracy R²"] = _target(r2, BEST_R2)
+        targets[f"best of our encoders ({best}): accuracy R²"] = _target(r2, best_r2)
     if "gnn" in table:
         std = table["gnn"]["test_accuracy.kendall"]["std"]
         targets["gnn accuracy τ seed-to-seed std"] = _target(std, MAX_TAU_STD, higher=False)

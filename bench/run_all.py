@@ -50,6 +50,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "quality-mnist-mlp": ("quality", ["--preset", "mnist-mlp"]),
     "quality-mnist-cnn": ("quality", ["--preset", "mnist-cnn"]),
     "quality-cnn-zoo-mnist": ("quality", ["--preset", "cnn-zoo-mnist"]),
+    "quality-standard": (
+        "quality",
+        ["--preset", "standard", "--zoo", STANDARD_ZOO, "--epochs", "20", "--patience", "5"],
+    ),
     "make_run": ("make_run", []),
     "make_run-tiny": ("make_run", ["--preset", "tiny"]),
     "merging": ("merging", []),
@@ -199,7 +203,14 @@ def _quality_rows(r: dict) -> list[list]:
 
 def _quality_details(r: dict) -> list[str]:
     """The per-encoder table of a quality benchmark, then the peers it skipped and why."""
-    widths, kernels = r["layer_shapes"]
+    if r["layer_shapes"] is None:
+        shapes = "many architectures and task kinds"
+    else:
+        widths, kernels = r["layer_shapes"]
+        shapes = (
+            f"layer widths {'-'.join(map(str, widths))}, values per connection "
+            f"{'/'.join(map(str, kernels))}"
+        )
     rows = [
         [n, f"{e['parameters']:,}"]
         + [
@@ -221,12 +232,12 @@ def _quality_details(r: dict) -> list[str]:
         for n, e in r["encoders"].items()
     ]
     lines = [
-        f"Preset `{r['preset']}`: {r['models']} models, layer widths "
-        f"{'-'.join(map(str, widths))}, values per connection {'/'.join(map(str, kernels))}; "
-        f"{r['seeds']} seeds (split {r['split']['train']}/{r['split']['val']}/"
-        f"{r['split']['test']} models), at most {r['epochs']} epochs with patience "
+        f"Preset `{r['preset']}`: {r['models']} models, {shapes}; {r['seeds']} seeds "
+        f"(split {r['split']['train']}/{r['split']['val']}/{r['split']['test']} models), "
+        f"at most {r['epochs']} epochs with patience "
         f"{r.get('patience', r['epochs'])}, identical splits and objective for every encoder. "
-        "Mean ± std over seeds on the test split.",
+        "Mean ± std over seeds on the test split."
+        + ("" if r.get("complete", True) else " Incomplete: the run stopped after these."),
         "",
         tabulate(
             rows,
@@ -370,7 +381,32 @@ def _generalization_details(r: dict) -> list[str]:
         "accuracy >= 0.8: Spearman / MAE (networks)",
         "in-zoo test Spearman / MAE",
     )
-    return lines + [tabulate(rows, headers=headers, tablefmt="github")]
+    lines.append(tabulate(rows, headers=headers, tablefmt="github"))
+    runs = [run for run in (*r["mixed"], *r["standard"]) if "errors" in run]
+    if runs:
+        leader = max(runs, key=lambda run: run["spearman"])
+        zoo_range = r.get("zoo_accuracy_range")
+        lines += [
+            "",
+            f"Where the error of `{Path(leader['run']).name}` ({Path(leader['run']).parent}) is"
+            + (
+                f" (its zoo's test accuracies span {zoo_range[0]:.3f}-{zoo_range[1]:.3f})"
+                if zoo_range and leader in r["mixed"]
+                else ""
+            )
+            + ": MAE and mean signed error (predicted minus measured).",
+            "",
+            tabulate(
+                [
+                    [name, e["networks"], f"{e['mae']:.3f}", f"{e['bias']:+.3f}"]
+                    for name, e in leader["errors"].items()
+                    if e["networks"]
+                ],
+                headers=("networks", "n", "MAE", "mean signed error"),
+                tablefmt="github",
+            ),
+        ]
+    return lines
 
 
 def _transfer_rows(r: dict) -> list[list]:
@@ -478,6 +514,7 @@ SUMMARIES: dict[str, Callable[[dict], list[list]]] = {
     "quality-mnist-mlp": _quality_rows,
     "quality-mnist-cnn": _quality_rows,
     "quality-cnn-zoo-mnist": _quality_rows,
+    "quality-standard": _quality_rows,
     "make_run": _make_run_rows,
     "make_run-tiny": _make_run_rows,
     "generalization": _generalization_rows,
