@@ -237,7 +237,11 @@ def _quality_details(r: dict) -> list[str]:
         f"at most {r['epochs']} epochs with patience "
         f"{r.get('patience', r['epochs'])}, identical splits and objective for every encoder. "
         "Mean ± std over seeds on the test split."
-        + ("" if r.get("complete", True) else " Incomplete: the run stopped after these."),
+        + (
+            ""
+            if r.get("complete", True)
+            else " Partial: written before every encoder asked for was measured."
+        ),
         "",
         tabulate(
             rows,
