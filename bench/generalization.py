@@ -263,9 +263,10 @@ def main() -> None:
         if not (zoo_dir / CATALOG_FILE).is_file():
             build_zoo("mnist-mixed", zoo_dir, workers=2)
         planned = sum(plan.runs * len(plan.checkpoints) for plan in load_preset("mnist-mixed"))
-        if len(ws.Zoo.open(zoo_dir)) < planned * (1 - DIVERGED_SHARE):
+        held = len(ws.Zoo.open(zoo_dir))
+        if held < planned * (1 - DIVERGED_SHARE):
             parser.error(
-                f"{zoo_dir} holds {len(ws.Zoo.open(zoo_dir)):,} of the {planned:,} models "
+                f"{zoo_dir} holds {held:,} of the {planned:,} models "
                 f"mnist-mixed plans: finish it first (weightspace zoo build --preset "
                 f"mnist-mixed --out {zoo_dir})"
             )
