@@ -340,8 +340,13 @@ def test_mnist_mixed_spans_architectures_and_leaves_some_out():
         "cnn",
         "vgg",
     }
-    mlps = [p.arch["hidden"] for p in plans if p.family == "mlp"]
+    full_data = [p for p in plans if p.max_train is None]
+    short = [p for p in plans if p.max_train is not None]
+    assert plans[len(short) :] == full_data  # appended: the other plans keep their run ids
+    mlps = [p.arch["hidden"] for p in short if p.family == "mlp"]
     assert len({tuple(h) for h in mlps}) == len(mlps)  # no architecture twice
+    assert full_data and all(p.runs == 1 and p.family == "mlp" for p in full_data)
+    assert {tuple(p.arch["hidden"]) for p in full_data} < {tuple(h) for h in mlps}
     assert {len(h) for h in mlps} == set(MIXED_MLP_DEPTHS)
     widths = {w for h in mlps for w in h}
     assert min(widths) == 16 and max(widths) == 512

@@ -352,8 +352,12 @@ MIXED_MLP_DEPTHS = (1, 2, 3, 4, 6, 8)
 MIXED_MLP_WIDTHS = (16, 32, 64, 128, 256, 512)
 """First hidden widths of ``mnist-mixed``'s MLPs (20, 50, 100, 200 are left out)."""
 MIXED_MAX_PARAMS = 1_200_000
-MIXED_MLP_RUNS_PER_ARCH = 8  # (59 MLPs x 8 + 14 CNNs x 6 runs) x 4 checkpoints = 2,224 models
+MIXED_MLP_RUNS_PER_ARCH = 8  # (59 MLPs x 8 + 14 CNNs x 6 + 12 full-data runs) x 4 = 2,272 models
 MIXED_CNN_RUNS_PER_ARCH = 6
+MIXED_LONG_EVERY = 5
+"""Every fifth MLP architecture of ``mnist-mixed`` also trains one run on the whole MNIST
+training split, without label noise (12 runs, 48 models): the other runs see at most 10,000
+images and top out at 0.969 test accuracy, while networks trained elsewhere reach 0.98."""
 
 
 def _mlp_params(widths: list[int], inputs: int = 784, outputs: int = 10) -> int:
@@ -369,7 +373,8 @@ def _mnist_mixed() -> list[GroupPlan]:
     strided CNNs (3 or 4 convolutions, kernels 3 and 5, global average pooling) and VGGs
     (max pooling, with and without BatchNorm). Activation, optimizer and dropout change from
     group to group; learning rate, weight decay, initialisation, label noise and the
-    fraction of data seen change from run to run.
+    fraction of data seen change from run to run. One run of every
+    :data:`MIXED_LONG_EVERY`-th MLP architecture sees the whole training split.
     """
     groups: list[tuple[str, str, dict[str, Any]]] = []
     seen: set[tuple[int, ...]] = set()
@@ -417,7 +422,14 @@ def _mnist_mixed() -> list[GroupPlan]:
         )
         plans.append(_sgd(plan) if index % 2 else plan)
     # The slowest groups first, so that parallel workers finish together.
-    return sorted(plans, key=lambda plan: plan.family == "mlp")
+    plans = sorted(plans, key=lambda plan: plan.family == "mlp")
+    mlps = [plan for plan in plans if plan.family == "mlp"]
+    # Appended after the others, which keep their positions (and so their run ids).
+    full_data = [
+        replace(plan, runs=1, max_train=None, train_fraction=(1.0,), label_noise=(0.0,))
+        for plan in mlps[::MIXED_LONG_EVERY]
+    ]
+    return plans + full_data
 
 
 PRESETS = {
