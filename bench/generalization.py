@@ -55,7 +55,7 @@ import weightspace as ws
 from weightspace.train import TrainConfig, Trainer, featurizer_of, prepared_graphs, split_by_run
 from weightspace.zoo import CATALOG_FILE
 from weightspace.zoo.build import build_zoo
-from weightspace.zoo.presets import load_preset
+from weightspace.zoo.presets import load_preset, planned_models
 
 DIVERGED_SHARE = 0.02
 """Models of a finished build that may be missing (runs that diverged): a zoo with fewer is
@@ -262,8 +262,8 @@ def main() -> None:
     else:
         if not (zoo_dir / CATALOG_FILE).is_file():
             build_zoo("mnist-mixed", zoo_dir, workers=2)
-        planned = sum(plan.runs * len(plan.checkpoints) for plan in load_preset("mnist-mixed"))
-        held = len(ws.Zoo.open(zoo_dir))
+        zoo = ws.Zoo.open(zoo_dir)
+        planned, held = planned_models(load_preset("mnist-mixed")), len(zoo)
         if held < planned * (1 - DIVERGED_SHARE):
             parser.error(
                 f"{zoo_dir} holds {held:,} of the {planned:,} models "
@@ -278,8 +278,7 @@ def main() -> None:
                 zoo_dir, Path(args.out), encoders, args.seeds, args.epochs, args.patience
             )
         mixed, mixed_date = [evaluate(run, files, measured, manifest) for run in runs], None
-        zoo = ws.Zoo.open(zoo_dir)
-        zoo_models = len(zoo)
+        zoo_models = held
         accuracy = zoo.catalog["test_accuracy"]
         zoo_accuracy = [float(accuracy.min()), float(accuracy.max())]
     standard = []

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..exceptions import WeightspaceError
 from ..infra import process_pool, ray_imap, resolve_progress
 from .datasets import MNIST_DATASETS, TaskData, find_mnist, load_dataset
-from .presets import GroupPlan, PresetError, load_preset
+from .presets import GroupPlan, PresetError, load_preset, planned_models
 from .storage import ZooWriter
 from .training import GroupTrainer, RunSettings, robustness_kind
 
@@ -131,7 +131,7 @@ def plan_jobs(
     plans: list[GroupPlan], size: int | None, zoo_seed: int, data_dir: str | None
 ) -> tuple[list[Job], list[str]]:
     """Split the preset into jobs and choose exactly ``size`` model ids (default: all)."""
-    default_total = sum(p.runs * len(p.checkpoints) for p in plans)
+    default_total = planned_models(plans)
     scale = 1.0 if size is None else size / default_total
     per_plan = []
     for index, plan in enumerate(plans):
@@ -306,7 +306,7 @@ def build_zoo(
     workers = workers or min(os.cpu_count() or 1, MAX_WORKERS)
     _check_int("seed", seed, 0, 2**32 - 1)
     plans = load_preset(preset)
-    planned = sum(p.runs * len(p.checkpoints) for p in plans)
+    planned = planned_models(plans)
     if size is None and planned > MAX_SIZE:
         raise PresetError(
             f"the preset {str(preset)!r} plans {planned:,} models, more than the maximum of "
