@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from typing import Any
 
 __all__ = ["die_with_parent", "process_pool", "ray_imap"]
@@ -130,9 +131,11 @@ def process_pool(
         workers: number of processes.
         initializer: called in each worker after its setup, with ``initargs``.
     """
+    context: BaseContext
     if "forkserver" in get_all_start_methods():
-        context = get_context("forkserver")
-        context.set_forkserver_preload(list(PRELOAD))  # read when the server first starts
+        server = get_context("forkserver")
+        server.set_forkserver_preload(list(PRELOAD))  # read when the server first starts
+        context = server
     else:
         context = get_context("spawn")
     return ProcessPoolExecutor(
