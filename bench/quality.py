@@ -35,13 +35,16 @@ Usage:
     WEIGHTSPACE_DATA=../shared/data python bench/quality.py --preset cnn-zoo-mnist
     python bench/quality.py --preset standard --encoders probe,statnn,mlp --epochs 20 --patience 5
     python bench/quality.py --zoo zoos/mnist-mlp --encoders gnn,statnn --seeds 1 --epochs 3
+    python bench/quality.py --preset standard --encoders statnn --epochs 20 --patience 5 --update
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +144,13 @@ def main() -> None:
         "paper trains its predictors)",
     )
     parser.add_argument("--result", help="default bench/results/quality-<preset>.json")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="measure only --encoders and keep the other rows of the existing result file "
+        "(refused unless its preset, seeds, epochs, patience, contrastive weight and split "
+        "sizes are these); every row records when it was measured",
+    )
     args = parser.parse_args()
     zoo_dir = Path(args.zoo or f"zoos/{args.preset}")
     out = Path(args.out or f"bench/results/quality-{args.preset}")
@@ -169,8 +179,19 @@ def main() -> None:
         for seed in range(args.seeds)
     ]
 
+    settings = {
+        "preset": args.preset,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "contrastive_weight": args.contrastive_weight,
+        "split": {k: len(v) for k, v in splits[0].as_dict().items()},
+    }
     table: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
+    commands: list[str] = []
+    if args.update:
+        table, skipped, commands = kept_rows(Path(result_path), settings, parser)
 
     def publish(complete: bool) -> None:
         """Prints the table and writes the result file; after every encoder, so that a long
@@ -203,14 +224,11 @@ def main() -> None:
             result_path,
             "quality",
             {
-                "preset": args.preset,
+                **settings,
                 "zoo": str(zoo_dir),
                 "models": len(zoo),
                 "layer_shapes": None if mixed else ws.encoders.nfn.layer_shapes(all_graphs[0]),
-                "seeds": args.seeds,
-                "epochs": args.epochs,
-                "patience": args.patience,
-                "split": {k: len(v) for k, v in splits[0].as_dict().items()},
+                "earlier_commands": commands,
                 "complete": complete,
                 "encoders": table,
                 "skipped": skipped,
@@ -257,11 +275,33 @@ def main() -> None:
             "epochs_trained": statistics.median(epochs_trained),
             "seconds_per_run": statistics.median(run_seconds),
             "models_per_second": embedding_rate(encoder, all_graphs),
+            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if label != labels[-1]:
             publish(complete=False)
 
     publish(complete=True)
+
+
+def kept_rows(
+    path: Path, settings: dict[str, Any], parser: argparse.ArgumentParser
+) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[str]]:
+    """The rows, skipped encoders and commands of an earlier result file measured under the
+    same ``settings`` (``--update``); a parser error when there is none or it differs."""
+    if not path.is_file():
+        parser.error(f"--update: no earlier result file {path}")
+    earlier = json.loads(path.read_text())
+    differing = {
+        key: (earlier.get(key, 0.0 if key == "contrastive_weight" else None), value)
+        for key, value in settings.items()
+        if earlier.get(key, 0.0 if key == "contrastive_weight" else None) != value
+    }
+    if differing:
+        parser.error(f"--update: {path} was measured with other settings (then, now): {differing}")
+    rows = {
+        label: {"measured": earlier["date"], **row} for label, row in earlier["encoders"].items()
+    }
+    return rows, earlier["skipped"], [*earlier.get("earlier_commands", []), earlier["command"]]
 
 
 OUR_ENCODERS = ("gnn", "gnn-pos", "gnn-rff", "weightnet", "probe")

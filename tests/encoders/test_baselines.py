@@ -169,3 +169,20 @@ def test_flat_encoders_are_not_permutation_invariant(name, examples64, train_bat
     fn = network_embedding(encoder, e.inputs)
     with pytest.raises(AssertionError, match="not invariant to permute"):
         assert_invariant(fn, e.module, e.inputs, ("permute",), trials=1, generator=generator)
+
+
+def test_statnn_features_survive_a_diverged_model(examples64, train_batches):
+    """One network with weights 1e6 times too large (a diverged run) in the fitting set must
+    not flatten the standardised features of ordinary networks."""
+    e = examples64["mlp"]
+    scaled, diverged = copy.deepcopy(e.module), copy.deepcopy(e.module)
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.mul_(1.5)
+        for p in diverged.parameters():
+            p.mul_(1e6)
+    fit_on = [*train_batches, ws.GraphBatch.from_graphs([prepare(diverged, e.inputs)])]
+    encoder = create_encoder("statnn").double().fit(fit_on).eval()
+    batch = ws.GraphBatch.from_graphs([prepare(m, e.inputs) for m in (e.module, scaled)])
+    standardised = encoder.standardize(encoder.features(batch))
+    assert (standardised[0] - standardised[1]).abs().max() > 0.2

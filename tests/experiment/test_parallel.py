@@ -27,13 +27,14 @@ def quick_study(small_zoo, tmp_path_factory):
     """``run(workers, ...)``: the tiny study on two seeds without the applied studies.
 
     Returns results.json and what the study printed. ``out``, ``encoders`` and ``epochs``
-    as for ``run_experiment``; ``patience``: early-stopping patience instead of the preset's.
+    as for ``run_experiment``; ``patience`` and ``changes`` (a dict of ``StudySettings``
+    fields) replace the preset's.
     """
 
-    def run(workers, *, out=None, encoders=ENCODERS, epochs=1, patience=None):
+    def run(workers, *, out=None, encoders=ENCODERS, epochs=1, patience=None, changes=None):
         out = out or tmp_path_factory.mktemp(f"workers{workers}")
         settings = STUDIES["tiny"]
-        settings = replace(settings, patience=patience or settings.patience)
+        settings = replace(settings, patience=patience or settings.patience, **(changes or {}))
         skipped = {"skipped": "not run in this test"}
         printed = io.StringIO()
         with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
@@ -121,3 +122,15 @@ def test_a_failing_job_stops_the_others_and_names_its_error(quick_study, tmp_pat
     assert "gnn-seed1: exists and is not a directory" in message
     assert multiprocessing.active_children() == []
     assert not (tmp_path / "runs" / "gnn-seed0" / "metrics.json").exists()
+
+
+def test_cheap_encoders_train_for_their_own_budget(quick_study):
+    """The preset's ``cheap_epochs`` go to its cheap encoders and ``epochs`` to the rest;
+    an explicit ``epochs`` argument holds for every encoder."""
+    budgets = {"epochs": 1, "cheap_epochs": 2, "cheap_encoders": ("statnn",)}
+    encoders = ["statnn", "gnn"]
+    preset, _ = quick_study(1, encoders=encoders, epochs=None, patience=1000, changes=budgets)
+    assert preset["hyperparameters"]["training"]["epochs"] == {"statnn": 2, "gnn": 1}
+    assert {name: len(rows) for name, rows in preset["history"].items()} == {"statnn": 2, "gnn": 1}
+    uniform, _ = quick_study(1, encoders=encoders, epochs=1, patience=1000, changes=budgets)
+    assert uniform["hyperparameters"]["training"]["epochs"] == {"statnn": 1, "gnn": 1}

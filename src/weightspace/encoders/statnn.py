@@ -5,6 +5,11 @@ still count: for every layer (the non-input nodes one operation created) and for
 graph, the bias and incoming-weight statistics of the nodes are summarised by their mean,
 variance and quantiles. Statistics of sets do not depend on the order of the nodes, so the
 embedding is invariant to hidden-neuron permutations.
+
+The statistics pass through a signed logarithm before they are standardised: a zoo's
+diverged runs have weight variances of 1e12 (one in mnist-mixed), which would otherwise set
+the training standard deviation of their positions and flatten every other model to the
+same standardised value.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from torch import Tensor
 
 from ..graph import NODE_FEATURE_DIM, NODE_STATS, GraphBatch
 from ..graph.features import BIAS, ROLE_CODE, ROLE_OFFSET
-from ..segment import scatter_sum
+from ..segment import scatter_sum, symlog
 from ._base import Encoder, check_prepared
 from ._registry import register_encoder
 from .flat import Standardize, build_mlp, stack_features
@@ -100,7 +105,8 @@ def statnn_features(batch: GraphBatch, max_layers: int) -> Tensor:
 
 @register_encoder("statnn")
 class StatNNEncoder(Encoder):
-    """Per-layer statistics of biases and incoming weights, standardised, then an MLP.
+    """Per-layer statistics of biases and incoming weights, signed-log scaled and
+    standardised, then an MLP.
 
     Args:
         max_layers: layers summarised individually (the first ones by ``node_block``).
@@ -126,8 +132,8 @@ class StatNNEncoder(Encoder):
         self.mlp = build_mlp(in_dim, hidden, out_dim, dropout)
 
     def features(self, batch: GraphBatch) -> Tensor:
-        """The unstandardised StatNN vectors ``[B, in_dim]``."""
-        return statnn_features(batch, self.max_layers)
+        """The unstandardised StatNN vectors ``[B, in_dim]``, in signed-log scale."""
+        return symlog(statnn_features(batch, self.max_layers))
 
     def fit(self, batches: Iterable[GraphBatch]) -> StatNNEncoder:
         """Set the per-position mean and std of the training feature vectors."""

@@ -20,6 +20,10 @@ class StudySettings:
         zoo_preset: the zoo preset trained (or reused) for the study.
         epochs: maximum training epochs per encoder and seed.
         patience: early-stopping patience.
+        cheap_epochs: maximum epochs of the encoders in ``cheap_encoders`` instead (they
+            cost a few seconds an epoch, so they train until their validation loss stops
+            improving within the time that the gnn's ``epochs`` take).
+        cheap_encoders: the encoders trained for ``cheap_epochs``.
         seeds: number of seeds (splits, initialisations and views change with the seed).
         robustness_models: test models transformed for the symmetry-robustness section.
         robustness_copies: transformed copies per model and transform.
@@ -33,6 +37,8 @@ class StudySettings:
     zoo_preset: str
     epochs: int
     patience: int
+    cheap_epochs: int | None = None
+    cheap_encoders: tuple[str, ...] = ("probe", "statnn", "mlp", "pca", "pca_mlp")
     seeds: int = 3
     robustness_models: int = 12
     robustness_copies: int = 2
@@ -51,10 +57,17 @@ STUDIES = {
         merge_pairs=1,
         lineage_sources=4,
     ),
-    "standard": StudySettings("standard", epochs=5, patience=3),
+    "standard": StudySettings("standard", epochs=5, patience=3, cheap_epochs=10),
     "mnist-mlp": StudySettings("mnist-mlp", epochs=12, patience=4),
     "mnist-cnn": StudySettings("mnist-cnn", epochs=12, patience=4),
 }
+
+
+def encoder_epochs(settings: StudySettings, encoder: str) -> int:
+    """The most epochs ``encoder`` trains for in the study of ``settings``."""
+    if settings.cheap_epochs is not None and encoder in settings.cheap_encoders:
+        return settings.cheap_epochs
+    return settings.epochs
 
 
 def study_settings(preset: str) -> StudySettings:

@@ -40,7 +40,7 @@ from ..zoo import CATALOG_FILE, Zoo
 from ..zoo.build import build_zoo
 from ._applied import run_interpolation, run_lineage, run_transfer
 from ._jobs import Job, Outcome, Shown, run_jobs, symmetric_copies
-from ._settings import ExperimentError, StudySettings, study_settings
+from ._settings import ExperimentError, StudySettings, encoder_epochs, study_settings
 
 
 @dataclass
@@ -132,7 +132,8 @@ def run_experiment(
         encoders: encoders to compare (default: every registered encoder that reads any
             architecture, i.e. all but the ``nfn`` peer).
         seeds: number of seeds (default: the preset's, 3).
-        epochs: maximum training epochs per encoder and seed (default: the preset's).
+        epochs: maximum training epochs of every encoder and seed (default: the preset's,
+            which gives its cheap encoders more; see ``StudySettings``).
         data_dir: MNIST folder for presets that need it.
         workers: processes for zoo building, graph preparation, the encoder x seed
             trainings and evaluations (each on one thread; the results do not depend on
@@ -173,6 +174,9 @@ def run_experiment(
     base = TrainConfig(
         epochs=settings.epochs if epochs is None else epochs, patience=settings.patience
     )
+    epochs_of = {
+        name: encoder_epochs(settings, name) if epochs is None else epochs for name in names
+    }
     featurizer = featurizer_of(base)
     with clock.stage("graphs"):  # into the zoo's graph cache, which every job reads
         prepared_graphs(zoo, featurizer, workers=workers, progress=progress)
@@ -190,7 +194,7 @@ def run_experiment(
             blob = pickle.dumps(copies, protocol=pickle.HIGHEST_PROTOCOL)
             jobs += [
                 Job(
-                    config=base.replace(encoder=name, seed=seed),
+                    config=base.replace(encoder=name, seed=seed, epochs=epochs_of[name]),
                     zoo_root=str(zoo.root),
                     run_dir=out / "runs" / f"{name}-seed{seed}",
                     split=split,
@@ -250,7 +254,7 @@ def run_experiment(
         "dataset": _dataset_section(zoo, splits[0]),
         "hyperparameters": {
             "training": {
-                k: v
+                k: epochs_of if k == "epochs" else v
                 for k, v in base.to_dict().items()
                 if k not in ("encoder", "encoder_kwargs", "seed")
             },

@@ -175,10 +175,16 @@ def _dataset(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks:
 
 def _hyperparameters(results: Mapping[str, Any], figures: Mapping[str, Path]) -> Blocks:
     hyper = results.get("hyperparameters") or {}
-    blocks = [
-        "### Training settings",
-        pipe_table(["Setting", "Value"], list((hyper.get("training") or {}).items())),
-    ]
+    settings = [
+        (
+            key,
+            ", ".join(f"{k} {v}" for k, v in value.items())
+            if isinstance(value, Mapping)
+            else value,
+        )
+        for key, value in (hyper.get("training") or {}).items()
+    ]  # "epochs" maps encoders to their budgets
+    blocks = ["### Training settings", pipe_table(["Setting", "Value"], settings)]
     for encoder, args in (hyper.get("encoders") or {}).items():
         blocks += [
             f"### Encoder `{encoder}`",
