@@ -291,11 +291,9 @@ def kept_rows(
     if not path.is_file():
         parser.error(f"--update: no earlier result file {path}")
     earlier = json.loads(path.read_text())
-    differing = {
-        key: (earlier.get(key, 0.0 if key == "contrastive_weight" else None), value)
-        for key, value in settings.items()
-        if earlier.get(key, 0.0 if key == "contrastive_weight" else None) != value
-    }
+    defaults = {"contrastive_weight": 0.0}  # not recorded by earlier versions of this script
+    then = {key: earlier.get(key, defaults.get(key)) for key in settings}
+    differing = {key: (then[key], now) for key, now in settings.items() if then[key] != now}
     if differing:
         parser.error(f"--update: {path} was measured with other settings (then, now): {differing}")
     rows = {

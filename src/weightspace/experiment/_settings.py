@@ -20,10 +20,10 @@ class StudySettings:
         zoo_preset: the zoo preset trained (or reused) for the study.
         epochs: maximum training epochs per encoder and seed.
         patience: early-stopping patience.
-        cheap_epochs: maximum epochs of the encoders in ``cheap_encoders`` instead: they
-            cost under 2 s an epoch on the standard zoo (the gnn 17 s, weightnet 9 s, the
-            flat baselines 2.5-5 s), so they can train until their validation loss stops
-            improving within the study's time.
+        cheap_epochs: maximum epochs of the encoders in ``cheap_encoders`` instead (None:
+            ``epochs``). Their epochs cost a small fraction of the gnn's, so they can train
+            until their validation loss stops improving within the study's time (the
+            README's performance section has the measurements).
         cheap_encoders: the encoders trained for ``cheap_epochs``.
         seeds: number of seeds (splits, initialisations and views change with the seed).
         robustness_models: test models transformed for the symmetry-robustness section.
