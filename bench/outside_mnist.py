@@ -39,10 +39,8 @@ OUTSIDE_DEPTHS = (1, 3, 5, 7, 9)
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "elu": F.elu, "leaky_relu": F.leaky_relu}
 MANIFEST = "manifest.json"
 BUILD_THREADS = 2
-"""Torch threads while the networks train and are measured. Float sums depend on the thread
-count (one thread instead of two moves some accuracies by up to 0.003, and a partly trained
-network's by more), so a fixed count makes two builds agree exactly on CPUs with the same
-kernels."""
+"""Torch threads while the networks train and are measured: float sums depend on the thread
+count, so a fixed count makes two builds agree exactly on CPUs with the same kernels."""
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # MNIST's pixel mean and std (the zoo normalises by them)
 
 

@@ -171,9 +171,7 @@ def run_experiment(
         zoo = Zoo.open(zoo_path)
         catalog = zoo.catalog
         print(f"  {len(zoo)} models in {zoo_path}", flush=True)
-    base = TrainConfig(
-        epochs=settings.epochs if epochs is None else epochs, patience=settings.patience
-    )
+    base = TrainConfig(patience=settings.patience)  # each job sets its encoder's epochs
     epochs_of = {
         name: encoder_epochs(settings, name) if epochs is None else epochs for name in names
     }
