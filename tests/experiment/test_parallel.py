@@ -134,3 +134,11 @@ def test_cheap_encoders_train_for_their_own_budget(quick_study):
     assert {name: len(rows) for name, rows in preset["history"].items()} == {"statnn": 2, "gnn": 1}
     uniform, _ = quick_study(1, encoders=encoders, epochs=1, patience=1000, changes=budgets)
     assert uniform["hyperparameters"]["training"]["epochs"] == {"statnn": 1, "gnn": 1}
+
+
+def test_the_presets_batch_size_reaches_every_training(quick_study, tmp_path):
+    results, _ = quick_study(1, out=tmp_path, encoders=["statnn"], changes={"batch_size": 4})
+    assert results["hyperparameters"]["training"]["batch_size"] == 4
+    for seed in (0, 1):
+        config = json.loads((tmp_path / "runs" / f"statnn-seed{seed}" / "config.json").read_text())
+        assert config["train_config"]["batch_size"] == 4

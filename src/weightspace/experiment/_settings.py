@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass
 
 from ..exceptions import WeightspaceError
+from ..train import TrainConfig
 
 
 class ExperimentError(WeightspaceError, ValueError):
@@ -26,6 +27,8 @@ class StudySettings:
             README's performance section has the measurements).
         cheap_encoders: the encoders trained for ``cheap_epochs``.
         seeds: number of seeds (splits, initialisations and views change with the seed).
+        batch_size: networks per training step. With a few epochs, smaller batches (more
+            steps) predict better (the README's performance section has the measurements).
         robustness_models: test models transformed for the symmetry-robustness section.
         robustness_copies: transformed copies per model and transform.
         transfer_candidates: zoo models each transfer ranker chooses from, per target and
@@ -41,6 +44,7 @@ class StudySettings:
     cheap_epochs: int | None = None
     cheap_encoders: tuple[str, ...] = ("probe", "statnn")
     seeds: int = 3
+    batch_size: int = TrainConfig.batch_size
     robustness_models: int = 12
     robustness_copies: int = 2
     transfer_candidates: int = 12
@@ -58,7 +62,7 @@ STUDIES = {
         merge_pairs=1,
         lineage_sources=4,
     ),
-    "standard": StudySettings("standard", epochs=5, patience=3, cheap_epochs=10),
+    "standard": StudySettings("standard", epochs=5, patience=3, cheap_epochs=10, batch_size=8),
     "mnist-mlp": StudySettings("mnist-mlp", epochs=12, patience=4),
     "mnist-cnn": StudySettings("mnist-cnn", epochs=12, patience=4),
 }

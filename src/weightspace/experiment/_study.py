@@ -171,7 +171,8 @@ def run_experiment(
         zoo = Zoo.open(zoo_path)
         catalog = zoo.catalog
         print(f"  {len(zoo)} models in {zoo_path}", flush=True)
-    base = TrainConfig(patience=settings.patience)  # each job sets its encoder's epochs
+    # each job sets its encoder's epochs
+    base = TrainConfig(patience=settings.patience, batch_size=settings.batch_size)
     epochs_of = {
         name: encoder_epochs(settings, name) if epochs is None else epochs for name in names
     }
