@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument(
         "--test-fraction",
         type=float,
-        default=TrainConfig().test_fraction,
+        default=TrainConfig.test_fraction,
         help="fraction of the zoo's runs in the test split (default %(default)s, as for "
         "training); a larger one varies less from seed to seed and leaves fewer models to "
         "train on",
